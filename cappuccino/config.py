@@ -1,0 +1,345 @@
+"""Structured configuration: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` pull these schemas in through their defaults lists, so a misspelt
+key or a wrong type fails when Hydra composes the config, and ``validate`` (which builds the
+dataclasses, running each ``__post_init__``) rejects out-of-range values before any work starts.
+Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+DEFAULT_SYMBOLS = ["AAVE", "AVAX", "BTC", "ETH", "LINK", "LTC", "UNI"]
+
+# Alpaca's minimum crypto order quantities, keyed by symbol (never by position).
+ALPACA_MIN_ORDER_SIZE = {
+    "AAVE": 0.005,
+    "AVAX": 0.03,
+    "BTC": 0.00001,
+    "ETH": 0.0003,
+    "LINK": 0.1,
+    "LTC": 0.01,
+    "UNI": 0.15,
+}
+
+
+_READS: set[tuple[int, str]] | None = None
+
+
+class Node:
+    """Base of every config dataclass: while ``record_reads`` is active, remembers which fields
+    the code reads, so a test can prove that no setting is silently ignored."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if _READS is not None and not name.startswith("_"):
+            _READS.add((id(self), name))
+        return object.__getattribute__(self, name)
+
+
+@contextmanager
+def record_reads() -> Iterator[set[tuple[int, str]]]:
+    """Collect (id(config node), field name) for every config field read inside the block."""
+    global _READS
+    _READS = set()
+    try:
+        yield _READS
+    finally:
+        _READS = None
+
+
+def unread_leaves(cfg: Node, reads: set[tuple[int, str]], prefix: str = "") -> list[str]:
+    """Dotted keys of ``cfg`` whose values were never read during ``record_reads``."""
+    unread = []
+    for f in fields(cfg):  # type: ignore[arg-type]
+        value = object.__getattribute__(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if isinstance(value, Node):
+            unread += unread_leaves(value, reads, key + ".")
+        elif (id(cfg), f.name) not in reads:
+            unread.append(key)
+    return unread
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent; the message names the key."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+# ----------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig(Node):
+    source: str = MISSING
+    symbols: list[str] = field(default_factory=lambda: list(DEFAULT_SYMBOLS))
+    interval: str = "1h"  # pandas offset alias of one bar: "1h", "5min", ...
+    max_gap_bars: int = 3  # missing bars forward-filled up to this run length, else fail
+
+    def __post_init__(self) -> None:
+        _require(len(self.symbols) > 0, "data.symbols", "needs at least one symbol")
+        _require(
+            len(set(self.symbols)) == len(self.symbols), "data.symbols", f"has duplicates: {self.symbols}"
+        )
+        _require(self.max_gap_bars >= 0, "data.max_gap_bars", f"must be >= 0, got {self.max_gap_bars}")
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    source: str = "synthetic"
+    seed: int = 7
+    start: str = "2022-01-01"
+    n_bars: int = 17520  # two years of hourly bars
+    # Correlation between each bar's standardised return and an exponential average of past
+    # shocks (half-life ``signal_half_life`` bars): 0 is a pure random walk.
+    signal_strength: float = 0.1
+    signal_half_life: float = 6.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.n_bars >= 100, "data.n_bars", f"must be >= 100, got {self.n_bars}")
+        _require(
+            0.0 <= self.signal_strength < 1.0,
+            "data.signal_strength",
+            f"must be in [0, 1), got {self.signal_strength}",
+        )
+        _require(self.signal_half_life >= 0, "data.signal_half_life", "must be >= 0")
+
+
+@dataclass
+class CsvDataConfig(DataConfig):
+    source: str = "csv"
+    # A long-format file (time, symbol, open, high, low, close, volume), or a pattern with
+    # "{symbol}" for one file per symbol (CryptoDataDownload files are recognised).
+    path: str = MISSING
+
+
+@dataclass
+class AlpacaDataConfig(DataConfig):
+    source: str = "alpaca"
+    quote: str = "USD"
+    start: str = "2023-01-01"
+    end: str = "2024-12-31"
+    cache_dir: str = "~/.cache/cappuccino/alpaca"
+    url_override: Optional[str] = None  # tests point the client at a local server
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.start < self.end, "data.start", f"must be before data.end ({self.start} >= {self.end})")
+
+
+# --------------------------------------------------------------------------------- window
+@dataclass
+class WindowConfig(Node):
+    lookback: int = 20  # bars of features the agent sees at each step
+    zscore_window: int = 500  # trailing bars of the causal per-feature z-score
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.lookback <= 512, "window.lookback", f"must be in [1, 512], got {self.lookback}")
+        _require(self.zscore_window >= 20, "window.zscore_window", f"must be >= 20, got {self.zscore_window}")
+
+
+# ------------------------------------------------------------------------------------ env
+@dataclass
+class EnvConfig(Node):
+    num_envs: int = 64
+    episode_length: int = 720  # decision steps per training episode
+    initial_cash: float = 100_000.0
+    fee: float = 0.0025  # per side, as a fraction of traded notional
+    cash_reserve: float = 0.02  # share of portfolio value never invested
+    reward: str = "log_return"  # or "excess_log_return" (over equal-weight buy-and-hold)
+    reward_scale: float = 100.0
+    min_order_size: dict[str, float] = field(default_factory=lambda: dict(ALPACA_MIN_ORDER_SIZE))
+
+    def __post_init__(self) -> None:
+        _require(self.num_envs >= 1, "env.num_envs", f"must be >= 1, got {self.num_envs}")
+        _require(self.episode_length >= 2, "env.episode_length", f"must be >= 2, got {self.episode_length}")
+        _require(self.initial_cash > 0, "env.initial_cash", "must be > 0")
+        _require(0.0 <= self.fee < 0.1, "env.fee", f"must be in [0, 0.1), got {self.fee}")
+        _require(0.0 <= self.cash_reserve < 1.0, "env.cash_reserve", f"must be in [0, 1), got {self.cash_reserve}")
+        _require(
+            self.reward in ("log_return", "excess_log_return"),
+            "env.reward",
+            f"must be 'log_return' or 'excess_log_return', got {self.reward!r}",
+        )
+        _require(self.reward_scale > 0, "env.reward_scale", "must be > 0")
+        for symbol, size in self.min_order_size.items():
+            _require(size >= 0, f"env.min_order_size.{symbol}", f"must be >= 0, got {size}")
+
+
+# ---------------------------------------------------------------------------------- agent
+@dataclass
+class PPOConfig(Node):
+    name: str = "ppo"
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    n_steps: int = 128  # rollout length per environment
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    update_epochs: int = 4
+    minibatch_size: int = 1024
+    clip_coef: float = 0.2
+    clip_value_loss: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    target_kl: Optional[float] = 0.03  # stop the epoch loop once the approximate KL exceeds this
+    norm_adv: bool = True
+    init_log_std: float = -0.5
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "agent.lr", f"must be > 0, got {self.lr}")
+        _require(self.n_steps >= 1, "agent.n_steps", "must be >= 1")
+        _require(0.0 < self.gamma <= 1.0, "agent.gamma", f"must be in (0, 1], got {self.gamma}")
+        _require(0.0 <= self.gae_lambda <= 1.0, "agent.gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
+        _require(self.update_epochs >= 1, "agent.update_epochs", "must be >= 1")
+        _require(self.minibatch_size >= 1, "agent.minibatch_size", "must be >= 1")
+        _require(self.clip_coef > 0, "agent.clip_coef", "must be > 0")
+        _require(self.vf_coef >= 0, "agent.vf_coef", "must be >= 0")
+        _require(self.ent_coef >= 0, "agent.ent_coef", "must be >= 0")
+        _require(self.max_grad_norm > 0, "agent.max_grad_norm", "must be > 0")
+        _require(self.target_kl is None or self.target_kl > 0, "agent.target_kl", "must be > 0 or null")
+
+
+# -------------------------------------------------------------------------------- encoder
+@dataclass
+class EncoderConfig(Node):
+    name: str = MISSING
+    shared: bool = False  # one encoder for actor and critic, or one each
+
+
+@dataclass
+class MLPEncoderConfig(EncoderConfig):
+    name: str = "mlp"
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        _require(len(self.hidden_sizes) >= 1, "encoder.hidden_sizes", "needs at least one layer")
+        _require(all(h >= 1 for h in self.hidden_sizes), "encoder.hidden_sizes", "sizes must be >= 1")
+        _require(
+            self.activation in ("tanh", "relu", "gelu"),
+            "encoder.activation",
+            f"must be tanh, relu or gelu, got {self.activation!r}",
+        )
+
+
+# ------------------------------------------------------------------------------------- cv
+@dataclass
+class CVConfig(Node):
+    name: str = MISSING
+
+
+@dataclass
+class HoldoutConfig(CVConfig):
+    name: str = "holdout"
+    train_fraction: float = 0.7
+    val_fraction: float = 0.15  # the test split is what remains
+    embargo_bars: int = 24  # bars dropped between consecutive splits
+
+    def __post_init__(self) -> None:
+        _require(0 < self.train_fraction < 1, "cv.train_fraction", "must be in (0, 1)")
+        _require(0 < self.val_fraction < 1, "cv.val_fraction", "must be in (0, 1)")
+        _require(
+            self.train_fraction + self.val_fraction < 1,
+            "cv.val_fraction",
+            "train_fraction + val_fraction must be < 1 to leave a test split",
+        )
+        _require(self.embargo_bars >= 0, "cv.embargo_bars", "must be >= 0")
+
+
+# --------------------------------------------------------------------------------- logger
+@dataclass
+class LoggerConfig(Node):
+    name: str = MISSING
+
+
+@dataclass
+class MLflowLoggerConfig(LoggerConfig):
+    name: str = "mlflow"
+    # null: a SQLite store ``mlflow.db`` (artifacts in ``mlartifacts/``) in the folder train.py
+    # was started from.
+    tracking_uri: Optional[str] = None
+    experiment_name: str = "cappuccino"
+
+
+@dataclass
+class NoLoggerConfig(LoggerConfig):
+    name: str = "none"
+
+
+# -------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainerConfig(Node):
+    total_steps: int = 300_000  # environment steps summed over all environments
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
+    torch_threads: Optional[int] = None  # null: PyTorch's default
+    objective: str = "val/excess_sharpe"  # metric returned to Hydra (and Optuna)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.total_steps >= 1, "trainer.total_steps", "must be >= 1")
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "trainer.device",
+            f"must be cpu, cuda[:N] or auto, got {self.device!r}",
+        )
+        _require(self.torch_threads is None or self.torch_threads >= 1, "trainer.torch_threads", "must be >= 1")
+
+
+@dataclass
+class TrainConfig(Node):
+    data: DataConfig = MISSING
+    window: WindowConfig = MISSING
+    env: EnvConfig = MISSING
+    agent: PPOConfig = MISSING
+    encoder: EncoderConfig = MISSING
+    cv: CVConfig = MISSING
+    logger: LoggerConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        missing = [s for s in self.data.symbols if s not in self.env.min_order_size]
+        _require(
+            not missing,
+            "env.min_order_size",
+            f"has no entry for {missing}; add one per symbol, e.g. +env.min_order_size.{missing[0] if missing else 'X'}=0.01",
+        )
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"synthetic": SyntheticDataConfig, "csv": CsvDataConfig, "alpaca": AlpacaDataConfig},
+    "window": {"default": WindowConfig},
+    "env": {"default": EnvConfig},
+    "agent": {"ppo": PPOConfig},
+    "encoder": {"mlp": MLPEncoderConfig},
+    "cv": {"holdout": HoldoutConfig},
+    "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
+    "trainer": {"default": TrainerConfig},
+}
+
+
+def register_configs() -> None:
+    """Register the schemas so ``conf/*.yaml`` can extend them (``/schema/<group>/<name>@_here_``)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+def validate(cfg: DictConfig) -> TrainConfig:
+    """Build the typed config, running every range check; raises ConfigError naming the key."""
+    typed = OmegaConf.to_object(cfg)
+    if not isinstance(typed, TrainConfig):
+        raise ConfigError("the composed config is not a TrainConfig: conf/config.yaml must list train_schema first")
+    return typed
