@@ -1,0 +1,97 @@
+"""Historical crypto bars from Alpaca's market-data API, cached as Parquet.
+
+Crypto bars need no API keys. alpaca-py's ``get_crypto_bars`` follows ``next_page_token`` until
+the API stops returning one (``RESTClient._get_marketdata``), so one call returns every page.
+The client runs with ``raw_data=True``: the JSON bars go straight into a DataFrame instead of one
+pydantic object per bar (millions for 5-minute data).
+
+The raw bars are cached under ``data.cache_dir`` in a file named by a hash of what was asked for
+(symbols, quote, timeframe, start, end), so a repeated run reads the file and makes no request.
+Cleaning runs after the cache, so changing ``data.max_gap_bars`` needs no new download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+from alpaca.common.exceptions import APIError
+from alpaca.data.historical import CryptoHistoricalDataClient
+from alpaca.data.requests import CryptoBarsRequest
+from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
+
+from cappuccino.config import AlpacaDataConfig
+from cappuccino.data.cleaning import DataError, DataReport, clean_bars, format_delta, parse_interval, to_utc
+from cappuccino.data.market import MarketData
+
+_BAR_FIELDS = {"t": "time", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
+
+
+def alpaca_market(cfg: AlpacaDataConfig) -> tuple[MarketData, DataReport]:
+    """Bars of ``cfg.symbols`` quoted in ``cfg.quote`` from ``cfg.start`` to ``cfg.end`` (UTC).
+
+    A date without a time means its midnight UTC, so ``end: 2024-12-31`` stops at that day's first bar.
+    """
+    interval = parse_interval(cfg.interval)
+    timeframe = alpaca_timeframe(interval)
+    start, end = to_utc(cfg.start), to_utc(cfg.end)
+    cache = Path(cfg.cache_dir).expanduser() / f"bars-{_cache_key(cfg, timeframe, start, end)}.parquet"
+    if cache.is_file():
+        table = pd.read_parquet(cache)
+    else:
+        table = _download(cfg, timeframe, start, end)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial")
+        table.to_parquet(partial, index=False)
+        partial.replace(cache)  # atomic: an interrupted run never leaves a truncated cache file
+    frames = {s: group.set_index("time").drop(columns="symbol") for s, group in table.groupby("symbol", sort=False)}
+    frames = {s: frames[s] for s in cfg.symbols}  # config order
+    return clean_bars(frames, interval, cfg.max_gap_bars, source="alpaca")
+
+
+def alpaca_timeframe(interval: pd.Timedelta) -> TimeFrame:
+    """The Alpaca bar size of a bar length: 1-59 minutes, 1-23 hours, or one day."""
+    minutes = interval / pd.Timedelta("1min")
+    if minutes == int(minutes) and 1 <= minutes < 60:
+        return TimeFrame(int(minutes), TimeFrameUnit.Minute)
+    if minutes % 60 == 0 and 1 <= minutes // 60 < 24:
+        return TimeFrame(int(minutes // 60), TimeFrameUnit.Hour)
+    if interval == pd.Timedelta("1D"):
+        return TimeFrame.Day
+    raise DataError(
+        f"Alpaca has no {format_delta(interval)} bars; set data.interval to 1-59 minutes (e.g. 5min), "
+        "1-23 hours (e.g. 1h) or 1D"
+    )
+
+
+def _cache_key(cfg: AlpacaDataConfig, timeframe: TimeFrame, start: pd.Timestamp, end: pd.Timestamp) -> str:
+    request = [sorted(cfg.symbols), cfg.quote, timeframe.value, start.isoformat(), end.isoformat()]
+    return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
+
+
+def _download(cfg: AlpacaDataConfig, timeframe: TimeFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """Long table (symbol, time, open, high, low, close, volume) of every page of bars."""
+    pairs = {f"{symbol}/{cfg.quote}": symbol for symbol in cfg.symbols}
+    client = CryptoHistoricalDataClient(url_override=cfg.url_override, raw_data=True)
+    request = CryptoBarsRequest(
+        symbol_or_symbols=list(pairs), timeframe=timeframe, start=start.to_pydatetime(), end=end.to_pydatetime()
+    )
+    try:
+        raw = client.get_crypto_bars(request)  # {pair: [{"t": ..., "o": ..., ...}, ...]}, all pages
+    except (OSError, APIError) as err:  # requests' connection errors are OSErrors
+        raise DataError(
+            f"the Alpaca request for {list(pairs)} failed ({err}); check the network and the symbols, or use "
+            "data=csv with downloaded files"
+        ) from err
+    missing = [pair for pair in pairs if not raw.get(pair)]
+    if missing:
+        raise DataError(
+            f"Alpaca returned no bars for {missing} between {start} and {end}; check that they trade on "
+            "Alpaca (data.symbols, data.quote) and the date range (data.start, data.end)"
+        )
+    tables = [pd.DataFrame(raw[pair]).assign(symbol=symbol) for pair, symbol in pairs.items()]
+    table = pd.concat(tables, ignore_index=True).rename(columns=_BAR_FIELDS)
+    table["time"] = pd.to_datetime(table["time"], format="ISO8601", utc=True)
+    return table[["symbol", *_BAR_FIELDS.values()]]

@@ -1,0 +1,141 @@
+"""Alpaca bars through alpaca-py against a local fake of the market-data API (never the internet)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cappuccino.config import AlpacaDataConfig
+from cappuccino.data.alpaca_source import alpaca_market, alpaca_timeframe
+from cappuccino.data.cleaning import DataError
+
+BARS_PATH = "/v1beta3/crypto/us/bars"  # alpaca-py: base_url + "/" + api_version + "/crypto/{feed}/bars"
+TIMES = pd.date_range("2023-01-05", periods=6, freq="1h", tz="UTC")
+
+
+def raw_bar(t: pd.Timestamp, close: float) -> dict:
+    stamp = t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"t": stamp, "o": close - 1, "h": close + 2, "l": close - 2, "c": close, "v": 1.5, "n": 10, "vw": close}
+
+
+BTC = [raw_bar(t, 30_000.0 + i) for i, t in enumerate(TIMES)]
+ETH = [raw_bar(t, 2_000.0 + i) for i, t in enumerate(TIMES)]
+# Pages cut across symbols the way the API does (a page holds up to `limit` bars in total).
+PAGES = {
+    None: {"bars": {"BTC/USD": BTC[:4]}, "next_page_token": "p1"},
+    "p1": {"bars": {"BTC/USD": BTC[4:], "ETH/USD": ETH[:2]}, "next_page_token": "p2"},
+    "p2": {"bars": {"ETH/USD": ETH[2:]}, "next_page_token": None},
+}
+
+
+class FakeAlpaca:
+    """Serves ``pages`` keyed by page_token on 127.0.0.1 and records each request's query."""
+
+    def __init__(self, pages: dict):
+        self.queries: list[dict[str, str]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                fake.queries.append(query)
+                page = pages.get(query.get("page_token")) if url.path == BARS_PATH else None
+                body = json.dumps(page or {"message": f"not found: {self.path}"}).encode()
+                self.send_response(200 if page else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a configured proxy must not see local requests
+    servers: list[FakeAlpaca] = []
+
+    def start(pages: dict) -> FakeAlpaca:
+        servers.append(FakeAlpaca(pages))
+        return servers[-1]
+
+    yield start
+    for fake in servers:
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
+def config(url: str, cache_dir: Path, **overrides) -> AlpacaDataConfig:
+    fields = dict(symbols=["ETH", "BTC"], start="2023-01-05", end="2023-01-05T06:00", cache_dir=str(cache_dir))
+    return AlpacaDataConfig(url_override=url, **{**fields, **overrides})
+
+
+def test_fetches_every_page_with_utc_times_and_exact_values(serve, tmp_path: Path):
+    fake = serve(PAGES)
+    market, report = alpaca_market(config(fake.url, tmp_path / "cache"))
+    assert [q.get("page_token") for q in fake.queries] == [None, "p1", "p2"]
+    first = fake.queries[0]
+    assert first["symbols"] == "ETH/USD,BTC/USD" and first["timeframe"] == "1Hour"
+    assert pd.Timestamp(first["start"]) == TIMES[0] and pd.Timestamp(first["end"]) == TIMES[0] + pd.Timedelta("6h")
+
+    assert market.symbols == ("ETH", "BTC") and market.source == "alpaca" and not market.synthetic
+    assert (market.timestamps == TIMES).all() and str(market.timestamps.tz) == "UTC"
+    np.testing.assert_array_equal(market.field("close")[:, 1], 30_000.0 + np.arange(6))
+    np.testing.assert_array_equal(market.ohlcv[0, 0], [1_999.0, 2_002.0, 1_998.0, 2_000.0, 1.5])
+    assert len(report) == 0
+
+
+def test_second_call_reads_the_cache_without_requests(serve, tmp_path: Path):
+    fake = serve(PAGES)
+    cfg = config(fake.url, tmp_path / "cache")
+    first, _ = alpaca_market(cfg)
+    assert len(fake.queries) == 3 and len(list((tmp_path / "cache").glob("*.parquet"))) == 1
+    again, _ = alpaca_market(cfg)
+    assert len(fake.queries) == 3
+    np.testing.assert_array_equal(again.ohlcv, first.ohlcv)
+    assert (again.timestamps == first.timestamps).all() and again.content_hash == first.content_hash
+    alpaca_market(config(fake.url, tmp_path / "cache", end="2023-01-05T05:00"))  # another request: a new key
+    assert len(fake.queries) == 6
+
+
+def test_symbol_without_bars_is_an_error_naming_it(serve, tmp_path: Path):
+    fake = serve({None: {"bars": {"BTC/USD": BTC}, "next_page_token": None}})
+    with pytest.raises(DataError, match=r"no bars for \['ETH/USD'\]"):
+        alpaca_market(config(fake.url, tmp_path / "cache"))
+    assert not list((tmp_path / "cache").glob("*"))  # nothing cached on failure
+
+
+def test_http_and_connection_errors_become_data_errors(serve, tmp_path: Path):
+    fake = serve({})  # every request answers 404
+    with pytest.raises(DataError, match="the Alpaca request for"):
+        alpaca_market(config(fake.url, tmp_path / "cache"))
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(DataError, match="check the network"):
+        alpaca_market(config(closed_url, tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("interval, value", [("1h", "1Hour"), ("5min", "5Min"), ("4h", "4Hour"), ("1D", "1Day")])
+def test_timeframes(interval: str, value: str):
+    assert alpaca_timeframe(pd.Timedelta(interval)).value == value
+
+
+@pytest.mark.parametrize("interval", ["90min", "2D", "30s"])
+def test_unsupported_timeframe_is_an_error(interval: str):
+    with pytest.raises(DataError, match="Alpaca has no"):
+        alpaca_timeframe(pd.Timedelta(interval))
