@@ -1,0 +1,174 @@
+"""Experiment tracking: one small ``Tracker`` interface, an MLflow implementation and a no-op one.
+
+The training loop only talks to ``Tracker``; ``build_tracker`` picks the implementation from the
+``logger`` config group. ``logger=none`` never imports MLflow, so runs without tracking neither pay
+for the import nor need a working MLflow install.
+
+Both trackers are context managers: leaving the block closes the run as ``FINISHED``, ``KILLED``
+on Ctrl-C, or ``FAILED`` on any other exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cappuccino.config import LoggerConfig, MLflowLoggerConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# MLflow's storage limits (mlflow.utils.validation and the SQL schema), copied so that
+# flattening a config or naming a run does not import MLflow.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_RUN_NAME_LENGTH = 250
+_TRUNCATION_MARK = "..."
+
+
+class Tracker(Protocol):
+    """What the training loop needs from an experiment tracker.
+
+    ``ui_command`` tells the user how to look at the run: a shell command for a local store, the
+    run's page for a tracking server, ``None`` when nothing is tracked.
+    """
+
+    ui_command: str | None
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log hyper-parameters; nested mappings are flattened with ``flatten_config``."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log scalar metrics at ``step``; NaN values are skipped."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copy a file or folder into the run's artifacts, under ``artifact_path`` if given."""
+
+    def log_figure(self, figure: Figure, name: str) -> None:
+        """Save a matplotlib figure as a PNG artifact, then close it."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set string tags on the run."""
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` ("FINISHED", "FAILED" or "KILLED"); later calls do nothing."""
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("KILLED")
+        else:
+            self.close("FAILED")
+
+
+class NullTracker(Tracker):
+    """Tracks nothing and writes nothing (``logger=none``)."""
+
+    def __init__(self) -> None:
+        self.ui_command: str | None = None
+        self.run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_figure(self, figure: Figure, name: str) -> None:
+        from cappuccino.tracking.plots import close_figure
+
+        close_figure(figure)  # as MLflowTracker does, so no logger leaks figures
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def build_tracker(
+    cfg: LoggerConfig, run_name: str, project_dir: Path, parent_run_id: str | None = None
+) -> Tracker:
+    """Start a run for the configured logger.
+
+    ``project_dir`` is where the default MLflow store lives (``mlflow.db`` and ``mlartifacts/``)
+    when ``cfg.tracking_uri`` is null. ``parent_run_id`` nests the run under another one (sweeps).
+    """
+    if cfg.name == "none":
+        return NullTracker()
+    if cfg.name == "mlflow":
+        if not isinstance(cfg, MLflowLoggerConfig):
+            raise TypeError(f"logger=mlflow needs an MLflowLoggerConfig, got {type(cfg).__name__}")
+        from cappuccino.tracking.mlflow_tracker import MLflowTracker  # lazy: keeps MLflow optional
+
+        return MLflowTracker(
+            cfg.tracking_uri, cfg.experiment_name, run_name, project_dir, parent_run_id=parent_run_id
+        )
+    raise ValueError(f"logger.name: unknown logger {cfg.name!r}; use logger=mlflow or logger=none")
+
+
+def flatten_config(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, str]:
+    """Flatten nested mappings (or config dataclasses) into dotted keys with string values.
+
+    ``{"agent": {"lr": 3e-4}, "encoder": {"hidden_sizes": [256, 256]}}`` becomes
+    ``{"agent.lr": "0.0003", "encoder.hidden_sizes": "[256, 256]"}``. Every other value is
+    logged as its ``str`` (a list's is its ``repr``; a float's is its shortest round-trip form),
+    so one parameter holds one config key and runs compare key by key. Values longer than MLflow's 6000-character
+    limit are truncated, ending in "...", rather than failing the run.
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"flatten_config expects a mapping or a dataclass instance, got {type(config).__name__}")
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = _truncate(str(value), MAX_PARAM_VALUE_LENGTH)
+    return flat
+
+
+def run_name_from_overrides(overrides: Sequence[str]) -> str:
+    """Name a run after its command-line overrides: ``encoder=mlp,agent.lr=1e-4``.
+
+    No overrides gives ``"default"``. Whitespace runs (newlines included) collapse to one space
+    and other control characters are dropped, so the name shows on one line in the MLflow UI; the
+    name is truncated to the 250 characters MLflow's SQL schema stores.
+    """
+    name = ",".join(override.strip() for override in overrides if override.strip())
+    name = re.sub(r"\s+", " ", name)
+    name = "".join(ch for ch in name if ch.isprintable())
+    return _truncate(name, MAX_RUN_NAME_LENGTH) or "default"
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK
+
+
+__all__ = [
+    "MAX_PARAM_VALUE_LENGTH",
+    "MAX_RUN_NAME_LENGTH",
+    "NullTracker",
+    "Tracker",
+    "build_tracker",
+    "flatten_config",
+    "run_name_from_overrides",
+]

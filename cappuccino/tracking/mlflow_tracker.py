@@ -1,0 +1,162 @@
+"""MLflow tracker built on ``MlflowClient`` with an explicit run id.
+
+No ``mlflow.start_run``: MLflow's fluent API keeps one global active run per process, which would
+stop several trackers (a sweep's parent run and its trials) from living side by side. Every call
+here names its run, so nesting is just a ``mlflow.parentRunId`` tag on the child.
+
+The default store (``logger.tracking_uri: null``) is the SQLite file ``<project_dir>/mlflow.db``
+with artifacts under ``<project_dir>/mlartifacts/<run_id>/artifacts``: the experiment is created
+with that folder as its ``file://`` artifact location. ``mlflow ui --backend-store-uri
+sqlite:///<project_dir>/mlflow.db`` then shows runs, metrics and artifacts, from any working
+directory: the UI reads ``file://`` artifact locations directly, so no artifact flags are needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from cappuccino.tracking import Tracker, flatten_config
+from cappuccino.tracking.plots import close_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Creating or upgrading the SQLite schema logs a dozen INFO lines (alembic migrations, "Creating
+# initial MLflow database tables"); Hydra's job logging sets the root logger to INFO, which would
+# print them all at the start of every run.
+for _name in ("alembic", "mlflow.store.db.utils"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+_END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def default_store(project_dir: Path) -> tuple[str, str]:
+    """Tracking URI and artifact location (a file URI) of the embedded store in ``project_dir``."""
+    project_dir = Path(project_dir).expanduser().resolve()
+    project_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(project_dir / 'mlflow.db').as_posix()}", (project_dir / "mlartifacts").as_uri()
+
+
+class MLflowTracker(Tracker):
+    """One MLflow run.
+
+    Args:
+        tracking_uri: where runs are stored; ``None`` for the embedded store in ``project_dir``.
+            Anything else (``http://host:5000``, another ``sqlite:///`` file, a folder) is passed
+            to MLflow as it is, and artifacts go wherever that store puts them.
+        experiment_name: experiment to log into; created if missing.
+        run_name: display name of the run.
+        project_dir: folder of the embedded store; unused when ``tracking_uri`` is given.
+        parent_run_id: nest this run under that one (sets the ``mlflow.parentRunId`` tag).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment_name: str,
+        run_name: str,
+        project_dir: Path,
+        parent_run_id: str | None = None,
+    ) -> None:
+        artifact_location = None
+        if tracking_uri is None:
+            tracking_uri, artifact_location = default_store(project_dir)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = self._experiment_id(experiment_name, artifact_location)
+        # resolve_tags adds what mlflow.start_run would: user, entry-point script, git commit.
+        tags = resolve_tags({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self.run_id: str | None = run.info.run_id
+        self.ui_command: str | None = _ui_command(tracking_uri, experiment_id, run.info.run_id)
+        self._closed = False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log flattened params in one batch (MLflow splits it into requests of 100 params).
+
+        MLflow params are write-once: logging a key again with another value raises.
+        """
+        flat = [Param(key, value) for key, value in flatten_config(params).items()]
+        self.client.log_batch(self.run_id, params=flat)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log all metrics in one batch with a shared timestamp; NaN values are skipped.
+
+        ``step=None`` records step 0, as MLflow does.
+        """
+        timestamp = int(time.time() * 1000)
+        values = {key: _as_float(key, value) for key, value in metrics.items()}
+        batch = [Metric(key, value, timestamp, step or 0) for key, value in values.items() if not math.isnan(value)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.is_file():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        else:
+            raise FileNotFoundError(f"log_artifact: {path} does not exist")
+
+    def log_figure(self, figure: Figure, name: str) -> None:
+        artifact_file = name if name.endswith(".png") else f"{name}.png"
+        try:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+        finally:
+            close_figure(figure)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def close(self, status: str = "FINISHED") -> None:
+        if status not in _END_STATUSES:
+            raise ValueError(f"close: unknown run status {status!r}; use FINISHED, FAILED or KILLED")
+        if not self._closed:
+            self.client.set_terminated(self.run_id, status)
+            self._closed = True
+
+    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException as error:
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                # Created meanwhile by another process, e.g. a parallel sweep job.
+                experiment = self.client.get_experiment_by_name(name)
+        if experiment.lifecycle_stage == LifecycleStage.DELETED:
+            raise ValueError(
+                f"logger.experiment_name: MLflow experiment {name!r} is deleted; restore it with "
+                f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+                "or choose another name"
+            )
+        return experiment.experiment_id
+
+
+def _ui_command(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Shell command that serves a local store, or the run's page on a tracking server."""
+    if urlparse(tracking_uri).scheme in ("http", "https"):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+
+
+def _as_float(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"log_metrics: metric {key!r} must be a number, got {value!r}") from error

@@ -1,0 +1,97 @@
+"""Figures logged with each run.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not through ``pyplot``: they need no
+display, never touch pyplot's global figure list, and are freed once the last reference goes.
+PNGs are rendered by the Agg canvas, whatever backend pyplot would pick.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+from matplotlib import dates as mdates
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+_AGENT_COLOR = "tab:blue"
+_BENCHMARK_COLOR = "tab:gray"
+
+
+def equity_figure(
+    timestamps: pd.DatetimeIndex, agent: np.ndarray, benchmark: np.ndarray, title: str
+) -> Figure:
+    """Agent vs equal-weight buy-and-hold equity, both normalised to 1 at the first bar.
+
+    The top panel shows the two equity curves (the legend gives each total return), the bottom
+    panel their drawdown from the running peak. Naive timestamps are taken as UTC and aware ones
+    converted to it, so the date axis always reads in UTC.
+
+    Args:
+        timestamps: (T,) time of each equity value.
+        agent: (T,) portfolio value of the agent, any currency.
+        benchmark: (T,) value of the benchmark portfolio.
+        title: figure title, e.g. "val: fold 0".
+    """
+    agent_equity = _normalised("agent", agent, len(timestamps))  # (T,)
+    benchmark_equity = _normalised("benchmark", benchmark, len(timestamps))  # (T,)
+    times = _utc_datetime64(timestamps)  # (T,)
+
+    figure = Figure(figsize=(10, 6), layout="constrained")
+    equity_ax, drawdown_ax = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    figure.suptitle(title)
+
+    for equity, label, color in (
+        (agent_equity, "Agent", _AGENT_COLOR),
+        (benchmark_equity, "Buy & hold (equal weight)", _BENCHMARK_COLOR),
+    ):
+        equity_ax.plot(times, equity, color=color, lw=1.2, label=f"{label}: {equity[-1] - 1:+.1%}")
+        drawdown_ax.plot(times, _drawdown(equity), color=color, lw=1.0)
+    # Only the agent's drawdown is filled: two overlapping fills blur into a third colour.
+    drawdown_ax.fill_between(times, _drawdown(agent_equity), 0.0, color=_AGENT_COLOR, alpha=0.2, lw=0)
+
+    equity_ax.axhline(1.0, color="black", lw=0.6, ls="--")
+    equity_ax.set_ylabel("Equity (start = 1)")
+    equity_ax.legend(loc="upper left")
+    equity_ax.grid(alpha=0.3)
+    drawdown_ax.set_ylabel("Drawdown")
+    drawdown_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    drawdown_ax.grid(alpha=0.3)
+
+    locator = mdates.AutoDateLocator(tz="UTC")
+    drawdown_ax.xaxis.set_major_locator(locator)
+    drawdown_ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz="UTC"))
+    drawdown_ax.set_xlabel("Time (UTC)")
+    drawdown_ax.set_xlim(times[0], times[-1])
+    return figure
+
+
+def close_figure(figure: Figure) -> None:
+    """Release a figure once logged; pyplot-made figures are also dropped from pyplot's registry."""
+    pyplot = sys.modules.get("matplotlib.pyplot")  # never import pyplot just to close a figure
+    if pyplot is not None:
+        pyplot.close(figure)
+    figure.clear()
+
+
+def _normalised(name: str, values: np.ndarray, length: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},) like timestamps, got {values.shape}")
+    if length < 2:
+        raise ValueError(f"equity_figure needs at least 2 points, got {length}")
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"{name} equity must be finite and > 0 to be normalised and drawn")
+    return values / values[0]
+
+
+def _drawdown(equity: np.ndarray) -> np.ndarray:
+    return equity / np.maximum.accumulate(equity) - 1.0  # (T,) <= 0, fraction below the running peak
+
+
+def _utc_datetime64(timestamps: pd.DatetimeIndex) -> np.ndarray:
+    if not isinstance(timestamps, pd.DatetimeIndex):
+        raise TypeError(f"timestamps must be a pandas DatetimeIndex, got {type(timestamps).__name__}")
+    utc = timestamps.tz_localize("UTC") if timestamps.tz is None else timestamps.tz_convert("UTC")
+    return utc.tz_localize(None).to_numpy()  # matplotlib reads naive datetime64 as UTC

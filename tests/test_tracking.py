@@ -1,0 +1,261 @@
+"""Experiment tracking: what a run leaves in MLflow, and the helpers that name and flatten it."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from cappuccino.config import MLflowLoggerConfig, NoLoggerConfig, PPOConfig
+from cappuccino.tracking import (
+    MAX_PARAM_VALUE_LENGTH,
+    MAX_RUN_NAME_LENGTH,
+    NullTracker,
+    build_tracker,
+    flatten_config,
+    run_name_from_overrides,
+)
+from cappuccino.tracking.plots import equity_figure
+from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
+
+EXPERIMENT = "cappuccino-test"
+
+
+def _equity_inputs(n: int = 200) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    timestamps = pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC")
+    agent = 1000.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, n)))
+    benchmark = 1000.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, n)))
+    return timestamps, agent, benchmark
+
+
+@pytest.fixture(scope="module")
+def project_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One default store for the module: creating the SQLite schema takes a couple of seconds."""
+    return tmp_path_factory.mktemp("project")
+
+
+@pytest.fixture(scope="module")
+def finished_run(project_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A run that logged one of everything, returning (run_id, ui_command)."""
+    artifact = tmp_path_factory.mktemp("files") / "summary.json"
+    artifact.write_text('{"sharpe": 1.0}')
+    with build_tracker(MLflowLoggerConfig(experiment_name=EXPERIMENT), "encoder=mlp", project_dir) as tracker:
+        tracker.log_params({"agent": {"lr": 3e-4, "target_kl": None}, "encoder": {"hidden_sizes": [64, 64]}})
+        for step, loss in enumerate([1.0, float("nan"), 0.5]):
+            tracker.log_metrics({"train/loss": loss, "train/sps": 100.0 + step}, step=step)
+        tracker.log_artifact(artifact, artifact_path="eval")
+        tracker.log_figure(equity_figure(*_equity_inputs(), title="val"), "equity/val")
+        tracker.set_tags({"cv.fold": "0"})
+        return tracker.run_id, tracker.ui_command
+
+
+def _client(project_dir: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project_dir.resolve()}/mlflow.db")
+
+
+def test_default_store_lives_in_project_dir(project_dir: Path, finished_run: tuple[str, str]) -> None:
+    _, ui_command = finished_run
+    assert (project_dir / "mlflow.db").is_file()
+    assert ui_command == f"mlflow ui --backend-store-uri sqlite:///{project_dir.resolve()}/mlflow.db"
+
+
+def test_run_records_name_status_params_and_tags(project_dir: Path, finished_run: tuple[str, str]) -> None:
+    run = _client(project_dir).get_run(finished_run[0])
+    assert run.info.run_name == "encoder=mlp"
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {
+        "agent.lr": "0.0003",
+        "agent.target_kl": "None",
+        "encoder.hidden_sizes": "[64, 64]",
+    }
+    assert run.data.tags["cv.fold"] == "0"
+
+
+def test_metric_history_is_by_step_and_skips_nan(project_dir: Path, finished_run: tuple[str, str]) -> None:
+    client = _client(project_dir)
+    loss = client.get_metric_history(finished_run[0], "train/loss")
+    sps = client.get_metric_history(finished_run[0], "train/sps")
+    assert [(m.step, m.value) for m in loss] == [(0, 1.0), (2, 0.5)]
+    assert [(m.step, m.value) for m in sps] == [(0, 100.0), (1, 101.0), (2, 102.0)]
+
+
+def test_artifacts_are_files_under_mlartifacts(project_dir: Path, finished_run: tuple[str, str]) -> None:
+    run_dir = project_dir / "mlartifacts" / finished_run[0] / "artifacts"
+    assert (run_dir / "eval" / "summary.json").read_text() == '{"sharpe": 1.0}'
+    png = run_dir / "equity" / "val.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_child_run_reuses_experiment(project_dir: Path, finished_run: tuple[str, str]) -> None:
+    parent_id = finished_run[0]
+    with pytest.raises(RuntimeError, match="diverged"):
+        with build_tracker(
+            MLflowLoggerConfig(experiment_name=EXPERIMENT), "trial", project_dir, parent_run_id=parent_id
+        ) as tracker:
+            raise RuntimeError("diverged")
+    client = _client(project_dir)
+    child = client.get_run(tracker.run_id)
+    assert child.info.status == "FAILED"
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert child.info.experiment_id == client.get_run(parent_id).info.experiment_id
+
+
+def test_close_rejects_unknown_status(project_dir: Path) -> None:
+    tracker = build_tracker(MLflowLoggerConfig(experiment_name=EXPERIMENT), "bad-status", project_dir)
+    with pytest.raises(ValueError, match="FINISHED, FAILED or KILLED"):
+        tracker.close("DONE")
+    tracker.close("KILLED")
+    tracker.close("FINISHED")  # already closed: no change
+    assert _client(project_dir).get_run(tracker.run_id).info.status == "KILLED"
+
+
+def test_given_tracking_uri_is_used_as_is_and_quietly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a given store is ./mlruns
+    uri = f"sqlite:///{tmp_path}/elsewhere.db"
+    # Hydra's job logging puts an INFO handler on the root logger; schema creation must not flood it.
+    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        tracker = build_tracker(MLflowLoggerConfig(tracking_uri=uri), "given", tmp_path / "project")
+        tracker.close()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+    stderr = capfd.readouterr().err
+    assert "alembic" not in stderr and "database tables" not in stderr
+    assert tracker.ui_command == f"mlflow ui --backend-store-uri {uri}"
+    assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "project").exists()
+    assert MlflowClient(tracking_uri=uri).get_run(tracker.run_id).info.run_name == "given"
+
+
+def test_log_figure_closes_pyplot_figures(project_dir: Path) -> None:
+    with build_tracker(MLflowLoggerConfig(experiment_name=EXPERIMENT), "figure", project_dir) as tracker:
+        figure = plt.figure()
+        figure.add_subplot().plot([0, 1], [1, 2])
+        tracker.log_figure(figure, "line.png")
+    assert figure.number not in plt.get_fignums()
+    assert (project_dir / "mlartifacts" / tracker.run_id / "artifacts" / "line.png").is_file()
+
+
+def test_logger_none_writes_nothing(tmp_path: Path) -> None:
+    with build_tracker(NoLoggerConfig(), "anything", tmp_path) as tracker:
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"m": 1.0}, step=1)
+        tracker.log_figure(equity_figure(*_equity_inputs(), title="t"), "equity")
+    assert isinstance(tracker, NullTracker)
+    assert tracker.ui_command is None and tracker.run_id is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_logger_none_does_not_import_mlflow(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from cappuccino.config import NoLoggerConfig\n"
+        "from cappuccino.tracking import build_tracker\n"
+        f"build_tracker(NoLoggerConfig(), 'x', Path({str(tmp_path)!r})).close()\n"
+        "assert 'mlflow' not in sys.modules, 'mlflow was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_unknown_logger_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="logger=mlflow or logger=none"):
+        build_tracker(NoLoggerConfig(name="wandb"), "x", tmp_path)
+
+
+def test_flatten_config_dots_keys_and_stringifies_values() -> None:
+    nested = {"agent": {"lr": 1e-4, "gamma": 0.99}, "data": {"symbols": ["BTC", "ETH"]}, "seed": 3, "empty": {}}
+    assert flatten_config(nested) == {
+        "agent.lr": "0.0001",
+        "agent.gamma": "0.99",
+        "data.symbols": "['BTC', 'ETH']",
+        "seed": "3",
+        "empty": "{}",
+    }
+    assert flatten_config({"lr": 0.5}, prefix="agent.") == {"agent.lr": "0.5"}
+
+
+def test_flatten_config_accepts_config_dataclasses() -> None:
+    @dataclass
+    class Outer:
+        agent: PPOConfig = field(default_factory=PPOConfig)
+
+    flat = flatten_config(Outer())
+    assert flat["agent.lr"] == "0.0003"
+    assert flat["agent.target_kl"] == "0.03"
+
+
+def test_flatten_config_truncates_values_to_mlflow_limit() -> None:
+    flat = flatten_config({"symbols": list(range(5000))})
+    assert len(flat["symbols"]) == MAX_PARAM_VALUE_LENGTH
+    assert flat["symbols"].startswith("[0, 1, 2") and flat["symbols"].endswith("...")
+
+
+def test_long_params_are_accepted_by_mlflow(project_dir: Path) -> None:
+    with build_tracker(MLflowLoggerConfig(experiment_name=EXPERIMENT), "long", project_dir) as tracker:
+        tracker.log_params({f"p{i}": list(range(3000)) for i in range(120)})  # > one batch of 100
+    params = _client(project_dir).get_run(tracker.run_id).data.params
+    assert len(params) == 120 and all(len(v) == MAX_PARAM_VALUE_LENGTH for v in params.values())
+
+
+def test_run_name_from_overrides() -> None:
+    assert run_name_from_overrides(["encoder=mlp", "agent.lr=1e-4"]) == "encoder=mlp,agent.lr=1e-4"
+    assert run_name_from_overrides([]) == "default"
+    assert run_name_from_overrides(["  ", ""]) == "default"
+    assert run_name_from_overrides(["note='two\nlines'\x00"]) == "note='two lines'"
+    long_name = run_name_from_overrides([f"k{i}=value" for i in range(100)])
+    assert len(long_name) == MAX_RUN_NAME_LENGTH and long_name.endswith("...")
+
+
+def test_equity_figure_normalises_and_has_two_panels() -> None:
+    timestamps, agent, benchmark = _equity_inputs()
+    figure = equity_figure(timestamps.tz_convert("America/New_York"), agent, benchmark, title="val fold 0")
+    equity_ax, drawdown_ax = figure.axes
+    assert figure.get_suptitle() == "val fold 0"
+    agent_line, benchmark_line = equity_ax.get_lines()[:2]
+    assert agent_line.get_ydata()[0] == pytest.approx(1.0)
+    assert agent_line.get_ydata()[-1] == pytest.approx(agent[-1] / agent[0])
+    assert benchmark_line.get_ydata()[0] == pytest.approx(1.0)
+    assert len(equity_ax.get_legend().get_texts()) == 2
+    assert max(line.get_ydata().max() for line in drawdown_ax.get_lines()) <= 0.0
+    # x data is UTC: the New York index is drawn at the same instants as the UTC one.
+    assert pd.Timestamp(agent_line.get_xdata()[0]) == timestamps[0].tz_localize(None)
+
+
+def test_equity_figure_rejects_mismatched_inputs() -> None:
+    timestamps, agent, benchmark = _equity_inputs()
+    with pytest.raises(ValueError, match="benchmark must have shape"):
+        equity_figure(timestamps, agent, benchmark[:-1], title="t")
+    with pytest.raises(ValueError, match="> 0"):
+        equity_figure(timestamps, agent, np.zeros_like(benchmark), title="t")
+
+
+def test_peak_memory() -> None:
+    current_mb = psutil.Process().memory_info().rss / 2**20
+    assert current_mb <= peak_rss_mb() <= psutil.virtual_memory().total / 2**20
+    assert peak_vram_mb(torch.device("cpu")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_peak_vram_counts_allocations() -> None:
+    device = torch.device("cuda")
+    torch.cuda.reset_peak_memory_stats(device)
+    block = torch.empty(64 * 2**20, dtype=torch.uint8, device=device)  # 64 MiB
+    assert peak_vram_mb(device) >= 64
+    del block
