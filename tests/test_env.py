@@ -1,0 +1,441 @@
+"""PortfolioEnv: hand-computed fills, conservation, minimum sizes, timing, episodes, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cappuccino.config import EnvConfig
+from cappuccino.data.market import MarketData
+from cappuccino.env import (
+    PortfolioEnv,
+    Segment,
+    equal_weight_buy_and_hold,
+    rebalance,
+    target_weights,
+)
+
+
+def env_config(**overrides) -> EnvConfig:
+    base = dict(num_envs=1, fee=0.01, cash_reserve=0.0, initial_cash=1000.0, reward_scale=1.0)
+    return EnvConfig(**{**base, **overrides})
+
+
+def hand_env(open_, close, cfg: EnvConfig, min_size, lookback: int = 1) -> PortfolioEnv:
+    """One env running the whole market once, zero features."""
+    open_t = torch.tensor(open_, dtype=torch.float64)
+    features = torch.zeros(*open_t.shape, 1)
+    return PortfolioEnv(
+        features, open_t, torch.tensor(close, dtype=torch.float64), [Segment(0, len(open_))], cfg,
+        lookback, torch.tensor(min_size, dtype=torch.float64), num_envs=1, random_start=False, episode_length=None,
+    )  # fmt: skip
+
+
+def random_market(n_bars: int, n_assets: int, n_features: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Features, open, close of a geometric random walk (open = previous close with a small gap)."""
+    g = torch.Generator().manual_seed(seed)
+    close = 100.0 * torch.exp(0.01 * torch.randn(n_bars, n_assets, generator=g, dtype=torch.float64).cumsum(0))
+    open_ = torch.cat([close[:1], close[:-1]]) * torch.exp(0.001 * torch.randn(n_bars, n_assets, generator=g, dtype=torch.float64))
+    return torch.randn(n_bars, n_assets, n_features, generator=g), open_, close
+
+
+def actions(n_steps: int, n_envs: int, n_assets: int, seed: int, spread: float = 1.5) -> torch.Tensor:
+    """(n_steps, B, A) actions, often outside [-1, 1] so the clamp is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    return spread * torch.randn(n_steps, n_envs, n_assets, generator=g)
+
+
+# ---------------------------------------------------------------------- action mapping
+def test_target_weights_mapping() -> None:
+    r = 0.1
+    w = target_weights(torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, -1.0], [5.0, -7.0], [0.0, -1.0]]), r)
+    expected = torch.tensor([[0.0, 0.0], [0.45, 0.45], [0.9, 0.0], [0.9, 0.0], [0.45, 0.0]])
+    torch.testing.assert_close(w, expected)
+    # More assets than fit: (1, -1, 0) -> raw (1, 0, 0.5), normalised by 1.5.
+    w3 = target_weights(torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]), r)
+    torch.testing.assert_close(w3, torch.tensor([[0.6, 0.0, 0.3], [0.3, 0.3, 0.3]]))
+
+
+# --------------------------------------------------------------------- hand-computed fills
+def test_hand_computed_two_assets_three_bars() -> None:
+    # bar:           0          1           2
+    open_ = [[10.0, 20.0], [10.0, 25.0], [12.0, 20.0]]
+    close = [[10.0, 20.0], [11.0, 24.0], [12.0, 22.0]]
+    env = hand_env(open_, close, env_config(cash_reserve=0.1), [0.5, 0.5])
+    obs = env.reset()
+    assert obs.bar.tolist() == [0]
+    torch.testing.assert_close(obs.weights, torch.tensor([[1.0, 0.0, 0.0]]))
+
+    # t=0, action (0, 0): w = 0.45 each of V_open = 1000 at open[1] = (10, 25)
+    # -> buy 45 A and 18 B: notional 900, fees 9, cash 1000 - 909 = 91.
+    # V1 at close[1] = 91 + 45 * 11 + 18 * 24 = 1018.
+    step = env.step(torch.tensor([[0.0, 0.0]]))
+    torch.testing.assert_close(env.holdings, torch.tensor([[45.0, 18.0]], dtype=torch.float64))
+    torch.testing.assert_close(env.cash, torch.tensor([91.0], dtype=torch.float64))
+    assert step.fees.item() == pytest.approx(9.0)
+    assert step.turnover.item() == pytest.approx(0.9)
+    assert step.value.item() == pytest.approx(1018.0)
+    assert step.reward.item() == pytest.approx(math.log(1018.0 / 1000.0), rel=1e-6)
+    assert step.obs.bar.tolist() == [1] and not step.done.item()
+    torch.testing.assert_close(step.obs.weights, torch.tensor([[91.0, 495.0, 432.0]]) / 1018.0)
+
+    # t=1, action (1, -1): w = (0.9, 0). open[2] = (12, 20): V_open = 91 + 540 + 360 = 991.
+    # Sell 18 B: +360 * 0.99 = 356.4 -> cash 447.4. Target A = 0.9 * 991 / 12 = 74.325,
+    # buy 29.325 A: 351.9 notional, costs 355.419 -> cash 91.981. Fees 3.6 + 3.519 = 7.119.
+    # V2 at close[2] = 91.981 + 74.325 * 12 = 983.881. Last step of the segment: done.
+    step = env.step(torch.tensor([[1.0, -1.0]]))
+    assert step.fees.item() == pytest.approx(7.119)
+    assert step.turnover.item() == pytest.approx(711.9 / 991.0)
+    assert step.value.item() == pytest.approx(983.881)
+    assert step.reward.item() == pytest.approx(math.log(983.881 / 1018.0), rel=1e-5)
+    assert step.done.item()
+    assert step.final_obs.bar.tolist() == [2]
+    torch.testing.assert_close(step.final_obs.weights, torch.tensor([[91.981, 891.9, 0.0]]) / 983.881)
+    # Auto-reset: a new episode, all cash again.
+    assert step.obs.bar.tolist() == [0]
+    torch.testing.assert_close(step.obs.weights, torch.tensor([[1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(env.cash, torch.tensor([1000.0], dtype=torch.float64))
+
+
+def test_buys_scaled_to_available_cash() -> None:
+    # All in with no reserve: 1000 at open 10 would cost 1010 with the fee, so the buy is scaled
+    # to 1000 / 1.01 = 990.0990 notional = 99.00990 units; fees 9.900990; no cash left.
+    env = hand_env([[10.0], [10.0], [10.0]], [[10.0], [11.0], [11.0]], env_config(), [0.0])
+    env.reset()
+    step = env.step(torch.tensor([[1.0]]))
+    assert env.holdings.item() == pytest.approx(99.00990099)
+    assert env.cash.item() == pytest.approx(0.0, abs=1e-9)
+    assert step.fees.item() == pytest.approx(9.900990099)
+    assert step.turnover.item() == pytest.approx(0.9900990099)
+    assert step.value.item() == pytest.approx(99.00990099 * 11.0)
+
+
+@pytest.mark.parametrize(("min_size", "trades"), [(1.0, False), (0.1, True)])
+def test_minimum_order_size_skips_small_trades(min_size: float, trades: bool) -> None:
+    # Reserve 0.5, no fee: step 0 buys 50 units at 10. At open[2] = 10.2 the value is 1010 and
+    # the target 505 / 10.2 = 49.5098 units: a sell of 0.4902 units, below a minimum of 1.
+    env = hand_env(
+        [[10.0], [10.0], [10.2], [10.2]], [[10.0], [10.0], [10.2], [10.2]],
+        env_config(fee=0.0, cash_reserve=0.5), [min_size],
+    )  # fmt: skip
+    env.reset()
+    env.step(torch.tensor([[1.0]]))
+    assert env.holdings.item() == pytest.approx(50.0)
+    step = env.step(torch.tensor([[1.0]]))
+    if trades:
+        assert env.holdings.item() == pytest.approx(505.0 / 10.2)
+        assert step.turnover.item() == pytest.approx((50.0 - 505.0 / 10.2) * 10.2 / 1010.0)
+    else:
+        assert env.holdings.item() == 50.0
+        assert step.turnover.item() == 0.0 and step.fees.item() == 0.0
+
+
+# ------------------------------------------------------------------------ from_market sizes
+def hand_market(symbols: tuple[str, ...], open_: np.ndarray, close: np.ndarray) -> MarketData:
+    T, A = open_.shape
+    ohlcv = np.stack([open_, np.maximum(open_, close), np.minimum(open_, close), close, np.ones((T, A))], -1)
+    market = MarketData(
+        timestamps=pd.date_range("2024-01-01", periods=T, freq="1h", tz="UTC"),
+        symbols=symbols, ohlcv=ohlcv, interval=pd.Timedelta("1h"), source="test",
+    )  # fmt: skip
+    return market.with_features(np.zeros((T, A, 2), np.float32), ("a", "b"), first_valid=0)
+
+
+def test_from_market_matches_minimum_sizes_by_symbol() -> None:
+    # LINK first although ETH precedes it in the config's mapping: a positional lookup would
+    # give LINK the ETH minimum (0.0003) and ETH the LINK minimum (0.1).
+    open_ = np.array([[10.0, 10.0], [10.0, 10.0], [10.02, 9.98], [10.0, 10.0]])
+    market = hand_market(("LINK", "ETH"), open_, open_.copy())
+    cfg = env_config(fee=0.0, cash_reserve=0.1)
+    assert list(cfg.min_order_size).index("ETH") < list(cfg.min_order_size).index("LINK")
+    env = PortfolioEnv.from_market(
+        market, [Segment(0, 4)], cfg, 1, "cpu", num_envs=1, random_start=False, episode_length=None
+    )
+    torch.testing.assert_close(env.min_order_size, torch.tensor([0.1, 0.0003], dtype=torch.float64))
+
+    env.reset()
+    env.step(torch.zeros(1, 2))  # 45 units of each at 10, cash 100
+    env.step(torch.zeros(1, 2))  # V_open 1000: LINK wants -0.0898 (< 0.1), ETH +0.0902 (> 0.0003)
+    assert env.holdings[0, 0].item() == 45.0
+    assert env.holdings[0, 1].item() == pytest.approx(450.0 / 9.98)
+
+
+def test_from_market_rejects_unknown_symbol_and_warmup() -> None:
+    open_ = np.full((6, 2), 10.0)
+    market = hand_market(("ETH", "DOGE"), open_, open_)
+    with pytest.raises(ValueError, match="DOGE"):
+        PortfolioEnv.from_market(market, [Segment(0, 6)], env_config(), 1, "cpu")
+    warm = hand_market(("ETH", "BTC"), open_, open_)
+    warm = warm.with_features(warm.features, warm.feature_names, first_valid=3)
+    with pytest.raises(ValueError, match="first_valid=3"):
+        PortfolioEnv.from_market(warm, [Segment(1, 6)], env_config(), 1, "cpu")
+
+
+# --------------------------------------------------------------------- conservation, bounds
+def test_rebalance_conserves_value_and_never_goes_short() -> None:
+    g = torch.Generator().manual_seed(0)
+    B, A, fee = 4096, 5, 0.003
+    cash = 1000.0 * torch.rand(B, generator=g, dtype=torch.float64) * (torch.rand(B, generator=g) > 0.2)
+    holdings = 10.0 * torch.rand(B, A, generator=g, dtype=torch.float64) * (torch.rand(B, A, generator=g) > 0.3)
+    cash[0], holdings[0] = 1.0, 0.0  # nearly nothing to trade with
+    price = torch.exp(torch.randn(B, A, generator=g, dtype=torch.float64)) * 50.0
+    min_size = torch.tensor([0.0, 0.01, 0.1, 1.0, 5.0], dtype=torch.float64)
+    weights = target_weights(2.0 * torch.randn(B, A, generator=g, dtype=torch.float64), cash_reserve=0.0)
+
+    fill = rebalance(cash, holdings, weights, price, min_size, fee)
+    before = cash + (holdings * price).sum(-1)
+    after = fill.cash + (fill.holdings * price).sum(-1)
+    torch.testing.assert_close(after, before - fill.fees, rtol=1e-12, atol=1e-9)
+    assert (fill.cash >= 0).all() and (fill.holdings >= 0).all() and (fill.fees >= 0).all()
+    traded = (fill.holdings - holdings).abs()
+    assert ((traded == 0) | (traded >= min_size * (1 - 1e-12))).all()
+    torch.testing.assert_close(fill.fees, fee * fill.turnover * before)
+
+
+def test_env_value_after_fill_is_value_before_minus_fees() -> None:
+    features, open_, close = random_market(200, 3, 2, seed=1)
+    n = 6
+    cfg = env_config(num_envs=n, fee=0.0025, cash_reserve=0.02)
+    env = PortfolioEnv(
+        features, open_, close, [Segment(0, 200)] * n, cfg, 5, torch.tensor([0.01, 0.1, 1.0]),
+        random_start=False, episode_length=None,
+    )  # fmt: skip
+    obs = env.reset()
+    for action in actions(150, n, 3, seed=2):
+        price = open_[obs.bar + 1]
+        before = env.cash + (env.holdings * price).sum(-1)
+        step = env.step(action)
+        after = env.cash + (env.holdings * price).sum(-1)
+        torch.testing.assert_close(after, before - step.fees, rtol=1e-12, atol=1e-8)
+        assert not step.done.any()
+        obs = step.obs
+
+
+def test_cash_and_holdings_never_negative_under_random_actions() -> None:
+    features, open_, close = random_market(300, 4, 2, seed=3)
+    cfg = env_config(num_envs=64, fee=0.0025, cash_reserve=0.0, episode_length=40)
+    env = PortfolioEnv(features, open_, close, [Segment(0, 300)], cfg, 8, torch.tensor([0.01, 0.5, 1.0, 3.0]))
+    env.reset()
+    for action in actions(200, 64, 4, seed=4, spread=3.0):
+        step = env.step(action)
+        assert (env.cash >= 0).all() and (env.holdings >= 0).all()
+        assert (step.value > 0).all()
+        for weights in (step.obs.weights, step.final_obs.weights):
+            assert (weights >= 0).all()
+            torch.testing.assert_close(weights.sum(-1), torch.ones(64))
+
+
+# ---------------------------------------------------------------------------- no look-ahead
+def run_fixed(features, open_, close, acts) -> list[tuple[int, torch.Tensor, torch.Tensor, float]]:
+    """(decision bar, weights, window, reward of the step taken there) for each step."""
+    env = PortfolioEnv(
+        features, open_, close, [Segment(0, len(open_))], env_config(fee=0.0025), 4, torch.full((2,), 0.01),
+        random_start=False, episode_length=None,
+    )  # fmt: skip
+    obs, out = env.reset(), []
+    for action in acts:
+        step = env.step(action)
+        out.append((int(obs.bar), obs.weights.clone(), env.window(obs.bar).clone(), float(step.reward)))
+        obs = step.obs
+    return out
+
+
+def test_observation_at_t_and_reward_of_step_t_ignore_later_bars() -> None:
+    features, open_, close = random_market(40, 2, 3, seed=5)
+    acts = actions(36, 1, 2, seed=6)  # decision bars 3..38
+    base = run_fixed(features, open_, close, acts)
+    g = torch.Generator().manual_seed(7)
+    for k in (10, 21):
+        f, o, c = features.clone(), open_.clone(), close.clone()
+        f[k + 1 :] = torch.randn(f[k + 1 :].shape, generator=g)
+        o[k + 1 :] *= torch.exp(0.05 * torch.randn(o[k + 1 :].shape, generator=g, dtype=torch.float64))
+        c[k + 1 :] *= torch.exp(0.05 * torch.randn(c[k + 1 :].shape, generator=g, dtype=torch.float64))
+        changed = run_fixed(f, o, c, acts)
+        for (t, w, win, r), (_, w2, win2, r2) in zip(base, changed):
+            if t <= k:  # everything the agent sees at t is unchanged...
+                assert torch.equal(w, w2) and torch.equal(win, win2)
+            if t + 1 <= k:  # ...and so is every reward that uses bars up to k
+                assert r == r2
+            if t == k:  # the step taken at k fills at open[k+1] and is valued at close[k+1]
+                assert r != r2
+
+
+def test_fill_uses_next_open_not_seen_prices() -> None:
+    features, open_, close = random_market(30, 2, 3, seed=8)
+    acts = actions(26, 1, 2, seed=9)
+    base = run_fixed(features, open_, close, acts)
+    k = 12
+    moved = open_.clone()
+    moved[k + 1] *= torch.tensor([1.05, 0.97], dtype=torch.float64)  # only the fill of the step at k
+    changed = run_fixed(features, moved, close, acts)
+    for (t, w, _, r), (_, w2, _, r2) in zip(base, changed):
+        if t < k:
+            assert r == r2 and torch.equal(w, w2)
+        if t == k:  # seen at k: nothing moved; paid at k: the new fill price
+            assert r != r2 and torch.equal(w, w2)
+        if t == k + 1:  # the units bought at open[k+1] show in the next weights
+            assert not torch.equal(w, w2)
+
+
+# --------------------------------------------------------------------------------- episodes
+def test_episodes_never_cross_segment_boundaries() -> None:
+    features, open_, close = random_market(80, 2, 3, seed=10)
+    features[30:45] = float("nan")  # the gap: any read of it would show up as NaN
+    open_[30:45] = float("nan")
+    close[30:45] = float("nan")
+    segments, L, E = [Segment(0, 30), Segment(45, 80)], 5, 8
+    cfg = env_config(num_envs=16, episode_length=E, reward="excess_log_return")
+    env = PortfolioEnv(features, open_, close, segments, cfg, L, torch.full((2,), 0.01))
+
+    def inside(bar: torch.Tensor, last: int) -> torch.Tensor:
+        """Window start and ``bar + last`` both in one segment."""
+        return sum((bar - L + 1 >= s.start) & (bar + last <= s.stop - 1) for s in segments).bool()
+
+    obs = env.reset()
+    steps_in_episode = torch.zeros(16, dtype=torch.long)
+    starts = set(obs.bar.tolist())
+    for action in actions(300, 16, 2, seed=11):
+        step = env.step(action)
+        assert inside(step.obs.bar, 1).all() and inside(step.final_obs.bar, 0).all()
+        assert torch.isfinite(step.reward).all() and torch.isfinite(env.window(step.final_obs.bar)).all()
+        steps_in_episode += 1
+        assert (steps_in_episode[step.done] == E).all() and (steps_in_episode <= E).all()
+        steps_in_episode[step.done] = 0
+        starts.update(step.obs.bar[step.done].tolist())
+    # Starts cover both segments, from the first valid bar to the last that fits an episode.
+    assert min(starts) == 4 and max(starts) == 80 - 2 - (E - 1)
+    assert any(s < 30 for s in starts) and any(s >= 45 for s in starts)
+
+
+def test_segment_choice_proportional_to_valid_starts() -> None:
+    features, open_, close = random_market(300, 2, 1, seed=12)
+    L, E = 4, 10
+    segments = [Segment(0, 123), Segment(150, 173)]  # 123 - 4 - 10 + 1 = 110 and 10 valid starts
+    env = PortfolioEnv(features, open_, close, segments, env_config(num_envs=8192, episode_length=E), L, torch.zeros(2))
+    in_first = (env.reset().bar < 150).double().mean().item()
+    assert in_first == pytest.approx(110 / 120, abs=0.015)
+
+
+def test_short_segment_runs_what_fits_and_too_short_is_rejected() -> None:
+    features, open_, close = random_market(40, 2, 1, seed=13)
+    cfg = env_config(num_envs=4, episode_length=20)
+    env = PortfolioEnv(features, open_, close, [Segment(0, 8)], cfg, 3, torch.zeros(2))  # 5 decision bars
+    env.reset()
+    done = [env.step(torch.zeros(4, 2)).done for _ in range(10)]
+    assert torch.stack(done).nonzero()[:, 0].unique().tolist() == [4, 9]
+    with pytest.raises(ValueError, match=r"Segment\(start=10, stop=13\).*lookback=3"):
+        PortfolioEnv(features, open_, close, [Segment(0, 8), Segment(10, 13)], cfg, 3, torch.zeros(2))
+
+
+def test_bad_inputs_are_rejected_with_a_reason() -> None:
+    features, open_, close = random_market(40, 2, 1, seed=14)
+    cfg = env_config(num_envs=3)
+    with pytest.raises(ValueError, match="num_envs"):
+        PortfolioEnv(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2), random_start=False)
+    with pytest.raises(ValueError, match="min_order_size"):
+        PortfolioEnv(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(3))
+    env = PortfolioEnv(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2))
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(torch.zeros(3, 2))
+    env.reset()
+    with pytest.raises(ValueError, match="action"):
+        env.step(torch.zeros(2, 3))
+
+
+def test_window_gathers_the_last_lookback_bars() -> None:
+    features, open_, close = random_market(50, 3, 4, seed=15)
+    env = PortfolioEnv(features, open_, close, [Segment(0, 50)], env_config(), 6, torch.zeros(3))
+    bars = torch.tensor([5, 17, 48])
+    expected = torch.stack([features[b - 5 : b + 1] for b in bars.tolist()])
+    torch.testing.assert_close(env.window(bars), expected)
+    buffer = torch.empty(3, 6, 3, 4)
+    assert env.window(bars, out=buffer) is not None and torch.equal(buffer, expected)
+    with pytest.raises(ValueError, match="out has shape"):
+        env.window(bars, out=torch.empty(3, 5, 3, 4))
+
+
+# ------------------------------------------------------------------------------- rewards
+def test_equal_weight_buy_and_hold_by_hand() -> None:
+    # 500 per asset at open (10, 20) with fee 1%: 500 / 10.1 and 500 / 20.2 units.
+    values = equal_weight_buy_and_hold(
+        torch.tensor([10.0, 20.0], dtype=torch.float64),
+        torch.tensor([[11.0, 18.0], [12.0, 22.0]], dtype=torch.float64), 1000.0, 0.01,
+    )  # fmt: skip
+    torch.testing.assert_close(values, torch.tensor([990.0990099, 1138.6138614], dtype=torch.float64))
+
+
+def test_excess_rewards_sum_to_log_growth_over_benchmark() -> None:
+    features, open_, close = random_market(120, 3, 2, seed=16)
+    cfg = env_config(fee=0.0025, reward="excess_log_return", reward_scale=100.0)
+    env = PortfolioEnv(
+        features, open_, close, [Segment(10, 120)], cfg, 5, torch.full((3,), 0.01),
+        num_envs=1, random_start=False, episode_length=None,
+    )  # fmt: skip
+    first = int(env.reset().bar)
+    total = 0.0
+    for action in actions(200, 1, 3, seed=17):
+        step = env.step(action)
+        total += float(step.reward)
+        if step.done.item():
+            break
+    last_fill = int(step.final_obs.bar)
+    assert last_fill == 119 and first == 14
+    bench = equal_weight_buy_and_hold(open_[first + 1], close[first + 1 : last_fill + 1], cfg.initial_cash, cfg.fee)
+    expected = math.log(float(step.value) / cfg.initial_cash) - math.log(float(bench[-1]) / cfg.initial_cash)
+    assert total / 100.0 == pytest.approx(expected, abs=1e-5)
+
+
+# ------------------------------------------------------------------ reset, determinism
+def test_reset_leaves_no_state_behind() -> None:
+    features, open_, close = random_market(200, 3, 2, seed=18)
+    cfg = env_config(num_envs=8, fee=0.0025, episode_length=30, reward="excess_log_return")
+    used = PortfolioEnv(features, open_, close, [Segment(0, 200)], cfg, 5, torch.full((3,), 0.01), seed=1)
+    used.reset()
+    for action in actions(47, 8, 3, seed=19):  # stop mid-episode, holdings and benchmark live
+        used.step(action)
+    fresh = PortfolioEnv(features, open_, close, [Segment(0, 200)], cfg, 5, torch.full((3,), 0.01), seed=2)
+    a, b = used.reset(seed=3), fresh.reset(seed=3)
+    assert torch.equal(a.bar, b.bar) and torch.equal(a.weights, b.weights)
+    for action in actions(70, 8, 3, seed=20):
+        sa, sb = used.step(action), fresh.step(action)
+        for x, y in zip((sa.reward, sa.value, sa.fees, sa.obs.bar), (sb.reward, sb.value, sb.fees, sb.obs.bar)):
+            assert torch.equal(x, y)
+
+
+def test_same_seed_same_numbers() -> None:
+    features, open_, close = random_market(300, 3, 2, seed=21)
+    cfg = env_config(num_envs=16, episode_length=25)
+
+    def rollout(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        env = PortfolioEnv(features, open_, close, [Segment(0, 140), Segment(160, 300)], cfg, 5, torch.zeros(3), seed=seed)
+        env.reset()
+        steps = [env.step(action) for action in actions(60, 16, 3, seed=22)]
+        return torch.stack([s.obs.bar for s in steps]), torch.stack([s.reward for s in steps])
+
+    bars, rewards = rollout(0)
+    bars_again, rewards_again = rollout(0)
+    assert torch.equal(bars, bars_again) and torch.equal(rewards, rewards_again)
+    assert not torch.equal(bars, rollout(1)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_without_host_syncs() -> None:
+    features, open_, close = random_market(200, 3, 2, seed=23)
+    cfg = env_config(num_envs=2, fee=0.0025, reward="excess_log_return")
+    segments, min_size = [Segment(0, 200), Segment(50, 200)], torch.full((3,), 0.01)
+    kwargs = dict(random_start=False, episode_length=None)
+    cpu = PortfolioEnv(features, open_, close, segments, cfg, 5, min_size, **kwargs)
+    gpu = PortfolioEnv(features.cuda(), open_.cuda(), close.cuda(), segments, cfg, 5, min_size.cuda(), **kwargs)
+    cpu.reset(), gpu.reset()
+    for action in actions(100, 2, 3, seed=24):
+        on_device = action.cuda()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            on_gpu = gpu.step(on_device)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.testing.assert_close(on_gpu.value.cpu(), cpu.step(action).value)

@@ -1,0 +1,61 @@
+"""PortfolioGymEnv: gymnasium's checker, observation layout, truncation, info."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from cappuccino.config import EnvConfig
+from cappuccino.env import PortfolioEnv, Segment
+from cappuccino.env.gym_adapter import PortfolioGymEnv
+
+T, A, F, L = 120, 3, 4, 6
+
+
+def batched_env(num_envs: int = 1, episode_length: int = 10) -> PortfolioEnv:
+    g = torch.Generator().manual_seed(0)
+    close = 100.0 * torch.exp(0.01 * torch.randn(T, A, generator=g).cumsum(0))
+    open_ = torch.cat([close[:1], close[:-1]])
+    features = torch.randn(T, A, F, generator=g)
+    features[:10] = float("nan")  # warm-up rows outside the segment
+    cfg = EnvConfig(num_envs=num_envs, episode_length=episode_length, fee=0.001)
+    return PortfolioEnv(features, open_, close, [Segment(10, T)], cfg, L, torch.full((A,), 0.01))
+
+
+def test_passes_gymnasium_env_checker_without_warnings() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(PortfolioGymEnv(batched_env()))
+    # The only acceptable remark: render modes cannot be tested without a registered spec.
+    assert [str(w.message) for w in caught if "render" not in str(w.message)] == []
+
+
+def test_observation_is_window_then_weights() -> None:
+    env = PortfolioGymEnv(batched_env())
+    obs, _ = env.reset(seed=3)
+    inner = env.env
+    bar = int(inner.reset(seed=3).bar)  # same seed, same start
+    assert obs.shape == (L * A * F + A + 1,) and obs.dtype == np.float32
+    np.testing.assert_array_equal(obs[: L * A * F], inner.features[bar - L + 1 : bar + 1].flatten().numpy())
+    np.testing.assert_array_equal(obs[-(A + 1) :], [1.0, 0.0, 0.0, 0.0])
+    assert env.observation_space.contains(obs)
+
+
+def test_truncates_after_episode_length_with_info() -> None:
+    env = PortfolioGymEnv(batched_env(episode_length=10))
+    env.reset(seed=0)
+    for i in range(10):
+        obs, reward, terminated, truncated, info = env.step(np.full(A, 0.5, np.float32))
+        assert not terminated and truncated == (i == 9)
+        assert set(info) == {"value", "fees", "turnover"} and info["value"] > 0
+        assert isinstance(reward, float) and env.observation_space.contains(obs)
+    assert obs[-(A + 1)] < 0.1  # the stopped episode's weights (invested), not a fresh all-cash one
+
+
+def test_rejects_batched_env() -> None:
+    with pytest.raises(ValueError, match="num_envs=1"):
+        PortfolioGymEnv(batched_env(num_envs=4))
