@@ -1,0 +1,188 @@
+"""End-to-end PPO throughput (rollout + update, env samples per second): cappuccino vs SB3.
+
+Both train the same task with the same algorithm settings and network:
+
+- data: a numpy random walk of 7 assets with 14 standard-normal stand-in features (the
+  throughput does not depend on what the features mean), lookback 20;
+- network: separate actor and critic MLPs [256, 256] with tanh (SB3's
+  ``net_arch=dict(pi=[256, 256], vf=[256, 256])``), orthogonal init, state-independent log-std;
+- PPO: the same num_envs, n_steps, minibatch size, epochs, clipping (value clipping included),
+  no target-KL early stop (so both run every epoch), truncation bootstrap in both.
+
+cappuccino runs one batched ``PortfolioEnv`` with ``num_envs`` episodes stepped together in torch.
+SB3 drives ``num_envs`` copies of the gymnasium adapter (``PortfolioGymEnv`` around a one-episode
+``PortfolioEnv``) through ``DummyVecEnv``, the standard single-process setup (SubprocVecEnv would
+spend cores the update needs on this 2-core reference machine). Both run on the CPU in this
+process with the same torch thread count (``--threads``, default PyTorch's). Each side first runs
+one untimed update as a warm-up, then ``--updates`` timed ones; the two sides alternate
+``--repeats`` times and the fastest repeat of each is reported (timeit's rule: slower repeats
+measure other load on the machine, not the code).
+
+    python benchmarks/ppo_throughput.py            # 64 envs x 128 steps, minibatch 1024, 4 epochs
+    python benchmarks/ppo_throughput.py --quick    # 16 envs x 64 steps, minibatch 256, 2 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO as SB3PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from cappuccino.agents import PPO
+from cappuccino.config import ALPACA_MIN_ORDER_SIZE, DEFAULT_SYMBOLS, EnvConfig, MLPEncoderConfig, PPOConfig
+from cappuccino.env import PortfolioEnv, Segment
+from cappuccino.env.gym_adapter import PortfolioGymEnv
+from cappuccino.models import ActorCritic
+
+LOOKBACK, N_FEATURES, HIDDEN = 20, 14, [256, 256]
+
+
+class Stopwatch:
+    """Sums the wall time spent in the methods it wraps (used to split rollout from update)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, obj: object, name: str) -> None:
+        method = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        setattr(obj, name, timed)
+
+
+@dataclass(frozen=True)
+class Timing:
+    total: float  # seconds for the timed updates, rollout + update
+    rollout: float  # of which collecting the rollouts (truncation bootstrap included)
+
+
+@dataclass(frozen=True)
+class Market:
+    features: torch.Tensor  # (T, A, F) float32
+    open: torch.Tensor  # (T, A) float64
+    close: torch.Tensor  # (T, A) float64
+
+
+def random_walk(n_bars: int, n_assets: int, seed: int) -> Market:
+    """Geometric random-walk prices (1 % hourly volatility); each bar opens at the previous close."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(0.01 * rng.standard_normal((n_bars, n_assets)), axis=0))
+    open_ = np.vstack([close[:1], close[:-1]])
+    features = rng.standard_normal((n_bars, n_assets, N_FEATURES)).astype(np.float32)
+    return Market(torch.from_numpy(features), torch.from_numpy(open_), torch.from_numpy(close))
+
+
+def make_env(market: Market, env_cfg: EnvConfig, num_envs: int, seed: int) -> PortfolioEnv:
+    min_order_size = torch.tensor([ALPACA_MIN_ORDER_SIZE[s] for s in DEFAULT_SYMBOLS], dtype=torch.float64)
+    segment = Segment(0, market.features.shape[0])
+    return PortfolioEnv(
+        market.features, market.open, market.close, [segment], env_cfg, LOOKBACK, min_order_size,
+        num_envs=num_envs, seed=seed,
+    )  # fmt: skip
+
+
+def time_ours(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int) -> Timing:
+    """Time ``updates`` PPO updates (after one warm-up update)."""
+    torch.manual_seed(0)
+    env = make_env(market, env_cfg, env_cfg.num_envs, seed=0)
+    policy = ActorCritic(MLPEncoderConfig(hidden_sizes=HIDDEN, activation="tanh"), LOOKBACK, env.n_assets,
+                         N_FEATURES, cfg.init_log_std)  # fmt: skip
+    batch = env_cfg.num_envs * cfg.n_steps
+    PPO(policy, env, cfg, total_steps=batch).learn()
+    ppo, rollout = PPO(policy, env, cfg, total_steps=batch * updates), Stopwatch()
+    rollout.wrap(ppo, "_collect")
+    start = time.perf_counter()
+    ppo.learn()
+    return Timing(time.perf_counter() - start, rollout.seconds)
+
+
+def time_sb3(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int) -> Timing:
+    """Time ``updates`` SB3 PPO updates (after one warm-up update)."""
+    single = EnvConfig(**{**env_cfg.__dict__, "num_envs": 1})
+    seeds = iter(range(env_cfg.num_envs))
+    venv = make_vec_env(
+        lambda: PortfolioGymEnv(make_env(market, single, 1, seed=next(seeds))),
+        n_envs=env_cfg.num_envs,
+        vec_env_cls=DummyVecEnv,
+    )
+    model = SB3PPO(
+        "MlpPolicy",
+        venv,
+        learning_rate=cfg.lr,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.minibatch_size,
+        n_epochs=cfg.update_epochs,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_coef,
+        clip_range_vf=cfg.clip_coef if cfg.clip_value_loss else None,
+        normalize_advantage=cfg.norm_adv,
+        ent_coef=cfg.ent_coef,
+        vf_coef=cfg.vf_coef,
+        max_grad_norm=cfg.max_grad_norm,
+        target_kl=cfg.target_kl,
+        policy_kwargs=dict(
+            net_arch=dict(pi=HIDDEN, vf=HIDDEN), activation_fn=torch.nn.Tanh, log_std_init=cfg.init_log_std
+        ),
+        device="cpu",
+        seed=0,
+    )
+    batch = env_cfg.num_envs * cfg.n_steps
+    model.learn(total_timesteps=batch)
+    rollout = Stopwatch()
+    rollout.wrap(model, "collect_rollouts")
+    start = time.perf_counter()
+    model.learn(total_timesteps=batch * updates, reset_num_timesteps=False)
+    return Timing(time.perf_counter() - start, rollout.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--updates", type=int, default=None, help="timed PPO updates (default 3, quick 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the fastest of each is kept")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    num_envs, n_steps, minibatch, epochs = (16, 64, 256, 2) if args.quick else (64, 128, 1024, 4)
+    updates = args.updates or (2 if args.quick else 3)
+    env_cfg = EnvConfig(num_envs=num_envs)
+    # SB3 has no LR annealing; its cost is nil anyway, but keep the two runs the same algorithm.
+    cfg = PPOConfig(n_steps=n_steps, minibatch_size=minibatch, update_epochs=epochs, target_kl=None, anneal_lr=False)
+    market = random_walk(n_bars=5000, n_assets=len(DEFAULT_SYMBOLS), seed=0)
+    samples = num_envs * n_steps * updates
+
+    runs = [(time_ours(market, env_cfg, cfg, updates), time_sb3(market, env_cfg, cfg, updates)) for _ in range(args.repeats)]
+    ours = min((r[0] for r in runs), key=lambda t: t.total)
+    sb3 = min((r[1] for r in runs), key=lambda t: t.total)
+    print(
+        f"PPO end-to-end throughput: {num_envs} envs x {n_steps} steps, minibatch {minibatch}, {epochs} epochs, "
+        f"{updates} timed updates (best of {args.repeats}), lookback {LOOKBACK}, {len(DEFAULT_SYMBOLS)} assets x "
+        f"{N_FEATURES} features, MLP {HIDDEN} tanh actor + critic, torch threads {torch.get_num_threads()}\n"
+    )
+    print(f"| implementation ({samples} samples) | rollout s | update s | total s | rollout samples/s "
+          "| end-to-end samples/s | end-to-end speed-up |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, t in (("cappuccino PPO (batched torch env)", ours), ("SB3 PPO (DummyVecEnv of PortfolioGymEnv)", sb3)):
+        print(
+            f"| {name} | {t.rollout:.2f} | {t.total - t.rollout:.2f} | {t.total:.2f} | {samples / t.rollout:,.0f} "
+            f"| {samples / t.total:,.0f} | {sb3.total / t.total:.1f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Proximal Policy Optimisation, CleanRL style, on the batched torch portfolio env.
+
+One readable algorithm; every equation appears once, in the small functions below:
+
+- GAE(lambda) advantages (:func:`gae`), where ``done`` cuts the recursion. Every episode end in
+  this env is a time-limit truncation, so the reward of a step that ended an episode first gets
+  ``gamma * V(final_obs)`` added (the value the episode would have continued with).
+- The clipped surrogate (:func:`clipped_surrogate`) clips the probability ratio inside a
+  ``max`` of the two negated objectives (the ElegantRL code this project family derives from
+  scaled the ratio instead, which does not bound the update).
+- Optionally clipped value loss (:func:`value_loss`), approximate KL (:func:`approx_kl`).
+
+Choices: Adam(eps=1e-5); learning rate annealed linearly over updates (CleanRL: update ``u`` of
+``U`` uses ``lr * (1 - (u - 1) / U)``, so the last one uses ``lr / U``); each epoch draws
+minibatches without replacement from one permutation and keeps the last, smaller minibatch, so
+every sample is used exactly once per epoch; the target-KL check runs after each epoch on the
+KL of that epoch's last minibatch (the most recent policy) and stops the epoch loop.
+
+The rollout buffer keeps bar indices and portfolio weights, never feature windows: windows are
+gathered from the env per forward pass, so a 60-bar lookback costs no rollout memory. All
+tensors live on ``env.device``; the rollout loop makes no host syncs except one ``nonzero``
+per rollout to find the truncated steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from cappuccino.config import PPOConfig
+from cappuccino.env.portfolio import Observation, StepResult
+from cappuccino.models.policy import ActorCritic
+
+
+class BatchedEnv(Protocol):
+    """What PPO needs from an env (``PortfolioEnv`` provides it)."""
+
+    @property
+    def num_envs(self) -> int: ...
+
+    @property
+    def n_assets(self) -> int: ...
+
+    @property
+    def n_features(self) -> int: ...
+
+    @property
+    def lookback(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def reset(self) -> Observation: ...
+
+    def step(self, action: Tensor) -> StepResult: ...
+
+    def window(self, bar: Tensor) -> Tensor: ...
+
+
+# ------------------------------------------------------------------------- loss pieces
+def gae(rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, gamma: float, lam: float) -> Tensor:
+    """Generalised advantage estimates, (T, B).
+
+    rewards, values, dones: (T, B); ``dones[t]`` means the transition at step t ended its
+    episode, so ``V(s_{t+1})`` is not used and the recursion restarts. next_value: (B,), the
+    value of the observation after the last step.
+        delta_t = r_t + gamma * V(s_{t+1}) * (1 - d_t) - V(s_t)
+        A_t     = delta_t + gamma * lam * (1 - d_t) * A_{t+1}
+    """
+    not_done = 1.0 - dones.to(rewards.dtype)
+    next_values = torch.cat([values[1:], next_value.unsqueeze(0)])  # (T, B): V(s_{t+1})
+    deltas = rewards + gamma * next_values * not_done - values
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + gamma * lam * not_done[t] * running
+        advantages[t] = running
+    return advantages
+
+
+def normalize(x: Tensor) -> Tensor:
+    """Zero mean, unit (population) std; the population std keeps a 1-sample minibatch finite."""
+    return (x - x.mean()) / (x.std(correction=0) + 1e-8)
+
+
+def clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_coef: float) -> Tensor:
+    """PPO-clip policy loss: mean of max(-A * r, -A * clamp(r, 1 - eps, 1 + eps))."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    return torch.max(unclipped, clipped).mean()
+
+
+def value_loss(new_values: Tensor, old_values: Tensor, returns: Tensor, clip_coef: Optional[float]) -> Tensor:
+    """0.5 * mean squared error; with ``clip_coef``, the max of the unclipped error and the error
+    of the prediction clipped to ``old_values +- clip_coef``."""
+    squared = (new_values - returns) ** 2
+    if clip_coef is not None:
+        clipped_values = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
+        squared = torch.max(squared, (clipped_values - returns) ** 2)
+    return 0.5 * squared.mean()
+
+
+def approx_kl(log_ratio: Tensor) -> Tensor:
+    """Low-variance estimator of KL(old || new): mean((r - 1) - log r) (Schulman's k3)."""
+    return ((log_ratio.exp() - 1.0) - log_ratio).mean()
+
+
+def explained_variance(predictions: Tensor, targets: Tensor) -> float:
+    """1 - Var(targets - predictions) / Var(targets); NaN when the targets are constant."""
+    variance = targets.var()
+    return float("nan") if variance == 0 else (1.0 - (targets - predictions).var() / variance).item()
+
+
+# ------------------------------------------------------------------------------ rollout
+@dataclass
+class Rollout:
+    """One rollout of T steps of B envs, every field (T, B, ...) on the env's device."""
+
+    bars: Tensor  # (T, B) long: decision bar of each observation
+    weights: Tensor  # (T, B, A + 1)
+    actions: Tensor  # (T, B, A) unclipped Gaussian samples
+    log_probs: Tensor  # (T, B)
+    values: Tensor  # (T, B)
+    rewards: Tensor  # (T, B) scaled env rewards (+ gamma * V(final_obs) on truncation, added later)
+    dones: Tensor  # (T, B) bool
+    final_bars: Tensor  # (T, B) long: bar an ended episode stopped at (== next bar where not done)
+    final_weights: Tensor  # (T, B, A + 1)
+
+    @classmethod
+    def empty(cls, n_steps: int, num_envs: int, n_assets: int, device: torch.device) -> "Rollout":
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+            return torch.zeros((n_steps, num_envs, *shape), dtype=dtype, device=device)
+
+        return cls(
+            bars=zeros(dtype=torch.long),
+            weights=zeros(n_assets + 1),
+            actions=zeros(n_assets),
+            log_probs=zeros(),
+            values=zeros(),
+            rewards=zeros(),
+            dones=zeros(dtype=torch.bool),
+            final_bars=zeros(dtype=torch.long),
+            final_weights=zeros(n_assets + 1),
+        )
+
+
+# ---------------------------------------------------------------------------------- PPO
+class PPO:
+    """Train ``policy`` on ``env`` for ``total_steps`` env steps (summed over envs).
+
+    ``total_steps`` is rounded down to whole updates of ``num_envs * n_steps`` steps (at least
+    one); ``self.total_steps`` is the number that will actually run. The caller seeds torch
+    (``torch.manual_seed``); with the same seed two CPU runs produce bit-identical metrics. The
+    policy is moved to ``env.device``.
+    """
+
+    def __init__(self, policy: ActorCritic, env: BatchedEnv, cfg: PPOConfig, total_steps: int) -> None:
+        _check_compatible(policy, env)
+        self.policy = policy.to(env.device)
+        self.env = env
+        self.cfg = cfg
+        self.batch_size = env.num_envs * cfg.n_steps
+        if cfg.minibatch_size > self.batch_size:
+            raise ValueError(
+                f"agent.minibatch_size={cfg.minibatch_size} exceeds the rollout batch "
+                f"env.num_envs * agent.n_steps = {env.num_envs} * {cfg.n_steps} = {self.batch_size}; "
+                "lower agent.minibatch_size or raise agent.n_steps / env.num_envs"
+            )
+        self.num_updates = max(1, total_steps // self.batch_size)
+        self.total_steps = self.num_updates * self.batch_size
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.global_step = 0
+
+    def learn(self, on_update: Callable[[dict[str, float]], None] | None = None) -> None:
+        """Run ``num_updates`` rollout + optimisation rounds, calling ``on_update(metrics)`` after each.
+
+        metrics: global_step, update (1-based), learning_rate (used in this update), epochs_run;
+        policy_loss, value_loss, entropy, clip_fraction, grad_norm (pre-clip): means over the
+        minibatches run; approx_kl: the value the target-KL check last saw; explained_variance of
+        the rollout values against the returns; episode_reward: mean undiscounted (scaled) reward
+        sum of the episodes that ended in this rollout, NaN if none did; steps_per_second of this
+        update (rollout + optimisation).
+        """
+        obs = self.env.reset()
+        episode_return = torch.zeros(self.env.num_envs, device=self.env.device)
+        for update in range(1, self.num_updates + 1):
+            start = time.perf_counter()
+            learning_rate = self.cfg.lr
+            if self.cfg.anneal_lr:
+                learning_rate *= 1.0 - (update - 1) / self.num_updates
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
+
+            rollout, obs, episode_return, episode_reward = self._collect(obs, episode_return)
+            self.global_step += self.batch_size
+            advantages, returns = self._advantages(rollout, obs)
+            metrics = self._optimise(rollout, advantages, returns)
+
+            metrics.update(
+                global_step=self.global_step,
+                update=update,
+                explained_variance=explained_variance(rollout.values.flatten(), returns.flatten()),
+                episode_reward=episode_reward.item(),
+                learning_rate=learning_rate,
+            )
+            metrics["steps_per_second"] = self.batch_size / (time.perf_counter() - start)
+            if on_update is not None:
+                on_update(metrics)
+
+    @torch.no_grad()
+    def _collect(self, obs: Observation, episode_return: Tensor) -> tuple[Rollout, Observation, Tensor, Tensor]:
+        """Run ``n_steps`` in every env. Returns the rollout (truncations already bootstrapped),
+        the next observation, the running per-env episode returns, and the mean return of the
+        episodes that ended in this rollout (a 0-d tensor, NaN if none ended)."""
+        env, policy = self.env, self.policy
+        policy.eval()  # no dropout while acting: the stored log-probs are the policy's own
+        rollout = Rollout.empty(self.cfg.n_steps, env.num_envs, env.n_assets, env.device)
+        finished_sum = torch.zeros((), device=env.device)
+        finished_count = torch.zeros((), device=env.device)
+        for t in range(self.cfg.n_steps):
+            action, log_prob, value = policy.act(env.window(obs.bar), obs.weights)
+            step = env.step(action)  # the env clamps the action to [-1, 1]
+            rollout.bars[t], rollout.weights[t] = obs.bar, obs.weights
+            rollout.actions[t], rollout.log_probs[t], rollout.values[t] = action, log_prob, value
+            rollout.rewards[t], rollout.dones[t] = step.reward, step.done
+            rollout.final_bars[t], rollout.final_weights[t] = step.final_obs.bar, step.final_obs.weights
+
+            episode_return += step.reward
+            finished_sum += (episode_return * step.done).sum()  # no boolean indexing: it syncs
+            finished_count += step.done.sum()
+            episode_return = episode_return.masked_fill(step.done, 0.0)
+            obs = step.obs
+        self._bootstrap_truncations(rollout)
+        return rollout, obs, episode_return, finished_sum / finished_count
+
+    def _bootstrap_truncations(self, rollout: Rollout) -> None:
+        """rewards += gamma * V(final_obs) where the episode was cut by the time limit."""
+        steps, envs = rollout.dones.nonzero(as_tuple=True)  # the one host sync of the rollout
+        for chunk in torch.arange(len(steps), device=steps.device).split(self.cfg.minibatch_size):
+            t, b = steps[chunk], envs[chunk]
+            final_value = self.policy.value(self.env.window(rollout.final_bars[t, b]), rollout.final_weights[t, b])
+            rollout.rewards[t, b] += self.cfg.gamma * final_value
+
+    @torch.no_grad()
+    def _advantages(self, rollout: Rollout, next_obs: Observation) -> tuple[Tensor, Tensor]:
+        """(advantages, returns), each (T, B); returns = advantages + values (the value targets)."""
+        next_value = self.policy.value(self.env.window(next_obs.bar), next_obs.weights)
+        cfg = self.cfg
+        advantages = gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda)
+        return advantages, advantages + rollout.values
+
+    def _optimise(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
+        """``update_epochs`` passes of minibatch gradient steps; returns the loss metrics."""
+        cfg, policy = self.cfg, self.policy
+        policy.train()
+        bars, weights = rollout.bars.flatten(), rollout.weights.flatten(0, 1)  # (N,), (N, A + 1)
+        actions, old_log_probs = rollout.actions.flatten(0, 1), rollout.log_probs.flatten()
+        old_values, advantages, returns = rollout.values.flatten(), advantages.flatten(), returns.flatten()
+        value_clip = cfg.clip_coef if cfg.clip_value_loss else None
+
+        # Summed over minibatches on the device: policy, value, entropy, clip fraction, grad norm.
+        totals = torch.zeros(5, device=bars.device)
+        n_minibatches, epochs_run = 0, 0
+        kl = torch.zeros((), device=bars.device)
+        for _ in range(cfg.update_epochs):
+            epochs_run += 1
+            for idx in torch.randperm(self.batch_size, device=bars.device).split(cfg.minibatch_size):
+                log_prob, entropy, value = policy.evaluate(self.env.window(bars[idx]), weights[idx], actions[idx])
+                log_ratio = log_prob - old_log_probs[idx]
+                ratio = log_ratio.exp()
+                adv = normalize(advantages[idx]) if cfg.norm_adv else advantages[idx]
+
+                pg_loss = clipped_surrogate(ratio, adv, cfg.clip_coef)
+                v_loss = value_loss(value, old_values[idx], returns[idx], value_clip)
+                mean_entropy = entropy.mean()
+                loss = pg_loss - cfg.ent_coef * mean_entropy + cfg.vf_coef * v_loss
+
+                self.optimizer.zero_grad()
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+
+                with torch.no_grad():
+                    kl = approx_kl(log_ratio)
+                    clip_fraction = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+                    totals += torch.stack([pg_loss, v_loss, mean_entropy, clip_fraction, grad_norm])
+                n_minibatches += 1
+            if cfg.target_kl is not None and kl > cfg.target_kl:
+                break
+
+        policy_loss, v_loss_mean, entropy_mean, clip_fraction_mean, grad_norm_mean = (totals / n_minibatches).tolist()
+        return {
+            "policy_loss": policy_loss,
+            "value_loss": v_loss_mean,
+            "entropy": entropy_mean,
+            "approx_kl": kl.item(),  # the value the target-KL check saw last
+            "clip_fraction": clip_fraction_mean,
+            "grad_norm": grad_norm_mean,
+            "epochs_run": epochs_run,
+        }
+
+
+def _check_compatible(policy: ActorCritic, env: BatchedEnv) -> None:
+    expected = (env.lookback, env.n_assets, env.n_features)
+    got = (policy.lookback, policy.n_assets, policy.n_features)
+    if got != expected:
+        raise ValueError(
+            f"policy was built for (lookback, n_assets, n_features) = {got} but the env has {expected}; "
+            "build the ActorCritic with the env's sizes"
+        )

@@ -1,0 +1,83 @@
+"""Gaussian actor-critic over any :class:`~cappuccino.models.encoders.Encoder`.
+
+Action bounds follow CleanRL's continuous PPO: actions are sampled from an unbounded Gaussian,
+and the log-probability is computed on (and the rollout stores) that UNclipped sample. The env
+clamps each action to [-1, 1] before turning it into target weights. Squashing (tanh) would
+need a Jacobian correction and saturates gradients; clamping only in the env keeps the policy
+a plain Gaussian whose ratio the PPO update can compute exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from cappuccino.config import EncoderConfig
+from cappuccino.models.encoders import Encoder, build_encoder, layer_init
+
+
+class ActorCritic(nn.Module):
+    """Encoder(s) + linear actor head (Gaussian mean) + linear critic head.
+
+    ``cfg.shared``: one encoder feeds both heads (computed once per call); otherwise actor and
+    critic each get their own, so value-loss gradients never reach the actor's features.
+    The log-std is a state-independent learnable parameter per asset, started at
+    ``init_log_std``. Head inits follow CleanRL: actor std 0.01 (near-zero initial means),
+    critic std 1.0.
+    """
+
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        lookback: int,
+        n_assets: int,
+        n_features: int,
+        init_log_std: float = -0.5,
+    ) -> None:
+        super().__init__()
+        self.lookback, self.n_assets, self.n_features = lookback, n_assets, n_features
+        self.shared = cfg.shared
+        self.actor_encoder: Encoder = build_encoder(cfg, lookback, n_assets, n_features)
+        self.critic_encoder: Encoder = (
+            self.actor_encoder if cfg.shared else build_encoder(cfg, lookback, n_assets, n_features)
+        )
+        self.actor_head = layer_init(nn.Linear(self.actor_encoder.out_dim, n_assets), std=0.01)
+        self.critic_head = layer_init(nn.Linear(self.critic_encoder.out_dim, 1), std=1.0)
+        self.log_std = nn.Parameter(torch.full((n_assets,), float(init_log_std)))
+
+    def _features(self, window: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """(actor features, critic features), each (N, out_dim); one pass when shared."""
+        actor = self.actor_encoder(window, weights)
+        critic = actor if self.shared else self.critic_encoder(window, weights)
+        return actor, critic
+
+    def _normal(self, actor_features: Tensor) -> Normal:
+        mean = self.actor_head(actor_features)  # (N, A)
+        return Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def value(self, window: Tensor, weights: Tensor) -> Tensor:
+        """V(s): (N,)."""
+        return self.critic_head(self.critic_encoder(window, weights)).squeeze(-1)
+
+    def distribution(self, window: Tensor, weights: Tensor) -> Normal:
+        """pi(.|s): independent Normal per asset, batch shape (N, A)."""
+        return self._normal(self.actor_encoder(window, weights))
+
+    def act(
+        self, window: Tensor, weights: Tensor, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(action (N, A), log_prob (N,), value (N,)); ``deterministic`` returns the mean.
+
+        The action is unclipped (see the module docstring); log_prob is summed over assets.
+        """
+        actor, critic = self._features(window, weights)
+        dist = self._normal(actor)
+        action = dist.mean if deterministic else dist.sample()
+        return action, dist.log_prob(action).sum(-1), self.critic_head(critic).squeeze(-1)
+
+    def evaluate(self, window: Tensor, weights: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log_prob (N,), entropy (N,), value (N,)) of stored unclipped ``action`` (N, A)."""
+        actor, critic = self._features(window, weights)
+        dist = self._normal(actor)
+        return dist.log_prob(action).sum(-1), dist.entropy().sum(-1), self.critic_head(critic).squeeze(-1)
