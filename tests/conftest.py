@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from cappuccino.config import register_configs
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+register_configs()
+
+# Small enough for a 2-core CPU in seconds, big enough for every stage to do real work.
+TINY = [
+    "data.n_bars=1500",
+    "window.lookback=8",
+    "window.zscore_window=50",
+    "env.num_envs=8",
+    "env.episode_length=64",
+    "agent.n_steps=32",
+    "agent.minibatch_size=64",
+    "agent.update_epochs=2",
+    "encoder.hidden_sizes=[32,32]",
+    "cv.embargo_bars=4",
+    "trainer.total_steps=768",
+    "trainer.progress=false",
+]
+
+
+@pytest.fixture
+def compose_config() -> Callable[[Sequence[str]], DictConfig]:
+    def _compose(overrides: Sequence[str] = ()) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR)):
+            return compose("config", overrides=list(overrides))
+
+    return _compose
