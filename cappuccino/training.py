@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -81,8 +82,10 @@ def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequen
         checkpoint = save_checkpoint(paths.run_dir / "checkpoint.pt", policy, config_yaml, schema(cfg, market, config_yaml))
         config_file = paths.run_dir / "config.yaml"
         config_file.write_text(config_yaml)
-        tracker.log_artifact(checkpoint)
-        tracker.log_artifact(config_file)
+        metrics_file = paths.run_dir / "metrics.json"
+        metrics_file.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        for artifact in (checkpoint, config_file, metrics_file):
+            tracker.log_artifact(artifact)
     except BaseException:
         tracker.close("FAILED")
         raise

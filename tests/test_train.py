@@ -23,7 +23,7 @@ def _paths(tmp_path):
 def test_smoke_run_without_mlflow_returns_objective_and_writes_outputs(compose_config, tmp_path):
     objective = run(compose_config([*TINY, "logger=none"]), _paths(tmp_path))
     assert math.isfinite(objective)
-    for name in ("checkpoint.pt", "config.yaml", "equity_val.png", "equity_test.png"):
+    for name in ("checkpoint.pt", "config.yaml", "metrics.json", "equity_val.png", "equity_test.png"):
         assert (tmp_path / "run" / name).is_file(), name
     assert not (tmp_path / "mlflow.db").exists()
 
