@@ -170,7 +170,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     features, open_, close = synthetic_market()
-    cfg = EnvConfig(episode_length=EPISODE_LENGTH)
+    # The reference loop knows no no-trade band; both sides use plain log-return rewards.
+    cfg = EnvConfig(episode_length=EPISODE_LENGTH, rebalance_band=0.0, reward="log_return")
     min_size = np.array([ALPACA_MIN_ORDER_SIZE[s] for s in DEFAULT_SYMBOLS])
     check_same_rules(features, open_, close, cfg, min_size)
 

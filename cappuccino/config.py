@@ -155,7 +155,10 @@ class EnvConfig(Node):
     initial_cash: float = 100_000.0
     fee: float = 0.0025  # per side, as a fraction of traded notional
     cash_reserve: float = 0.02  # share of portfolio value never invested
-    reward: str = "log_return"  # or "excess_log_return" (over equal-weight buy-and-hold)
+    rebalance_band: float = 0.02  # skip orders worth less than this share of portfolio value
+    # "excess_log_return" (over equal-weight buy-and-hold) removes the market's common moves from
+    # the reward and matches the objective; "log_return" is the plain portfolio log return.
+    reward: str = "excess_log_return"
     reward_scale: float = 100.0
     min_order_size: dict[str, float] = field(default_factory=lambda: dict(ALPACA_MIN_ORDER_SIZE))
 
@@ -165,6 +168,9 @@ class EnvConfig(Node):
         _require(self.initial_cash > 0, "env.initial_cash", "must be > 0")
         _require(0.0 <= self.fee < 0.1, "env.fee", f"must be in [0, 0.1), got {self.fee}")
         _require(0.0 <= self.cash_reserve < 1.0, "env.cash_reserve", f"must be in [0, 1), got {self.cash_reserve}")
+        _require(
+            0.0 <= self.rebalance_band < 1.0, "env.rebalance_band", f"must be in [0, 1), got {self.rebalance_band}"
+        )
         _require(
             self.reward in ("log_return", "excess_log_return"),
             "env.reward",

@@ -21,7 +21,10 @@ from cappuccino.env import (
 
 
 def env_config(**overrides) -> EnvConfig:
-    base = dict(num_envs=1, fee=0.01, cash_reserve=0.0, initial_cash=1000.0, reward_scale=1.0)
+    base = dict(
+        num_envs=1, fee=0.01, cash_reserve=0.0, initial_cash=1000.0, reward_scale=1.0,
+        reward="log_return", rebalance_band=0.0,
+    )  # fmt: skip
     return EnvConfig(**{**base, **overrides})
 
 
@@ -439,3 +442,16 @@ def test_cuda_matches_cpu_without_host_syncs() -> None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         torch.testing.assert_close(on_gpu.value.cpu(), cpu.step(action).value)
+
+
+def test_rebalance_band_skips_orders_smaller_than_the_band():
+    cash = torch.tensor([50.0], dtype=torch.float64)
+    holdings = torch.tensor([[0.5, 0.25]], dtype=torch.float64)  # worth 50 and 25 at price 100
+    price = torch.tensor([[100.0, 100.0]], dtype=torch.float64)
+    weights = torch.tensor([[0.42, 0.40]], dtype=torch.float64)  # value 125: +2.5 and +25 to trade
+    no_min = torch.zeros(2, dtype=torch.float64)
+    banded = rebalance(cash, holdings, weights, price, no_min, fee=0.0, band=0.05)
+    assert banded.holdings[0, 0] == 0.5  # a 2% order is inside the 5% band: not traded
+    assert banded.holdings[0, 1] == pytest.approx(0.5)  # a 20% order is outside it: traded
+    unbanded = rebalance(cash, holdings, weights, price, no_min, fee=0.0)
+    assert unbanded.holdings[0, 0] == pytest.approx(0.525)

@@ -28,6 +28,7 @@ LEARNABLE = [
     "env.num_envs=32",
     "env.episode_length=256",
     "env.fee=0.0",
+    "env.rebalance_band=0.0",
     "env.reward=excess_log_return",
     "agent.n_steps=64",
     "agent.minibatch_size=512",

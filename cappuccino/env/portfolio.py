@@ -102,16 +102,25 @@ def target_weights(action: Tensor, cash_reserve: float) -> Tensor:
 
 
 def rebalance(
-    cash: Tensor, holdings: Tensor, weights: Tensor, price: Tensor, min_order_size: Tensor, fee: float
+    cash: Tensor,
+    holdings: Tensor,
+    weights: Tensor,
+    price: Tensor,
+    min_order_size: Tensor,
+    fee: float,
+    band: float = 0.0,
 ) -> Fill:
     """Trade ``holdings`` (B, A) towards target ``weights`` (B, A) at ``price`` (B, A).
 
     Orders smaller than ``min_order_size`` (A,) units are skipped, also after buys were scaled
-    down to the available cash, so every order sent is one the exchange accepts.
+    down to the available cash, so every order sent is one the exchange accepts. Orders worth
+    less than ``band`` of the portfolio value are skipped too: a no-trade band keeps a policy
+    whose targets drift a little every bar from paying fees on every drift.
     """
     value = cash + (holdings * price).sum(-1)  # (B,)
     delta = weights * value.unsqueeze(-1) / price - holdings  # (B, A)
-    delta = delta.masked_fill(delta.abs() < min_order_size, 0.0)
+    too_small = (delta.abs() < min_order_size) | (delta.abs() * price < band * value.unsqueeze(-1))
+    delta = delta.masked_fill(too_small, 0.0)
     sell = (-delta).clamp(min=0.0)
     buy = delta.clamp(min=0.0)
     cash = cash + (1.0 - fee) * (sell * price).sum(-1)
@@ -374,7 +383,9 @@ class PortfolioEnv:
         bar = state.bar + 1  # the fill bar, and the next decision bar
         price_open, price_close = self._prices[bar].unbind(1)  # (B, A) each
         weights = target_weights(action.to(LEDGER_DTYPE), cfg.cash_reserve)
-        fill = rebalance(state.cash, state.holdings, weights, price_open, self._min_order_size, cfg.fee)
+        fill = rebalance(
+            state.cash, state.holdings, weights, price_open, self._min_order_size, cfg.fee, cfg.rebalance_band
+        )
         value = fill.cash + (fill.holdings * price_close).sum(-1)  # (B,)
         log_return = torch.log(value / state.value)
         bench_value = (state.bench_holdings * price_close).sum(-1)
