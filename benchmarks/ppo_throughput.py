@@ -9,14 +9,21 @@ Both train the same task with the same algorithm settings and network:
 - PPO: the same num_envs, n_steps, minibatch size, epochs, clipping (value clipping included),
   no target-KL early stop (so both run every epoch), truncation bootstrap in both.
 
-cappuccino runs one batched ``PortfolioEnv`` with ``num_envs`` episodes stepped together in torch.
+cappuccino runs one batched ``PortfolioEnv`` with ``num_envs`` episodes stepped together in torch,
+once in float32 and once with ``precision="bf16-mixed"`` (bfloat16 autocast forwards, float32
+parameters, optimiser state and losses; fast on CPUs with AMX / AVX512-BF16).
 SB3 drives ``num_envs`` copies of the gymnasium adapter (``PortfolioGymEnv`` around a one-episode
 ``PortfolioEnv``) through ``DummyVecEnv``, the standard single-process setup (SubprocVecEnv would
 spend cores the update needs on this 2-core reference machine). Both run on the CPU in this
 process with the same torch thread count (``--threads``, default PyTorch's). Each side first runs
-one untimed update as a warm-up, then ``--updates`` timed ones; the two sides alternate
+one untimed update as a warm-up, then ``--updates`` timed ones; the three runs alternate
 ``--repeats`` times and the fastest repeat of each is reported (timeit's rule: slower repeats
 measure other load on the machine, not the code).
+
+``--retain-freed-memory`` (glibc only, applies to all three runs) stops the C allocator from
+handing freed multi-MiB blocks back to the OS: without it every minibatch's fresh activations,
+casts and gradients page-fault (zero-fill) again, which slows every update and the bf16 one
+most. It changes no arithmetic. ``train.py`` does not set it.
 
     python benchmarks/ppo_throughput.py            # 64 envs x 128 steps, minibatch 1024, 4 epochs
     python benchmarks/ppo_throughput.py --quick    # 16 envs x 64 steps, minibatch 256, 2 epochs
@@ -25,8 +32,11 @@ measure other load on the machine, not the code).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -84,6 +94,16 @@ def random_walk(n_bars: int, n_assets: int, seed: int) -> Market:
     return Market(torch.from_numpy(features), torch.from_numpy(open_), torch.from_numpy(close))
 
 
+def retain_freed_memory() -> None:
+    """glibc: serve blocks up to 32 MiB from the heap (not mmap) and never trim the heap."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    if not hasattr(libc, "mallopt") or not (
+        libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    ):
+        raise RuntimeError("--retain-freed-memory needs glibc's mallopt; run without it on this system")
+
+
 def make_env(market: Market, env_cfg: EnvConfig, num_envs: int, seed: int) -> PortfolioEnv:
     min_order_size = torch.tensor([ALPACA_MIN_ORDER_SIZE[s] for s in DEFAULT_SYMBOLS], dtype=torch.float64)
     segment = Segment(0, market.features.shape[0])
@@ -93,15 +113,15 @@ def make_env(market: Market, env_cfg: EnvConfig, num_envs: int, seed: int) -> Po
     )  # fmt: skip
 
 
-def time_ours(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int) -> Timing:
-    """Time ``updates`` PPO updates (after one warm-up update)."""
+def time_ours(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int, precision: str) -> Timing:
+    """Time ``updates`` PPO updates at ``precision`` (after one warm-up update)."""
     torch.manual_seed(0)
     env = make_env(market, env_cfg, env_cfg.num_envs, seed=0)
     policy = ActorCritic(MLPEncoderConfig(hidden_sizes=HIDDEN, activation="tanh"), LOOKBACK, env.n_assets,
                          N_FEATURES, cfg.init_log_std)  # fmt: skip
     batch = env_cfg.num_envs * cfg.n_steps
-    PPO(policy, env, cfg, total_steps=batch).learn()
-    ppo, rollout = PPO(policy, env, cfg, total_steps=batch * updates), Stopwatch()
+    PPO(policy, env, cfg, total_steps=batch, precision=precision).learn()
+    ppo, rollout = PPO(policy, env, cfg, total_steps=batch * updates, precision=precision), Stopwatch()
     rollout.wrap(ppo, "_collect")
     start = time.perf_counter()
     ppo.learn()
@@ -154,7 +174,10 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=None, help="timed PPO updates (default 3, quick 2)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the fastest of each is kept")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    parser.add_argument("--retain-freed-memory", action="store_true", help="glibc keeps freed memory (all runs)")
     args = parser.parse_args()
+    if args.retain_freed_memory:
+        retain_freed_memory()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -166,18 +189,24 @@ def main() -> None:
     market = random_walk(n_bars=5000, n_assets=len(DEFAULT_SYMBOLS), seed=0)
     samples = num_envs * n_steps * updates
 
-    runs = [(time_ours(market, env_cfg, cfg, updates), time_sb3(market, env_cfg, cfg, updates)) for _ in range(args.repeats)]
-    ours = min((r[0] for r in runs), key=lambda t: t.total)
-    sb3 = min((r[1] for r in runs), key=lambda t: t.total)
+    contenders: dict[str, Callable[[], Timing]] = {
+        "cappuccino PPO (batched torch env)": lambda: time_ours(market, env_cfg, cfg, updates, "32"),
+        "cappuccino PPO, bf16-mixed": lambda: time_ours(market, env_cfg, cfg, updates, "bf16-mixed"),
+        "SB3 PPO (DummyVecEnv of PortfolioGymEnv)": lambda: time_sb3(market, env_cfg, cfg, updates),
+    }
+    repeats = [{name: measure() for name, measure in contenders.items()} for _ in range(args.repeats)]
+    best = {name: min((r[name] for r in repeats), key=lambda t: t.total) for name in contenders}
+    sb3 = best["SB3 PPO (DummyVecEnv of PortfolioGymEnv)"]
     print(
         f"PPO end-to-end throughput: {num_envs} envs x {n_steps} steps, minibatch {minibatch}, {epochs} epochs, "
         f"{updates} timed updates (best of {args.repeats}), lookback {LOOKBACK}, {len(DEFAULT_SYMBOLS)} assets x "
-        f"{N_FEATURES} features, MLP {HIDDEN} tanh actor + critic, torch threads {torch.get_num_threads()}\n"
+        f"{N_FEATURES} features, MLP {HIDDEN} tanh actor + critic, torch threads {torch.get_num_threads()}, "
+        f"retain freed memory {args.retain_freed_memory}\n"
     )
     print(f"| implementation ({samples} samples) | rollout s | update s | total s | rollout samples/s "
           "| end-to-end samples/s | end-to-end speed-up |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, t in (("cappuccino PPO (batched torch env)", ours), ("SB3 PPO (DummyVecEnv of PortfolioGymEnv)", sb3)):
+    for name, t in best.items():
         print(
             f"| {name} | {t.rollout:.2f} | {t.total - t.rollout:.2f} | {t.total:.2f} | {samples / t.rollout:,.0f} "
             f"| {samples / t.total:,.0f} | {sb3.total / t.total:.1f}x |"

@@ -30,6 +30,9 @@ ALPACA_MIN_ORDER_SIZE = {
 }
 
 
+# Training precisions, named as in PyTorch Lightning; see cappuccino.agents.ppo.PPO.
+PRECISIONS = ("32", "bf16-mixed")
+
 _READS: set[tuple[int, str]] | None = None
 
 
@@ -289,6 +292,7 @@ class TrainerConfig(Node):
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
     torch_threads: Optional[int] = None  # null: PyTorch's default
+    precision: str = "32"  # Lightning's names: "32" (float32) or "bf16-mixed" (bfloat16 autocast forwards)
     objective: str = "val/excess_sharpe"  # metric returned to Hydra (and Optuna)
     progress: bool = True
 
@@ -300,6 +304,11 @@ class TrainerConfig(Node):
             f"must be cpu, cuda[:N] or auto, got {self.device!r}",
         )
         _require(self.torch_threads is None or self.torch_threads >= 1, "trainer.torch_threads", "must be >= 1")
+        _require(
+            self.precision in PRECISIONS,
+            "trainer.precision",
+            f"must be one of {list(PRECISIONS)}, got {self.precision!r}",
+        )
 
 
 @dataclass

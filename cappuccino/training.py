@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,7 +75,7 @@ def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequen
     try:
         tracker.set_tags({"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash})
         tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
-        learn(PPO(policy, env, cfg.agent, cfg.trainer.total_steps), tracker, device, cfg.trainer.progress)
+        learn(PPO(policy, env, cfg.agent, cfg.trainer.total_steps, cfg.trainer.precision), tracker, device, cfg.trainer.progress)
         metrics = evaluate(policy, market, tensors, split, cfg, env.min_order_size, tracker, paths.run_dir)
         metrics["objective"] = metrics[cfg.trainer.objective]
         tracker.log_metrics(metrics)
@@ -172,13 +173,24 @@ def progress_bar(total: int, enabled: bool) -> Iterator:
     )  # fmt: skip
     with Progress(*columns, console=console, disable=not enabled, transient=False) as progress:
         task = progress.add_task("train", total=total, stats="")
+        last_episode_reward = math.nan  # most rollouts end no episode: show the latest that did
+        next_report = total // 10
 
         def advance(stats: dict[str, float]) -> None:
+            nonlocal last_episode_reward
+            if math.isfinite(stats["episode_reward"]):
+                last_episode_reward = stats["episode_reward"]
             text = (
-                f"{stats['steps_per_second']:,.0f} steps/s  reward {stats['episode_reward']:+.3f}  "
+                f"{stats['steps_per_second']:,.0f} steps/s  episode reward {last_episode_reward:+.2f}  "
                 f"pi {stats['policy_loss']:+.4f}  v {stats['value_loss']:.4f}  kl {stats['approx_kl']:.4f}"
             )
-            progress.update(task, completed=min(int(stats["global_step"]), total), stats=text)
+            done = min(int(stats["global_step"]), total)
+            progress.update(task, completed=done, stats=text)
+            # Without a terminal (nohup, CI, a cluster log) rich draws nothing until the end.
+            nonlocal next_report
+            if enabled and not console.is_terminal and done >= next_report:
+                console.print(f"PPO {done:,}/{total:,} steps  {text}")
+                next_report += total // 10
 
         yield advance
 

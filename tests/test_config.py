@@ -63,6 +63,7 @@ def test_wrong_type_fails_naming_the_key(compose_config):
         ("cv.train_fraction=0.9", "cv.val_fraction"),
         ("env.reward=sharpe", "env.reward"),
         ("trainer.device=tpu", "trainer.device"),
+        ("trainer.precision=16-mixed", "trainer.precision"),
         ("encoder.activation=swish", "encoder.activation"),
     ],
 )

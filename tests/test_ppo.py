@@ -83,10 +83,10 @@ def comparable(history):
     return [{k: "nan" if v != v else v for k, v in m.items() if k != "steps_per_second"} for m in history]
 
 
-def run(cfg=SMALL, total_steps=512, seed=0, env=None, hidden=(32, 32), shared=False):
+def run(cfg=SMALL, total_steps=512, seed=0, env=None, hidden=(32, 32), shared=False, precision="32"):
     torch.manual_seed(seed)
     env = env or TargetEnv()
-    ppo = PPO(make_policy(env, hidden, shared), env, cfg, total_steps)
+    ppo = PPO(make_policy(env, hidden, shared), env, cfg, total_steps, precision)
     history = []
     ppo.learn(history.append)
     return history
@@ -254,20 +254,54 @@ def test_episode_reward_is_nan_when_no_episode_ends():
     assert math.isfinite(history[1]["episode_reward"])
 
 
-def test_same_seed_gives_identical_metrics_and_another_seed_does_not():
-    first, second, other = run(seed=5), run(seed=5), run(seed=6)
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(precision):
+    first, second, other = (run(seed=seed, precision=precision) for seed in (5, 5, 6))
     assert comparable(first) == comparable(second)
     assert comparable(first) != comparable(other)
 
 
 @pytest.mark.slow
-def test_ppo_learns_the_toy_task():
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_ppo_learns_the_toy_task(precision):
     cfg = PPOConfig(n_steps=16, minibatch_size=64, update_epochs=4, lr=3e-3, target_kl=None, gamma=0.9)
     env = TargetEnv(num_envs=16, episode_length=8)
-    history = run(cfg, total_steps=256 * 40, env=env, hidden=(64, 64))
+    history = run(cfg, total_steps=256 * 40, env=env, hidden=(64, 64), precision=precision)
     first = sum(m["episode_reward"] for m in history[:3]) / 3
     last = sum(m["episode_reward"] for m in history[-3:]) / 3
     assert last > 0.3 * first  # rewards are negative: the squared error drops by more than 70 %
+
+
+def test_bf16_mixed_runs_the_encoders_in_bfloat16_and_keeps_parameters_and_adam_state_float32():
+    torch.manual_seed(0)
+    env = TargetEnv()
+    policy = make_policy(env)
+    encoder_dtypes = set()
+    for encoder in (policy.actor_encoder, policy.critic_encoder):
+        encoder.register_forward_hook(lambda module, args, out: encoder_dtypes.add(out.dtype))
+    ppo = PPO(policy, env, SMALL, total_steps=128, precision="bf16-mixed")
+    history = []
+    ppo.learn(history.append)
+    assert encoder_dtypes == {torch.bfloat16}
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in policy.parameters())
+    assert all(v.dtype == torch.float32 for state in ppo.optimizer.state.values() for v in state.values())
+    assert all(math.isfinite(v) for v in history[0].values())
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_first_minibatch_of_an_update_has_ratio_one(precision):
+    """Rollout and update run the same forward (bf16 included), so before the first optimiser step
+    the new log-probs equal the stored ones. One epoch of one minibatch makes every update's
+    approx_kl that first minibatch's; with mismatched precisions it reaches ~1e-7 here."""
+    cfg = replace(SMALL, update_epochs=1, minibatch_size=128, lr=3e-3)
+    history = run(cfg, total_steps=128 * 10, hidden=(64, 64), precision=precision)
+    assert all(m["approx_kl"] <= 1e-8 and m["clip_fraction"] == 0.0 for m in history)
+
+
+def test_rejects_an_unknown_precision():
+    env = TargetEnv()
+    with pytest.raises(ValueError, match=r"precision='16-mixed' is not supported; choose one of \['32', 'bf16"):
+        PPO(make_policy(env), env, SMALL, 512, precision="16-mixed")
 
 
 def test_rejects_a_policy_built_for_other_sizes_and_an_oversized_minibatch():

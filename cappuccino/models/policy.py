@@ -25,6 +25,10 @@ class ActorCritic(nn.Module):
     The log-std is a state-independent learnable parameter per asset, started at
     ``init_log_std``. Head inits follow CleanRL: actor std 0.01 (near-zero initial means),
     critic std 1.0.
+
+    The heads' outputs are cast to float32 (a no-op in float32), so under ``torch.autocast`` the
+    encoders and heads compute in low precision while the Gaussian's parameters, log-probs,
+    entropies and values stay float32.
     """
 
     def __init__(
@@ -53,12 +57,15 @@ class ActorCritic(nn.Module):
         return actor, critic
 
     def _normal(self, actor_features: Tensor) -> Normal:
-        mean = self.actor_head(actor_features)  # (N, A)
+        mean = self.actor_head(actor_features).float()  # (N, A)
         return Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def _value_head(self, critic_features: Tensor) -> Tensor:
+        return self.critic_head(critic_features).squeeze(-1).float()  # (N,)
 
     def value(self, window: Tensor, weights: Tensor) -> Tensor:
         """V(s): (N,)."""
-        return self.critic_head(self.critic_encoder(window, weights)).squeeze(-1)
+        return self._value_head(self.critic_encoder(window, weights))
 
     def distribution(self, window: Tensor, weights: Tensor) -> Normal:
         """pi(.|s): independent Normal per asset, batch shape (N, A)."""
@@ -74,10 +81,10 @@ class ActorCritic(nn.Module):
         actor, critic = self._features(window, weights)
         dist = self._normal(actor)
         action = dist.mean if deterministic else dist.sample()
-        return action, dist.log_prob(action).sum(-1), self.critic_head(critic).squeeze(-1)
+        return action, dist.log_prob(action).sum(-1), self._value_head(critic)
 
     def evaluate(self, window: Tensor, weights: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(log_prob (N,), entropy (N,), value (N,)) of stored unclipped ``action`` (N, A)."""
         actor, critic = self._features(window, weights)
         dist = self._normal(actor)
-        return dist.log_prob(action).sum(-1), dist.entropy().sum(-1), self.critic_head(critic).squeeze(-1)
+        return dist.log_prob(action).sum(-1), dist.entropy().sum(-1), self._value_head(critic)
