@@ -241,6 +241,54 @@ class MLPEncoderConfig(EncoderConfig):
         )
 
 
+@dataclass
+class FTTransformerEncoderConfig(EncoderConfig):
+    """See cappuccino.models.ft_transformer for the architecture and the token layouts."""
+
+    name: str = "ft_transformer"
+    tokens: str = "asset_time"  # "feature" (one token per scalar), "asset_time" or "time"
+    d_token: int = 64
+    n_blocks: int = 2
+    n_heads: int = 4
+    ffn_factor: float = 4 / 3  # FFN hidden size = int(d_token * ffn_factor); 4/3 is the paper's for ReGLU
+    activation: str = "reglu"  # or "gelu"
+    # Dropouts default to 0: PPO acts in eval mode and updates in train mode, so dropout adds
+    # noise to the importance ratio; attention dropout also disables the fused CPU kernel.
+    attention_dropout: float = 0.0
+    ffn_dropout: float = 0.0
+    residual_dropout: float = 0.0
+    out_dim: int = 128  # size of the feature vector fed to the actor and critic heads
+
+    def __post_init__(self) -> None:
+        _require(
+            self.tokens in ("feature", "asset_time", "time"),
+            "encoder.tokens",
+            f"must be feature, asset_time or time, got {self.tokens!r}",
+        )
+        _require(self.d_token >= 1, "encoder.d_token", f"must be >= 1, got {self.d_token}")
+        _require(self.n_blocks >= 1, "encoder.n_blocks", f"must be >= 1, got {self.n_blocks}")
+        _require(self.n_heads >= 1, "encoder.n_heads", f"must be >= 1, got {self.n_heads}")
+        _require(
+            self.d_token % self.n_heads == 0,
+            "encoder.d_token",
+            f"must be a multiple of encoder.n_heads={self.n_heads}, got {self.d_token}",
+        )
+        _require(
+            int(self.d_token * self.ffn_factor) >= 1,
+            "encoder.ffn_factor",
+            f"must give an FFN hidden size int(d_token * ffn_factor) >= 1, got {self.ffn_factor}",
+        )
+        _require(
+            self.activation in ("reglu", "gelu"),
+            "encoder.activation",
+            f"must be reglu or gelu, got {self.activation!r}",
+        )
+        for key in ("attention_dropout", "ffn_dropout", "residual_dropout"):
+            value = getattr(self, key)
+            _require(0.0 <= value < 1.0, f"encoder.{key}", f"must be in [0, 1), got {value}")
+        _require(self.out_dim >= 1, "encoder.out_dim", f"must be >= 1, got {self.out_dim}")
+
+
 # ------------------------------------------------------------------------------------- cv
 @dataclass
 class CVConfig(Node):
@@ -336,7 +384,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "window": {"default": WindowConfig},
     "env": {"default": EnvConfig},
     "agent": {"ppo": PPOConfig},
-    "encoder": {"mlp": MLPEncoderConfig},
+    "encoder": {"mlp": MLPEncoderConfig, "ft_transformer": FTTransformerEncoderConfig},
     "cv": {"holdout": HoldoutConfig},
     "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},

@@ -63,7 +63,7 @@ def test_build_encoder_dispatches_on_name():
 
 
 def test_build_encoder_unknown_name_lists_known_encoders():
-    with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*\['mlp'\]"):
+    with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*\['ft_transformer', 'mlp'\]"):
         build_encoder(EncoderConfig(name="transformer"), L, A, F)
 
 
@@ -127,3 +127,18 @@ def test_shared_encoder_is_one_module_and_separate_encoders_isolate_the_critic()
     separate.value(*batch(3)).sum().backward()
     assert all(p.grad is None for p in separate.actor_encoder.parameters())
     assert all(p.grad is not None for p in separate.critic_encoder.parameters())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_under_bfloat16_autocast_the_distribution_and_values_stay_float32(shared):
+    torch.manual_seed(3)
+    model = policy(shared=shared)
+    window, weights = batch(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.actor_encoder(window, weights).dtype == torch.bfloat16  # autocast reaches the encoder
+        action, log_prob, value = model.act(window, weights)
+        evaluated = model.evaluate(window, weights, action)
+        dist = model.distribution(window, weights)
+        critic_value = model.value(window, weights)
+    outputs = [action, log_prob, value, *evaluated, dist.mean, dist.stddev, critic_value]
+    assert all(t.dtype == torch.float32 for t in outputs)

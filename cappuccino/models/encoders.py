@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from cappuccino.config import EncoderConfig, MLPEncoderConfig
+from cappuccino.config import EncoderConfig, FTTransformerEncoderConfig, MLPEncoderConfig
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -84,7 +84,33 @@ def _build_mlp(cfg: EncoderConfig, lookback: int, n_assets: int, n_features: int
     return MLPEncoder(lookback, n_assets, n_features, cfg.hidden_sizes, cfg.activation)
 
 
-ENCODERS: dict[str, Callable[[EncoderConfig, int, int, int], Encoder]] = {"mlp": _build_mlp}
+def _build_ft_transformer(cfg: EncoderConfig, lookback: int, n_assets: int, n_features: int) -> Encoder:
+    # Imported here: ft_transformer subclasses Encoder, defined in this module.
+    from cappuccino.models.ft_transformer import FTTransformerEncoder
+
+    if not isinstance(cfg, FTTransformerEncoderConfig):
+        raise TypeError(f"encoder 'ft_transformer' needs an FTTransformerEncoderConfig, got {type(cfg).__name__}")
+    return FTTransformerEncoder(
+        lookback,
+        n_assets,
+        n_features,
+        d_token=cfg.d_token,
+        n_blocks=cfg.n_blocks,
+        n_heads=cfg.n_heads,
+        ffn_factor=cfg.ffn_factor,
+        attention_dropout=cfg.attention_dropout,
+        ffn_dropout=cfg.ffn_dropout,
+        residual_dropout=cfg.residual_dropout,
+        activation=cfg.activation,
+        tokens=cfg.tokens,
+        out_dim=cfg.out_dim,
+    )
+
+
+ENCODERS: dict[str, Callable[[EncoderConfig, int, int, int], Encoder]] = {
+    "mlp": _build_mlp,
+    "ft_transformer": _build_ft_transformer,
+}
 
 
 def build_encoder(cfg: EncoderConfig, lookback: int, n_assets: int, n_features: int) -> Encoder:

@@ -1,0 +1,281 @@
+"""FT-Transformer encoder, after Gorishniy et al. (2021), "Revisiting Deep Learning Models for
+Tabular Data", https://arxiv.org/abs/2106.11959 (reference code: the rtdl packages).
+
+Kept from the paper (Section 3.3) and its reference implementation:
+
+- Feature tokenizer: scalar feature j becomes the token ``x_j * W_j + b_j``, with a weight and a
+  bias vector per feature (``NumericalTokenizer``).
+- A learnable [CLS] token, appended after the feature tokens as in the reference; the prediction
+  reads only its final embedding. Tokens carry no position, so where [CLS] sits changes nothing.
+- Pre-norm blocks, ``x + Attention(LayerNorm(x))`` then ``x + FFN(LayerNorm(x))``, where the first
+  block has no attention LayerNorm: its input is the tokenizer's output, and the paper reports
+  that this first normalisation hurts.
+- Multi-head attention with q/k/v biases initialised to zero and an output projection only when
+  there is more than one head.
+- Feed-forward ``Linear -> ReGLU -> Dropout -> Linear`` with hidden size
+  ``int(d_token * ffn_factor)``; ``ffn_factor=4/3`` with ReGLU has about as many parameters as
+  2 with a plain activation. Attention-probability, FFN-hidden and residual-branch dropout.
+- The last block computes the [CLS] query and its FFN only: no other output of it is ever read.
+- Output ``Linear(ReLU(LayerNorm(cls)))``; the Linear maps to ``out_dim``, the input size of the
+  policy's actor and critic heads (the paper's maps to the prediction).
+
+Ours:
+
+- Attention runs through ``torch.nn.functional.scaled_dot_product_attention``: fused flash /
+  memory-efficient kernels on CUDA and a flash kernel on CPU, whose memory grows linearly with
+  the number of tokens instead of quadratically. With ``attention_dropout > 0`` the CPU falls
+  back to the math kernel, which holds the whole (N, heads, T, T) attention matrix: the shipped
+  configs keep all dropouts at 0, which also keeps PPO's importance ratio free of dropout noise
+  (rollouts run in eval mode, updates in train mode).
+- GELU as an alternative to ReGLU.
+- Token layouts (``tokens``) for a window (N, L, A, F) of L bars, A assets and F features plus
+  the portfolio weights (N, A + 1):
+
+  ``feature``     one token per scalar of the flattened state, the paper's scheme:
+                  L*A*F + A + 1 tokens (5,888 at L=60, A=7, F=14), so attention costs
+                  O((L*A*F)^2) per sample. For small states and comparison with the reference.
+  ``asset_time``  one token per (bar, asset) from its F features through a shared
+                  ``Linear(F, d_token)``, plus a learned asset embedding and a learned bar-position
+                  embedding: L*A + A + 1 tokens (428 at L=60). The default.
+  ``time``        one token per bar from its A*F values through ``Linear(A*F, d_token)``, plus the
+                  bar-position embedding: L + A + 1 tokens.
+
+  In every layout the portfolio weights (cash, then one per asset) are tokenized the paper's
+  way, one token each: the weight times a learned vector plus a learned bias that also tells
+  cash and each holding apart.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from cappuccino.models.encoders import Encoder
+
+
+def _uniform_(tensor: Tensor) -> Tensor:
+    """The reference's token init: U(-1/sqrt(d), 1/sqrt(d)) with d the token size."""
+    bound = tensor.shape[-1] ** -0.5
+    return nn.init.uniform_(tensor, -bound, bound)
+
+
+# ------------------------------------------------------------------------------- tokenizers
+class NumericalTokenizer(nn.Module):
+    """(N, n) scalars -> (N, n, d) tokens ``x_j * weight[j] + bias[j]``: the paper's tokenizer."""
+
+    def __init__(self, n_features: int, d_token: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(_uniform_(torch.empty(n_features, d_token)))
+        self.bias = nn.Parameter(_uniform_(torch.empty(n_features, d_token)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(-1) * self.weight + self.bias  # (N, n, d)
+
+
+class FeatureTokens(nn.Module):
+    """``tokens=feature``: one token per scalar of [flattened window, weights]."""
+
+    def __init__(self, lookback: int, n_assets: int, n_features: int, d_token: int) -> None:
+        super().__init__()
+        self.n_tokens = lookback * n_assets * n_features + n_assets + 1
+        self.tokenizer = NumericalTokenizer(self.n_tokens, d_token)
+
+    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+        flat = rearrange(window, "n l a f -> n (l a f)")  # (N, L*A*F)
+        return self.tokenizer(torch.cat([flat, weights], dim=-1))  # (N, L*A*F + A + 1, d)
+
+
+class AssetTimeTokens(nn.Module):
+    """``tokens=asset_time``: one token per (bar, asset), then one per portfolio weight.
+
+    The projection has no bias: the asset and bar embeddings added to every token play its part.
+    """
+
+    def __init__(self, lookback: int, n_assets: int, n_features: int, d_token: int) -> None:
+        super().__init__()
+        self.n_tokens = lookback * n_assets + n_assets + 1
+        self.project = nn.Linear(n_features, d_token, bias=False)
+        self.asset_embedding = nn.Parameter(_uniform_(torch.empty(n_assets, d_token)))
+        self.bar_embedding = nn.Parameter(_uniform_(torch.empty(lookback, d_token)))
+        self.portfolio = NumericalTokenizer(n_assets + 1, d_token)
+
+    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+        position = self.bar_embedding.unsqueeze(1) + self.asset_embedding  # (L, A, d)
+        market = self.project(window) + position  # (N, L, A, d)
+        market = rearrange(market, "n l a d -> n (l a) d")  # (N, L*A, d)
+        return torch.cat([market, self.portfolio(weights)], dim=1)  # (N, L*A + A + 1, d)
+
+
+class TimeTokens(nn.Module):
+    """``tokens=time``: one token per bar from all its assets' features, then the portfolio."""
+
+    def __init__(self, lookback: int, n_assets: int, n_features: int, d_token: int) -> None:
+        super().__init__()
+        self.n_tokens = lookback + n_assets + 1
+        self.project = nn.Linear(n_assets * n_features, d_token, bias=False)  # bar embedding = bias
+        self.bar_embedding = nn.Parameter(_uniform_(torch.empty(lookback, d_token)))
+        self.portfolio = NumericalTokenizer(n_assets + 1, d_token)
+
+    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+        bars = rearrange(window, "n l a f -> n l (a f)")  # (N, L, A*F)
+        market = self.project(bars) + self.bar_embedding  # (N, L, d)
+        return torch.cat([market, self.portfolio(weights)], dim=1)  # (N, L + A + 1, d)
+
+
+TOKENIZERS: dict[str, type[nn.Module]] = {
+    "feature": FeatureTokens,
+    "asset_time": AssetTimeTokens,
+    "time": TimeTokens,
+}
+
+
+# ----------------------------------------------------------------------------------- blocks
+class MultiheadAttention(nn.Module):
+    """Multi-head attention of queries ``x_q`` (N, Tq, d) over ``x_kv`` (N, T, d).
+
+    Keys and values come from one Linear (as many parameters as the reference's separate W_k and
+    W_v); the queries have their own so that the last block can ask for [CLS] alone.
+    """
+
+    def __init__(self, d_token: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.query = nn.Linear(d_token, d_token)
+        self.key_value = nn.Linear(d_token, 2 * d_token)
+        self.out = nn.Linear(d_token, d_token) if n_heads > 1 else None
+        for linear in (self.query, self.key_value, self.out):
+            if linear is not None:
+                nn.init.zeros_(linear.bias)
+
+    def forward(self, x_q: Tensor, x_kv: Tensor) -> Tensor:
+        q = rearrange(self.query(x_q), "n t (h e) -> n h t e", h=self.n_heads)  # (N, h, Tq, d/h)
+        k, v = rearrange(self.key_value(x_kv), "n t (two h e) -> two n h t e", two=2, h=self.n_heads)
+        dropout = self.dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (N, h, Tq, d/h)
+        x = rearrange(x, "n h t e -> n t (h e)")  # (N, Tq, d)
+        return x if self.out is None else self.out(x)
+
+
+class ReGLU(nn.Module):
+    """ReGLU(x) = a * relu(b) with [a, b] the two halves of x's last dimension."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return a * F.relu(b)
+
+
+class FeedForward(nn.Sequential):
+    """Linear -> ReGLU | GELU -> Dropout -> Linear; ReGLU halves the width, so it gets 2x."""
+
+    def __init__(self, d_token: int, d_hidden: int, activation: str, dropout: float) -> None:
+        reglu = activation == "reglu"
+        super().__init__(
+            nn.Linear(d_token, 2 * d_hidden if reglu else d_hidden),
+            ReGLU() if reglu else nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(d_hidden, d_token),
+        )
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block; ``first`` drops the attention LayerNorm (see module docstring)."""
+
+    def __init__(
+        self,
+        d_token: int,
+        n_heads: int,
+        d_hidden: int,
+        activation: str,
+        attention_dropout: float,
+        ffn_dropout: float,
+        residual_dropout: float,
+        first: bool,
+    ) -> None:
+        super().__init__()
+        self.attention_norm = nn.Identity() if first else nn.LayerNorm(d_token)
+        self.attention = MultiheadAttention(d_token, n_heads, attention_dropout)
+        self.ffn_norm = nn.LayerNorm(d_token)
+        self.ffn = FeedForward(d_token, d_hidden, activation, ffn_dropout)
+        self.residual_dropout = nn.Dropout(residual_dropout)
+
+    def forward(self, x: Tensor, cls_only: bool = False) -> Tensor:
+        """(N, T, d) -> (N, T, d), or (N, 1, d) for the last token ([CLS]) when ``cls_only``."""
+        normed = self.attention_norm(x)
+        if cls_only:
+            x, query = x[:, -1:], normed[:, -1:]  # (N, 1, d)
+        else:
+            query = normed
+        x = x + self.residual_dropout(self.attention(query, normed))
+        return x + self.residual_dropout(self.ffn(self.ffn_norm(x)))
+
+
+# ---------------------------------------------------------------------------------- encoder
+class FTTransformerEncoder(Encoder):
+    """FT-Transformer over (window (N, L, A, F), weights (N, A + 1)) -> (N, out_dim).
+
+    See the module docstring for the paper's choices, ours, and the ``tokens`` layouts.
+    """
+
+    def __init__(
+        self,
+        lookback: int,
+        n_assets: int,
+        n_features: int,
+        d_token: int = 64,
+        n_blocks: int = 2,
+        n_heads: int = 4,
+        ffn_factor: float = 4 / 3,
+        attention_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
+        residual_dropout: float = 0.0,
+        activation: str = "reglu",
+        tokens: str = "asset_time",
+        out_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        _check_arguments(d_token, n_blocks, n_heads, ffn_factor, activation, tokens, out_dim)
+        self.input_shape = (lookback, n_assets, n_features)
+        self.tokenizer = TOKENIZERS[tokens](lookback, n_assets, n_features, d_token)
+        self.n_tokens: int = self.tokenizer.n_tokens + 1  # + [CLS]
+        self.cls = nn.Parameter(_uniform_(torch.empty(d_token)))
+        d_hidden = int(d_token * ffn_factor)
+        self.blocks = nn.ModuleList(
+            Block(d_token, n_heads, d_hidden, activation, attention_dropout, ffn_dropout, residual_dropout, i == 0)
+            for i in range(n_blocks)
+        )
+        self.head = nn.Sequential(nn.LayerNorm(d_token), nn.ReLU(), nn.Linear(d_token, out_dim))
+        self.out_dim = out_dim
+
+    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+        if tuple(window.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"window has shape {tuple(window.shape)}, expected (N, L, A, F) with "
+                f"(L, A, F) = {self.input_shape}; "
+                "build the encoder with the env's lookback, n_assets and n_features"
+            )
+        x = self.tokenizer(window, weights)  # (N, T - 1, d)
+        x = torch.cat([x, self.cls.expand(x.shape[0], 1, -1)], dim=1)  # (N, T, d), [CLS] last
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, cls_only=i == last)
+        return self.head(x[:, -1])  # (N, out_dim)
+
+
+def _check_arguments(
+    d_token: int, n_blocks: int, n_heads: int, ffn_factor: float, activation: str, tokens: str, out_dim: int
+) -> None:
+    if tokens not in TOKENIZERS:
+        raise ValueError(f"unknown tokens={tokens!r}; choose one of {sorted(TOKENIZERS)}")
+    if activation not in ("reglu", "gelu"):
+        raise ValueError(f"unknown activation={activation!r}; choose 'reglu' or 'gelu'")
+    if n_heads < 1 or d_token % n_heads:
+        raise ValueError(f"d_token={d_token} must be a positive multiple of n_heads={n_heads}")
+    if n_blocks < 1 or out_dim < 1:
+        raise ValueError(f"n_blocks={n_blocks} and out_dim={out_dim} must be >= 1")
+    if int(d_token * ffn_factor) < 1:
+        raise ValueError(
+            f"ffn_factor={ffn_factor} gives an empty FFN for d_token={d_token}; use ffn_factor >= 1 / d_token"
+        )
