@@ -259,3 +259,16 @@ def test_peak_vram_counts_allocations() -> None:
     block = torch.empty(64 * 2**20, dtype=torch.uint8, device=device)  # 64 MiB
     assert peak_vram_mb(device) >= 64
     del block
+
+
+def test_a_given_sqlite_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    tracker = build_tracker(MLflowLoggerConfig(tracking_uri=f"sqlite:///{tmp_path}/store/runs.db"), "r", tmp_path)
+    artifact = tmp_path / "note.txt"
+    artifact.write_text("hello")
+    tracker.log_artifact(artifact)
+    tracker.close()
+    assert list((tmp_path / "store" / "mlartifacts").rglob("note.txt"))
+    assert not (elsewhere / "mlruns").exists()

@@ -56,13 +56,23 @@ def default_store(project_dir: Path) -> tuple[str, str]:
     return f"sqlite:///{(project_dir / 'mlflow.db').as_posix()}", (project_dir / "mlartifacts").as_uri()
 
 
+def _artifacts_beside(tracking_uri: str) -> str | None:
+    """For a SQLite store, ``mlartifacts/`` beside the file: MLflow's own default is ``./mlruns``
+    of whatever folder the process happens to run in."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
+        return None
+    return (Path(tracking_uri[len(prefix) :]).expanduser().resolve().parent / "mlartifacts").as_uri()
+
+
 class MLflowTracker(Tracker):
     """One MLflow run.
 
     Args:
         tracking_uri: where runs are stored; ``None`` for the embedded store in ``project_dir``.
             Anything else (``http://host:5000``, another ``sqlite:///`` file, a folder) is passed
-            to MLflow as it is, and artifacts go wherever that store puts them.
+            to MLflow as it is; a new experiment in another SQLite file keeps its artifacts in
+            ``mlartifacts/`` beside that file, and other stores put them where they always do.
         experiment_name: experiment to log into; created if missing.
         run_name: display name of the run.
         project_dir: folder of the embedded store; unused when ``tracking_uri`` is given.
@@ -77,9 +87,10 @@ class MLflowTracker(Tracker):
         project_dir: Path,
         parent_run_id: str | None = None,
     ) -> None:
-        artifact_location = None
         if tracking_uri is None:
             tracking_uri, artifact_location = default_store(project_dir)
+        else:
+            artifact_location = _artifacts_beside(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         experiment_id = self._experiment_id(experiment_name, artifact_location)
         # resolve_tags adds what mlflow.start_run would: user, entry-point script, git commit.
