@@ -7,6 +7,7 @@ of the old system's bare "dimension mismatch".
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ import torch
 from torch import nn
 
 FORMAT_VERSION = 1
+
+# Encoder settings that say how an encoder is used, not what its weights are.
+ENCODER_USAGE_KEYS = ("pretrained", "freeze", "shared")
 
 
 class CheckpointMismatch(ValueError):
@@ -49,3 +53,16 @@ def load_checkpoint(path: Path, model: nn.Module, schema: dict[str, Any]) -> dic
         raise CheckpointMismatch(f"checkpoint {path} does not fit this config:\n  " + "\n  ".join(mismatches))
     model.load_state_dict(payload["state_dict"])
     return payload
+
+
+def encoder_schema(
+    encoder: Mapping[str, Any], symbols: Sequence[str], feature_names: Sequence[str], lookback: int
+) -> dict[str, Any]:
+    """What pre-trained encoder weights depend on. Not the bar interval: an encoder pre-trained
+    on hourly bars may be fine-tuned on 5-minute bars with the same feature schema."""
+    return {
+        "symbols": list(symbols),
+        "feature_names": list(feature_names),
+        "window.lookback": lookback,
+        **{f"encoder.{k}": v for k, v in encoder.items() if k not in ENCODER_USAGE_KEYS},
+    }

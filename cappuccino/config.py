@@ -223,6 +223,15 @@ class PPOConfig(Node):
 class EncoderConfig(Node):
     name: str = MISSING
     shared: bool = False  # one encoder for actor and critic, or one each
+    pretrained: Optional[str] = None  # encoder weights from pretrain.py (best_encoder.pt)
+    freeze: bool = False  # keep the pre-trained weights fixed during PPO
+
+    def __post_init__(self) -> None:
+        _require(
+            not self.freeze or self.pretrained is not None,
+            "encoder.freeze",
+            "freezing needs pre-trained weights: set encoder.pretrained=PATH (from pretrain.py)",
+        )
 
 
 @dataclass
@@ -232,6 +241,7 @@ class MLPEncoderConfig(EncoderConfig):
     activation: str = "tanh"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(len(self.hidden_sizes) >= 1, "encoder.hidden_sizes", "needs at least one layer")
         _require(all(h >= 1 for h in self.hidden_sizes), "encoder.hidden_sizes", "sizes must be >= 1")
         _require(
@@ -260,6 +270,7 @@ class FTTransformerEncoderConfig(EncoderConfig):
     out_dim: int = 128  # size of the feature vector fed to the actor and critic heads
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(
             self.tokens in ("feature", "asset_time", "time"),
             "encoder.tokens",

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cappuccino.agents.ppo import PPO
-from cappuccino.checkpoint import save_checkpoint
+from cappuccino.checkpoint import encoder_schema, save_checkpoint
 from cappuccino.config import ConfigError, TrainConfig, validate
 from cappuccino.data import load_market
 from cappuccino.data.features import FEATURE_NAMES, compute_features
@@ -67,9 +67,7 @@ def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequen
     env = PortfolioEnv.from_market(market, split.train, cfg.env, cfg.window.lookback, device, seed=cfg.trainer.seed)
     if cfg.agent.name != "ppo":
         raise ConfigError(f"agent={cfg.agent.name!r} is not known; choose one of: ppo")
-    policy = ActorCritic(
-        cfg.encoder, cfg.window.lookback, market.n_assets, env.n_features, cfg.agent.init_log_std
-    ).to(device)
+    policy = build_policy(cfg, market, config_yaml).to(device)
 
     tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir)
     try:
@@ -237,16 +235,24 @@ def resource_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
+def build_policy(cfg: TrainConfig, market: MarketData, config_yaml: str) -> ActorCritic:
+    """The actor-critic, with pre-trained encoder weights loaded (and frozen) when configured."""
+    policy = ActorCritic(cfg.encoder, cfg.window.lookback, market.n_assets, len(market.feature_names), cfg.agent.init_log_std)
+    pretrained, freeze = cfg.encoder.pretrained, cfg.encoder.freeze
+    if pretrained is not None:
+        schema = encoder_schema(encoder_config(config_yaml), market.symbols, market.feature_names, cfg.window.lookback)
+        policy.load_pretrained_encoder(Path(pretrained).expanduser(), schema, freeze)
+    return policy
+
+
+def encoder_config(config_yaml: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.create(config_yaml).encoder)
+
+
 def schema(cfg: TrainConfig, market: MarketData, config_yaml: str) -> dict:
-    """What a checkpoint's weights depend on; loading checks it key by key."""
-    encoder = OmegaConf.to_container(OmegaConf.create(config_yaml).encoder)
-    return {
-        "symbols": list(market.symbols),
-        "feature_names": list(market.feature_names),
-        "interval": str(market.interval),
-        "window.lookback": cfg.window.lookback,
-        **{f"encoder.{k}": v for k, v in encoder.items()},
-    }
+    """What a policy checkpoint's weights depend on; loading checks it key by key."""
+    encoder = encoder_schema(encoder_config(config_yaml), market.symbols, market.feature_names, cfg.window.lookback)
+    return {**encoder, "interval": str(market.interval)}
 
 
 def print_summary(metrics: dict[str, float], market: MarketData, paths: RunPaths, tracker: Tracker) -> None:

@@ -72,6 +72,11 @@ class BatchedEnv(Protocol):
 
 
 # ------------------------------------------------------------------------- loss pieces
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    """Parameters PPO optimises: a frozen pre-trained encoder's are left out."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def gae(rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, gamma: float, lam: float) -> Tensor:
     """Generalised advantage estimates, (T, B).
 
@@ -190,7 +195,7 @@ class PPO:
         self.total_steps = self.num_updates * self.batch_size
         # foreach: the per-parameter loop's arithmetic (bit-identical results) in fewer, larger
         # kernels; PyTorch picks it by default only on GPUs.
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5, foreach=True)
+        self.optimizer = torch.optim.Adam(trainable(self.policy), lr=cfg.lr, eps=1e-5, foreach=True)
         self.global_step = 0
 
     def learn(self, on_update: Callable[[dict[str, float]], None] | None = None) -> None:
@@ -310,7 +315,7 @@ class PPO:
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(trainable(policy), cfg.max_grad_norm)
                 self.optimizer.step()
 
                 with torch.no_grad():

@@ -9,10 +9,14 @@ a plain Gaussian whose ratio the PPO update can compute exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
+from cappuccino.checkpoint import load_checkpoint
 from cappuccino.config import EncoderConfig
 from cappuccino.models.encoders import Encoder, build_encoder, layer_init
 
@@ -49,6 +53,14 @@ class ActorCritic(nn.Module):
         self.actor_head = layer_init(nn.Linear(self.actor_encoder.out_dim, n_assets), std=0.01)
         self.critic_head = layer_init(nn.Linear(self.critic_encoder.out_dim, 1), std=1.0)
         self.log_std = nn.Parameter(torch.full((n_assets,), float(init_log_std)))
+
+    def load_pretrained_encoder(self, path: Path, schema: dict[str, Any], freeze: bool) -> None:
+        """Load pre-trained encoder weights into the actor's and the critic's encoder (after
+        checking ``schema``, see :func:`cappuccino.checkpoint.encoder_schema`); ``freeze`` keeps
+        them fixed, so PPO trains only the heads and the log-std."""
+        for encoder in {id(e): e for e in (self.actor_encoder, self.critic_encoder)}.values():
+            load_checkpoint(path, encoder, schema)
+            encoder.requires_grad_(not freeze)
 
     def _features(self, window: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """(actor features, critic features), each (N, out_dim); one pass when shared."""
