@@ -8,6 +8,7 @@ Every error names the offending key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -324,6 +325,67 @@ class HoldoutConfig(CVConfig):
         _require(self.embargo_bars >= 0, "cv.embargo_bars", "must be >= 0")
 
 
+def _require_split(split: Optional[int], n_splits: Optional[int] = None) -> None:
+    _require(split is None or split >= 0, "cv.split", f"must be >= 0 or null (all splits), got {split}")
+    if n_splits is not None and split is not None:
+        _require(split < n_splits, "cv.split", f"must be < {n_splits}, the number of splits, got {split}")
+
+
+@dataclass
+class CPCVConfig(CVConfig):
+    """Combinatorial purged cross-validation; see cappuccino.evaluation.cpcv."""
+
+    name: str = "cpcv"
+    n_groups: int = 6  # contiguous groups of bars
+    n_test_groups: int = 2  # groups held out per split: C(n_groups, n_test_groups) splits
+    purge_bars: int = 60  # dropped from training before and after each test group; >= window.lookback
+    embargo_bars: int = 24  # further bars dropped from training after each test group
+    split: Optional[int] = None  # run only this split (to fan the splits out over processes); null: all
+
+    def __post_init__(self) -> None:
+        _require(self.n_groups >= 2, "cv.n_groups", f"must be >= 2, got {self.n_groups}")
+        _require(
+            1 <= self.n_test_groups < self.n_groups,
+            "cv.n_test_groups",
+            f"must be in [1, cv.n_groups={self.n_groups}) to leave a training group, got {self.n_test_groups}",
+        )
+        _require(self.purge_bars >= 0, "cv.purge_bars", f"must be >= 0, got {self.purge_bars}")
+        _require(self.embargo_bars >= 0, "cv.embargo_bars", f"must be >= 0, got {self.embargo_bars}")
+        _require_split(self.split, math.comb(self.n_groups, self.n_test_groups))
+
+
+@dataclass
+class WalkForwardConfig(CVConfig):
+    """Rolling train window, embargo, test window, advanced by ``step_bars``; see
+    cappuccino.evaluation.walk_forward. The split count depends on the data length, so the
+    upper bound of ``split`` is checked once the data is loaded."""
+
+    name: str = "walk_forward"
+    train_bars: int = 4320  # 180 days of hourly bars
+    test_bars: int = 1440  # 60 days
+    step_bars: int = 1440  # = test_bars: consecutive test windows tile the period
+    embargo_bars: int = 24  # bars dropped between each train and test window
+    split: Optional[int] = None  # run only this split (to fan the splits out over processes); null: all
+
+    def __post_init__(self) -> None:
+        for key in ("train_bars", "test_bars", "step_bars"):
+            value = getattr(self, key)
+            _require(value >= 1, f"cv.{key}", f"must be >= 1, got {value}")
+        _require(self.embargo_bars >= 0, "cv.embargo_bars", f"must be >= 0, got {self.embargo_bars}")
+        _require_split(self.split)
+
+
+def check_purge(cfg: CVConfig, lookback: int) -> None:
+    """CPCV's purge must keep training bars a full observation window away from every test group;
+    raises ConfigError naming cv.purge_bars otherwise (other cv schemes have no purge)."""
+    if isinstance(cfg, CPCVConfig):
+        _require(
+            cfg.purge_bars >= lookback,
+            "cv.purge_bars",
+            f"must be >= window.lookback={lookback} so no training window reaches a test group, got {cfg.purge_bars}",
+        )
+
+
 # --------------------------------------------------------------------------------- logger
 @dataclass
 class LoggerConfig(Node):
@@ -388,6 +450,79 @@ class TrainConfig(Node):
             "env.min_order_size",
             f"has no entry for {missing}; add one per symbol, e.g. +env.min_order_size.{missing[0] if missing else 'X'}=0.01",
         )
+        check_purge(self.cv, self.window.lookback)
+
+
+# ------------------------------------------------------------------------------- pretrain
+PRETRAIN_OBJECTIVES = ("mfm", "rfd")
+
+
+@dataclass
+class PretrainConfig(Node):
+    """Self-supervised pre-training of the encoder (pretrain.py; see cappuccino.pretrain)."""
+
+    objective: str = "mfm"  # "mfm": masked feature modelling, "rfd": replaced feature detection
+    mask_ratio: float = 0.15  # share of market tokens masked (mfm) or of values replaced (rfd)
+    lr: float = 1e-3  # AdamW peak learning rate, after linear warmup, then cosine decay to 0
+    weight_decay: float = 1e-5  # not on tokenizers, biases, LayerNorms, [CLS] and [MASK]
+    batch_size: int = 256
+    max_steps: int = 20_000  # optimizer steps; the cosine schedule spans them all
+    warmup_steps: int = 500
+    eval_every: int = 500  # steps between validation losses (and early-stopping checks)
+    patience: int = 5  # evaluations without a better validation loss before stopping
+    val_fraction: float = 0.1  # last share of the training segment's decision bars held out
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(
+            self.objective in PRETRAIN_OBJECTIVES,
+            "pretrain.objective",
+            f"must be one of {list(PRETRAIN_OBJECTIVES)}, got {self.objective!r}",
+        )
+        _require(0.0 < self.mask_ratio < 1.0, "pretrain.mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
+        _require(self.lr > 0, "pretrain.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "pretrain.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        # rfd draws replacement values from the other samples of the batch.
+        _require(self.batch_size >= 2, "pretrain.batch_size", f"must be >= 2, got {self.batch_size}")
+        _require(self.max_steps >= 1, "pretrain.max_steps", f"must be >= 1, got {self.max_steps}")
+        _require(
+            0 <= self.warmup_steps < self.max_steps,
+            "pretrain.warmup_steps",
+            f"must be in [0, pretrain.max_steps={self.max_steps}), got {self.warmup_steps}",
+        )
+        _require(self.eval_every >= 1, "pretrain.eval_every", f"must be >= 1, got {self.eval_every}")
+        _require(self.patience >= 1, "pretrain.patience", f"must be >= 1, got {self.patience}")
+        _require(
+            0.0 < self.val_fraction < 1.0, "pretrain.val_fraction", f"must be in (0, 1), got {self.val_fraction}"
+        )
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "pretrain.device",
+            f"must be cpu, cuda[:N] or auto, got {self.device!r}",
+        )
+
+
+@dataclass
+class PretrainJobConfig(Node):
+    """Top-level schema of pretrain.py (conf/pretrain.yaml): the data, window, encoder and cv
+    groups mean what they mean in train.py, so the encoder sees the agent's windows."""
+
+    data: DataConfig = MISSING
+    window: WindowConfig = MISSING
+    encoder: EncoderConfig = MISSING
+    cv: CVConfig = MISSING
+    logger: LoggerConfig = MISSING
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.encoder.name == "ft_transformer",
+            "encoder",
+            f"pre-training needs an encoder with one output per token, and encoder={self.encoder.name} has "
+            "none: use encoder=ft_small, ft_default or ft_large",
+        )
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -396,7 +531,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "env": {"default": EnvConfig},
     "agent": {"ppo": PPOConfig},
     "encoder": {"mlp": MLPEncoderConfig, "ft_transformer": FTTransformerEncoderConfig},
-    "cv": {"holdout": HoldoutConfig},
+    "cv": {"holdout": HoldoutConfig, "cpcv": CPCVConfig, "walk_forward": WalkForwardConfig},
     "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
 }
@@ -406,6 +541,7 @@ def register_configs() -> None:
     """Register the schemas so ``conf/*.yaml`` can extend them (``/schema/<group>/<name>@_here_``)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
+    store.store(name="pretrain_schema", node=PretrainJobConfig)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             store.store(group=f"schema/{group}", name=name, node=node)

@@ -88,3 +88,4 @@ def test_help_lists_the_config_groups():
     for group in ("data", "window", "env", "agent", "encoder", "cv", "logger", "trainer"):
         assert f"{group}: " in out.stdout
     assert "alpaca_5m" in out.stdout
+

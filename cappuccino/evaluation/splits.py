@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
-from cappuccino.config import CVConfig, HoldoutConfig
+from cappuccino.config import ConfigError, CPCVConfig, CVConfig, HoldoutConfig, WalkForwardConfig
 from cappuccino.env.portfolio import Segment
 
 
@@ -19,6 +20,12 @@ class Split:
     train: tuple[Segment, ...]
     validation: tuple[Segment, ...]
     test: tuple[Segment, ...]
+
+
+class Splitter(Protocol):
+    def get_n_splits(self, start: int | None = None, stop: int | None = None) -> int: ...
+
+    def split(self, start: int, stop: int) -> Iterator[Split]: ...
 
 
 class HoldoutSplitter:
@@ -30,7 +37,8 @@ class HoldoutSplitter:
         self.val_fraction = val_fraction
         self.embargo_bars = embargo_bars
 
-    def get_n_splits(self) -> int:
+    def get_n_splits(self, start: int | None = None, stop: int | None = None) -> int:
+        """Always 1; ``start`` and ``stop`` are ignored (they exist so every splitter takes them)."""
         return 1
 
     def split(self, start: int, stop: int) -> Iterator[Split]:
@@ -52,8 +60,35 @@ class HoldoutSplitter:
         )
 
 
-def build_splitter(cfg: CVConfig) -> HoldoutSplitter:
+def build_splitter(cfg: CVConfig) -> Splitter:
+    # cpcv and walk_forward import Split from this module, so they are imported on use.
     if cfg.name == "holdout":
         assert isinstance(cfg, HoldoutConfig)
         return HoldoutSplitter(cfg.train_fraction, cfg.val_fraction, cfg.embargo_bars)
-    raise ValueError(f"cv={cfg.name!r} is not known; choose one of: holdout")
+    if cfg.name == "cpcv":
+        from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
+
+        assert isinstance(cfg, CPCVConfig)
+        return CombinatorialPurgedCV(cfg.n_groups, cfg.n_test_groups, cfg.purge_bars, cfg.embargo_bars)
+    if cfg.name == "walk_forward":
+        from cappuccino.evaluation.walk_forward import WalkForwardSplitter
+
+        assert isinstance(cfg, WalkForwardConfig)
+        return WalkForwardSplitter(cfg.train_bars, cfg.test_bars, cfg.step_bars, cfg.embargo_bars)
+    raise ValueError(f"cv={cfg.name!r} is not known; choose one of: holdout, cpcv, walk_forward")
+
+
+def iter_splits(cfg: CVConfig, start: int, stop: int) -> Iterator[tuple[int, Split]]:
+    """(index, split) for every split of the usable bars [start, stop), or only for split
+    ``cv.split`` when it is set, so a launcher can run the splits of one configuration in
+    separate processes. Holdout has a single split, index 0, and no ``split`` key."""
+    splits = list(build_splitter(cfg).split(start, stop))
+    only = getattr(cfg, "split", None)
+    if only is None:
+        yield from enumerate(splits)
+        return
+    if only >= len(splits):
+        raise ConfigError(
+            f"cv.split: must be < {len(splits)}, the number of {cfg.name} splits of this data, got {only}"
+        )
+    yield only, splits[only]

@@ -1,0 +1,115 @@
+"""Combinatorial purged cross-validation (López de Prado, *Advances in Financial Machine
+Learning*, ch. 12).
+
+The usable bars are cut into ``n_groups`` contiguous groups; every split holds out
+``n_test_groups`` of them, so there are C(N, k) splits, and the test groups recombine into
+phi = k / N * C(N, k) = C(N - 1, k - 1) backtest paths, each of which covers the whole period once.
+
+Choices, and where they differ from the book or from skfolio:
+
+* Group sizes match ``skfolio.model_selection.CombinatorialPurgedCV``: the first N - 1 groups
+  hold ``n // N`` bars each and the last one holds the rest, and purge and embargo remove the
+  same bars (the tests compare the two index for index).
+* A training set with gaps stays several ``Segment``s (its maximal contiguous runs) instead of
+  one array with the groups joined, so no episode steps across a gap as if it were one bar.
+* Every test group is its own test ``Segment``, adjacent ones too: each is evaluated on its
+  own and stitched into paths (see ``paths``).
+* ``purge_bars`` is removed from training before each test group and ``purge_bars +
+  embargo_bars`` after it. The purge must be at least the observation lookback, so that
+  training bars stay a full window away from test bars on either side (a test group can then be
+  warmed up from the purged bars before it without touching training data); the embargo adds
+  room for the serial correlation of returns and of the trailing indicators after a test group.
+  The splitter cannot see the lookback: ``cappuccino.config.check_purge`` checks it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from itertools import combinations
+
+import numpy as np
+
+from cappuccino.env.portfolio import Segment
+from cappuccino.evaluation.splits import Split
+
+
+class CombinatorialPurgedCV:
+    """C(n_groups, n_test_groups) splits of the bars; train segments exclude the test groups
+    and the purge and embargo around each of them."""
+
+    def __init__(
+        self, n_groups: int = 6, n_test_groups: int = 2, purge_bars: int = 0, embargo_bars: int = 0
+    ) -> None:
+        if n_groups < 2:
+            raise ValueError(f"cv.n_groups must be >= 2, got {n_groups}")
+        if not 1 <= n_test_groups < n_groups:
+            raise ValueError(
+                f"cv.n_test_groups must be in [1, cv.n_groups={n_groups}) to leave a training group, got {n_test_groups}"
+            )
+        if purge_bars < 0:
+            raise ValueError(f"cv.purge_bars must be >= 0, got {purge_bars}")
+        if embargo_bars < 0:
+            raise ValueError(f"cv.embargo_bars must be >= 0, got {embargo_bars}")
+        self.n_groups = n_groups
+        self.n_test_groups = n_test_groups
+        self.purge_bars = purge_bars
+        self.embargo_bars = embargo_bars
+
+    def get_n_splits(self, start: int | None = None, stop: int | None = None) -> int:
+        """C(N, k); ``start`` and ``stop`` are ignored (they exist so every splitter takes them)."""
+        return math.comb(self.n_groups, self.n_test_groups)
+
+    @property
+    def n_paths(self) -> int:
+        """phi = k / N * C(N, k): how many times each group is tested."""
+        return math.comb(self.n_groups - 1, self.n_test_groups - 1)
+
+    def test_groups(self) -> list[tuple[int, ...]]:
+        """The group indices each split tests, in split order (lexicographic, as itertools)."""
+        return list(combinations(range(self.n_groups), self.n_test_groups))
+
+    def groups(self, start: int, stop: int) -> list[Segment]:
+        """The N contiguous groups of [start, stop): ``n // N`` bars each, the last one takes the rest."""
+        size = (stop - start) // self.n_groups
+        blocked = 2 * self.purge_bars + self.embargo_bars
+        if size <= blocked:
+            raise ValueError(
+                f"{stop - start} bars make groups of {size} bars, which a training group between two test "
+                f"groups loses entirely to 2 * cv.purge_bars + cv.embargo_bars = {blocked}: use more data, "
+                f"fewer cv.n_groups, or a smaller purge or embargo"
+            )
+        bounds = [start + i * size for i in range(self.n_groups)] + [stop]
+        return [Segment(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def split(self, start: int, stop: int) -> Iterator[Split]:
+        """Split the usable bars [start, stop); ``test`` holds the k test groups in bar order and
+        ``validation`` is empty (the objective is measured on the test groups)."""
+        groups = self.groups(start, stop)
+        bar = np.arange(start, stop)[:, None]  # (n, 1)
+        after = self.purge_bars + self.embargo_bars
+        for tested in self.test_groups():
+            test = tuple(groups[g] for g in tested)
+            starts = np.array([s.start for s in test])  # (k,)
+            stops = np.array([s.stop for s in test])  # (k,)
+            blocked = (bar >= starts - self.purge_bars) & (bar < stops + after)  # (n, k)
+            yield Split(train=_runs(~blocked.any(axis=1), start), validation=(), test=test)
+
+    def paths(self) -> list[list[tuple[int, int]]]:
+        """For each of the ``n_paths`` paths, its N pieces in group order: ``path[g] = (i, j)``
+        means group g is ``split_i.test[j]``.
+
+        The standard assignment: the splits that test group g, in split order, go to paths
+        0, 1, ..., phi - 1, so path p takes the p-th test of every group.
+        """
+        tests_of_group: list[list[tuple[int, int]]] = [[] for _ in range(self.n_groups)]
+        for i, tested in enumerate(self.test_groups()):
+            for j, g in enumerate(tested):
+                tests_of_group[g].append((i, j))
+        return [list(path) for path in zip(*tests_of_group)]
+
+
+def _runs(mask: np.ndarray, offset: int) -> tuple[Segment, ...]:
+    """Maximal runs of True in ``mask`` (n,) as Segments, bar i of the mask being ``offset + i``."""
+    edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0)).reshape(-1, 2)  # (runs, 2)
+    return tuple(Segment(offset + int(a), offset + int(b)) for a, b in edges)

@@ -1,0 +1,177 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cappuccino.config import ConfigError, CPCVConfig, check_purge, record_reads, unread_leaves, validate
+from cappuccino.env.portfolio import Segment
+from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
+from cappuccino.evaluation.splits import Split, iter_splits
+
+
+def bars(segments: tuple[Segment, ...]) -> np.ndarray:
+    return np.concatenate([np.arange(s.start, s.stop) for s in segments]) if segments else np.array([], dtype=int)
+
+
+@st.composite
+def cpcv_cases(draw: st.DrawFn) -> tuple[CombinatorialPurgedCV, int, int]:
+    n_groups = draw(st.integers(2, 8))
+    n_test_groups = draw(st.integers(1, n_groups - 1))
+    purge, embargo = draw(st.integers(0, 8)), draw(st.integers(0, 8))
+    min_bars = (2 * purge + embargo + 1) * n_groups
+    n_bars = draw(st.integers(min_bars, min_bars + 150))
+    start = draw(st.integers(0, 50))
+    return CombinatorialPurgedCV(n_groups, n_test_groups, purge, embargo), start, start + n_bars
+
+
+@pytest.mark.parametrize(
+    ("n_bars", "n_groups", "n_test_groups", "purge", "embargo"),
+    [(120, 6, 2, 3, 2), (1003, 6, 2, 10, 5), (997, 7, 3, 0, 0), (250, 5, 4, 2, 7), (64, 3, 2, 1, 0), (500, 8, 2, 0, 9)],
+)
+def test_train_and_test_bars_match_skfolio(n_bars, n_groups, n_test_groups, purge, embargo):
+    skfolio = pytest.importorskip("skfolio.model_selection")
+    reference = skfolio.CombinatorialPurgedCV(n_groups, n_test_groups, purged_size=purge, embargo_size=embargo)
+    ours = CombinatorialPurgedCV(n_groups, n_test_groups, purge, embargo)
+    start = 37  # bars before ``start`` (feature warm-up) are not part of any group
+    expected = list(reference.split(np.zeros((n_bars, 1))))
+    got = list(ours.split(start, start + n_bars))
+    assert len(got) == len(expected) == ours.get_n_splits() == reference.get_n_splits()
+    for split, (train, tests) in zip(got, expected):
+        np.testing.assert_array_equal(bars(split.train) - start, train)
+        assert len(split.test) == len(tests)
+        for segment, test in zip(split.test, tests):
+            np.testing.assert_array_equal(bars((segment,)) - start, test)
+
+
+@pytest.mark.parametrize(("n_groups", "n_test_groups"), [(6, 2), (7, 3), (5, 4), (3, 2)])
+def test_paths_match_skfolio_path_ids(n_groups, n_test_groups):
+    skfolio = pytest.importorskip("skfolio.model_selection")
+    reference = skfolio.CombinatorialPurgedCV(n_groups, n_test_groups)
+    ours = CombinatorialPurgedCV(n_groups, n_test_groups)
+    path_ids = np.full((ours.get_n_splits(), n_test_groups), -1)
+    for p, path in enumerate(ours.paths()):
+        for i, j in path:
+            path_ids[i, j] = p
+    assert ours.n_paths == reference.n_test_paths
+    np.testing.assert_array_equal(path_ids, reference.get_path_ids())
+
+
+def in_purge_or_embargo(bar: np.ndarray, split: Split, cv: CombinatorialPurgedCV) -> np.ndarray:
+    """(n,) whether each bar lies within the purge before, or the purge + embargo after, a test group."""
+    until = np.array([s.start for s in split.test]) - bar[:, None]  # (n, k) bars until each test group
+    since = bar[:, None] - np.array([s.stop - 1 for s in split.test])  # (n, k) bars since each test group
+    before = (until > 0) & (until <= cv.purge_bars)
+    after = (since > 0) & (since <= cv.purge_bars + cv.embargo_bars)
+    return (before | after).any(axis=1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cpcv_cases())
+def test_training_excludes_test_groups_purge_and_embargo_and_nothing_else(case):
+    cv, start, stop = case
+    for split in cv.split(start, stop):
+        train, test = bars(split.train), bars(split.test)
+        assert not np.isin(train, test).any()
+        assert not in_purge_or_embargo(train, split, cv).any()
+        dropped = np.setdiff1d(np.arange(start, stop), np.concatenate([train, test]))
+        assert in_purge_or_embargo(dropped, split, cv).all(), "a bar outside every purge and embargo was dropped"
+
+
+@settings(max_examples=150, deadline=None)
+@given(cpcv_cases())
+def test_training_segments_are_maximal_contiguous_runs(case):
+    cv, start, stop = case
+    for split in cv.split(start, stop):
+        assert split.train, "every split keeps some training bars"
+        assert all(s.start < s.stop for s in split.train)
+        assert all(a.stop < b.start for a, b in zip(split.train, split.train[1:])), "runs must be separated by a gap"
+        assert split.validation == ()
+
+
+@settings(max_examples=150, deadline=None)
+@given(cpcv_cases())
+def test_groups_tile_the_bars_and_each_split_tests_k_of_them(case):
+    cv, start, stop = case
+    groups = cv.groups(start, stop)
+    assert len(groups) == cv.n_groups
+    assert groups[0].start == start and groups[-1].stop == stop
+    assert all(a.stop == b.start for a, b in zip(groups, groups[1:]))
+    splits = list(cv.split(start, stop))
+    assert len(splits) == cv.get_n_splits() == math.comb(cv.n_groups, cv.n_test_groups)
+    assert {split.test for split in splits} == {tuple(groups[g] for g in tested) for tested in cv.test_groups()}
+
+
+@settings(max_examples=100, deadline=None)
+@given(cpcv_cases())
+def test_every_path_covers_every_group_once_and_uses_every_test_once(case):
+    cv, start, stop = case
+    groups = cv.groups(start, stop)
+    splits = list(cv.split(start, stop))
+    paths = cv.paths()
+    assert len(paths) == cv.n_paths == cv.n_test_groups * cv.get_n_splits() // cv.n_groups
+    for path in paths:
+        assert [splits[i].test[j] for i, j in path] == groups
+    pieces = [piece for path in paths for piece in path]
+    assert sorted(pieces) == [(i, j) for i in range(len(splits)) for j in range(cv.n_test_groups)]
+
+
+def test_groups_follow_skfolio_sizes_when_bars_do_not_divide_evenly():
+    groups = CombinatorialPurgedCV(4, 2).groups(10, 33)  # 23 bars: 5, 5, 5 and the rest, 8
+    assert [s.stop - s.start for s in groups] == [5, 5, 5, 8]
+
+
+def test_groups_too_small_for_purge_and_embargo_are_rejected():
+    with pytest.raises(ValueError, match=r"cv\.purge_bars"):
+        list(CombinatorialPurgedCV(6, 2, purge_bars=10, embargo_bars=5).split(0, 150))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"n_groups": 1}, "cv.n_groups"),
+        ({"n_test_groups": 6}, "cv.n_test_groups"),
+        ({"purge_bars": -1}, "cv.purge_bars"),
+    ],
+)
+def test_constructor_rejects_bad_arguments_naming_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        CombinatorialPurgedCV(**kwargs)
+
+
+def test_cv_split_runs_only_the_chosen_split(compose_config):
+    cfg = validate(compose_config(["cv=cpcv", "cv.split=3", "cv.purge_bars=8", "cv.embargo_bars=4", "window.lookback=8"]))
+    assert isinstance(cfg.cv, CPCVConfig)
+    every = list(CombinatorialPurgedCV(6, 2, 8, 4).split(100, 1000))
+    assert list(iter_splits(cfg.cv, 100, 1000)) == [(3, every[3])]
+
+
+def test_all_splits_are_run_by_default_and_every_cv_leaf_is_read(compose_config):
+    cfg = validate(compose_config(["cv=cpcv", "window.lookback=20"]))
+    with record_reads() as reads:
+        indexed = list(iter_splits(cfg.cv, 0, 10_000))
+        check_purge(cfg.cv, cfg.window.lookback)
+    assert [i for i, _ in indexed] == list(range(15))
+    assert unread_leaves(cfg.cv, reads) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("cv.split=15", "cv.split"),
+        ("cv.split=-1", "cv.split"),
+        ("cv.n_test_groups=6", "cv.n_test_groups"),
+        ("cv.n_groups=1", "cv.n_groups"),
+    ],
+)
+def test_config_rejects_out_of_range_values_naming_the_key(compose_config, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_config(["cv=cpcv", override]))
+
+
+def test_purge_shorter_than_the_lookback_is_rejected_before_work_naming_the_key(compose_config):
+    with pytest.raises(ConfigError, match=r"cv\.purge_bars.*window\.lookback=20"):
+        validate(compose_config(["cv=cpcv", "cv.purge_bars=10", "window.lookback=20"]))
+    cfg = validate(compose_config(["cv=cpcv", "cv.purge_bars=10", "window.lookback=10"]))
+    check_purge(cfg.cv, 10)  # a purge equal to the lookback is enough

@@ -1,0 +1,91 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cappuccino.config import ConfigError, WalkForwardConfig, record_reads, unread_leaves, validate
+from cappuccino.env.portfolio import Segment
+from cappuccino.evaluation.splits import Split, iter_splits
+from cappuccino.evaluation.walk_forward import WalkForwardSplitter
+
+
+@st.composite
+def walk_forward_cases(draw: st.DrawFn) -> tuple[WalkForwardSplitter, int, int]:
+    splitter = WalkForwardSplitter(
+        train_bars=draw(st.integers(1, 60)),
+        test_bars=draw(st.integers(1, 30)),
+        step_bars=draw(st.integers(1, 40)),
+        embargo_bars=draw(st.integers(0, 10)),
+    )
+    start = draw(st.integers(0, 50))
+    return splitter, start, start + splitter.window_bars + draw(st.integers(0, 300))
+
+
+def test_windows_roll_forward_by_the_step():
+    splits = list(WalkForwardSplitter(train_bars=100, test_bars=20, step_bars=20, embargo_bars=5).split(10, 200))
+    assert splits == [
+        Split(train=(Segment(10, 110),), validation=(), test=(Segment(115, 135),)),
+        Split(train=(Segment(30, 130),), validation=(), test=(Segment(135, 155),)),
+        Split(train=(Segment(50, 150),), validation=(), test=(Segment(155, 175),)),
+        Split(train=(Segment(70, 170),), validation=(), test=(Segment(175, 195),)),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(walk_forward_cases())
+def test_every_split_tests_after_its_training_window_and_the_embargo(case):
+    splitter, start, stop = case
+    splits = list(splitter.split(start, stop))
+    for ((train,), (test,)) in ((s.train, s.test) for s in splits):
+        assert start <= train.start and test.stop <= stop
+        assert train.stop - train.start == splitter.train_bars and test.stop - test.start == splitter.test_bars
+        assert test.start - train.stop == splitter.embargo_bars
+    assert [s.train[0].start - start for s in splits] == [i * splitter.step_bars for i in range(len(splits))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(walk_forward_cases())
+def test_split_count_is_every_window_that_fits(case):
+    splitter, start, stop = case
+    splits = list(splitter.split(start, stop))
+    assert len(splits) == splitter.get_n_splits(start, stop) >= 1
+    assert splits[-1].test[0].stop + splitter.step_bars > stop, "one more step would still have fitted"
+
+
+def test_counting_splits_needs_the_bar_range():
+    with pytest.raises(ValueError, match="get_n_splits"):
+        WalkForwardSplitter(100, 20, 20).get_n_splits()
+
+
+def test_data_shorter_than_one_window_is_rejected_naming_the_keys():
+    with pytest.raises(ValueError, match=r"cv\.train_bars \+ cv\.embargo_bars \+ cv\.test_bars = 125"):
+        list(WalkForwardSplitter(100, 20, 20, embargo_bars=5).split(0, 124))
+
+
+def test_constructor_rejects_an_empty_window_naming_the_key():
+    with pytest.raises(ValueError, match=r"cv\.step_bars"):
+        WalkForwardSplitter(100, 20, 0)
+
+
+def test_cv_split_selects_one_split_and_every_cv_leaf_is_read(compose_config):
+    cfg = validate(compose_config(["cv=walk_forward", "cv.split=2"]))
+    assert isinstance(cfg.cv, WalkForwardConfig)
+    with record_reads() as reads:
+        ((index, split),) = iter_splits(cfg.cv, 500, 17_520)
+    assert index == 2
+    assert split == list(WalkForwardSplitter(4320, 1440, 1440, 24).split(500, 17_520))[2]
+    assert unread_leaves(cfg.cv, reads) == []
+
+
+def test_cv_split_beyond_the_data_is_rejected_naming_the_key(compose_config):
+    cfg = validate(compose_config(["cv=walk_forward", "cv.split=8"]))  # 17020 bars hold 8 splits: 0..7
+    with pytest.raises(ConfigError, match=r"cv\.split: must be < 8"):
+        list(iter_splits(cfg.cv, 500, 17_520))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("cv.test_bars=0", "cv.test_bars"), ("cv.split=-2", "cv.split"), ("cv.embargo_bars=-1", "cv.embargo_bars")],
+)
+def test_config_rejects_out_of_range_values_naming_the_key(compose_config, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_config(["cv=walk_forward", override]))
