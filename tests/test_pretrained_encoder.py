@@ -69,3 +69,17 @@ def test_pretrained_encoder_of_another_lookback_is_rejected_naming_it(compose_co
 def test_freezing_without_pretrained_weights_fails_before_work(compose_config):
     with pytest.raises(ConfigError, match="encoder.freeze"):
         validate(compose_config([*TINY, "encoder.freeze=true"]))
+
+
+def test_freezing_an_ft_transformer_keeps_its_output_head_trainable(compose_config, tmp_path):
+    """Pre-training never trains the [CLS]-to-policy head, so freezing must leave it learning."""
+    ft = ["encoder=ft_small", "window.lookback=8"]
+    cfg_dict = compose_config(ft)
+    cfg = validate(cfg_dict)
+    encoder = ActorCritic(cfg.encoder, 8, 7, 14).actor_encoder
+    schema = encoder_schema(OmegaConf.to_container(cfg_dict.encoder), DEFAULT_SYMBOLS, FEATURE_NAMES, 8)
+    path = save_checkpoint(tmp_path / "best_encoder.pt", encoder, OmegaConf.to_yaml(cfg_dict), schema)
+    policy = ActorCritic(validate(compose_config([*ft, f"encoder.pretrained={path}", "encoder.freeze=true"])).encoder, 8, 7, 14)
+    policy.load_pretrained_encoder(path, schema, freeze=True)
+    for name, parameter in policy.actor_encoder.named_parameters():
+        assert parameter.requires_grad == name.startswith("head."), name

@@ -37,6 +37,10 @@ class Encoder(nn.Module, abc.ABC):
     def forward(self, window: Tensor, weights: Tensor) -> Tensor:
         """window: (N, L, A, F) features of the last L bars; weights: (N, A + 1) [cash, assets]."""
 
+    def freeze_pretrained(self) -> None:
+        """Stop gradients to the weights that pre-training learned (by default: all of them)."""
+        self.requires_grad_(False)
+
 
 class MLPEncoder(Encoder):
     """Flatten the window, append the portfolio weights, apply an MLP.

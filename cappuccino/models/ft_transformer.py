@@ -15,7 +15,9 @@ Kept from the paper (Section 3.3) and its reference implementation:
 - Feed-forward ``Linear -> ReGLU -> Dropout -> Linear`` with hidden size
   ``int(d_token * ffn_factor)``; ``ffn_factor=4/3`` with ReGLU has about as many parameters as
   2 with a plain activation. Attention-probability, FFN-hidden and residual-branch dropout.
-- The last block computes the [CLS] query and its FFN only: no other output of it is ever read.
+- The last block computes the [CLS] query and its FFN only: no other output of it is ever read
+  by ``forward``. ``encode_tokens`` (for pre-training, see cappuccino.pretrain) runs it on every
+  token and returns all final token embeddings.
 - Output ``Linear(ReLU(LayerNorm(cls)))``; the Linear maps to ``out_dim``, the input size of the
   policy's actor and critic heads (the paper's maps to the prediction).
 
@@ -43,6 +45,17 @@ Ours:
   In every layout the portfolio weights (cash, then one per asset) are tokenized the paper's
   way, one token each: the weight times a learned vector plus a learned bias that also tells
   cash and each holding apart.
+
+  The first ``n_market_tokens`` tokens (L*A*F, L*A or L) hold the window; token k reads the
+  values ``window.reshape(N, n_market_tokens, -1)[:, k]``, since every layout flattens the
+  window in (bar, asset, feature) order.
+
+- Masked tokens (``encode_tokens(..., token_mask, mask_token)``, for masked feature modelling):
+  a masked market token's content (``x_j * W_j`` for ``feature``, the projection of its values
+  for ``asset_time`` and ``time``) is replaced by the ``mask_token`` vector BEFORE its position
+  (the feature's bias, the asset + bar embeddings, the bar embedding) is added, as BERT adds
+  position embeddings to its [MASK] token: the model knows which value it is asked to restore.
+  Portfolio tokens and [CLS] are never masked.
 """
 
 from __future__ import annotations
@@ -74,17 +87,35 @@ class NumericalTokenizer(nn.Module):
         return x.unsqueeze(-1) * self.weight + self.bias  # (N, n, d)
 
 
+def _masked(content: Tensor, mask: Tensor | None, mask_token: Tensor | None) -> Tensor:
+    """``content`` (N, n, d) with the tokens where ``mask`` (N, n) is True replaced by ``mask_token`` (d,)."""
+    if mask is None:
+        return content
+    if mask_token is None:
+        raise ValueError("token_mask needs a mask_token (d_token,) to put in place of the masked tokens")
+    return torch.where(mask.unsqueeze(-1), mask_token.to(content.dtype), content)
+
+
 class FeatureTokens(nn.Module):
     """``tokens=feature``: one token per scalar of [flattened window, weights]."""
 
     def __init__(self, lookback: int, n_assets: int, n_features: int, d_token: int) -> None:
         super().__init__()
-        self.n_tokens = lookback * n_assets * n_features + n_assets + 1
+        self.n_market_tokens = lookback * n_assets * n_features
+        self.n_tokens = self.n_market_tokens + n_assets + 1
         self.tokenizer = NumericalTokenizer(self.n_tokens, d_token)
 
-    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+    def forward(
+        self, window: Tensor, weights: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> Tensor:
         flat = rearrange(window, "n l a f -> n (l a f)")  # (N, L*A*F)
-        return self.tokenizer(torch.cat([flat, weights], dim=-1))  # (N, L*A*F + A + 1, d)
+        values = torch.cat([flat, weights], dim=-1)  # (N, L*A*F + A + 1)
+        if mask is None:
+            return self.tokenizer(values)  # (N, L*A*F + A + 1, d)
+        mask = torch.cat([mask, mask.new_zeros(weights.shape)], dim=-1)  # portfolio tokens: never masked
+        # The bias b_j is token j's position: keep it, replace the content x_j * W_j.
+        content = _masked(values.unsqueeze(-1) * self.tokenizer.weight, mask, mask_token)
+        return content + self.tokenizer.bias  # (N, L*A*F + A + 1, d)
 
 
 class AssetTimeTokens(nn.Module):
@@ -95,16 +126,19 @@ class AssetTimeTokens(nn.Module):
 
     def __init__(self, lookback: int, n_assets: int, n_features: int, d_token: int) -> None:
         super().__init__()
-        self.n_tokens = lookback * n_assets + n_assets + 1
+        self.n_market_tokens = lookback * n_assets
+        self.n_tokens = self.n_market_tokens + n_assets + 1
         self.project = nn.Linear(n_features, d_token, bias=False)
         self.asset_embedding = nn.Parameter(_uniform_(torch.empty(n_assets, d_token)))
         self.bar_embedding = nn.Parameter(_uniform_(torch.empty(lookback, d_token)))
         self.portfolio = NumericalTokenizer(n_assets + 1, d_token)
 
-    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
-        position = self.bar_embedding.unsqueeze(1) + self.asset_embedding  # (L, A, d)
-        market = self.project(window) + position  # (N, L, A, d)
-        market = rearrange(market, "n l a d -> n (l a) d")  # (N, L*A, d)
+    def forward(
+        self, window: Tensor, weights: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> Tensor:
+        position = rearrange(self.bar_embedding.unsqueeze(1) + self.asset_embedding, "l a d -> (l a) d")
+        content = rearrange(self.project(window), "n l a d -> n (l a) d")  # (N, L*A, d)
+        market = _masked(content, mask, mask_token) + position  # (N, L*A, d)
         return torch.cat([market, self.portfolio(weights)], dim=1)  # (N, L*A + A + 1, d)
 
 
@@ -113,14 +147,17 @@ class TimeTokens(nn.Module):
 
     def __init__(self, lookback: int, n_assets: int, n_features: int, d_token: int) -> None:
         super().__init__()
-        self.n_tokens = lookback + n_assets + 1
+        self.n_market_tokens = lookback
+        self.n_tokens = self.n_market_tokens + n_assets + 1
         self.project = nn.Linear(n_assets * n_features, d_token, bias=False)  # bar embedding = bias
         self.bar_embedding = nn.Parameter(_uniform_(torch.empty(lookback, d_token)))
         self.portfolio = NumericalTokenizer(n_assets + 1, d_token)
 
-    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+    def forward(
+        self, window: Tensor, weights: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> Tensor:
         bars = rearrange(window, "n l a f -> n l (a f)")  # (N, L, A*F)
-        market = self.project(bars) + self.bar_embedding  # (N, L, d)
+        market = _masked(self.project(bars), mask, mask_token) + self.bar_embedding  # (N, L, d)
         return torch.cat([market, self.portfolio(weights)], dim=1)  # (N, L + A + 1, d)
 
 
@@ -240,6 +277,8 @@ class FTTransformerEncoder(Encoder):
         self.input_shape = (lookback, n_assets, n_features)
         self.tokenizer = TOKENIZERS[tokens](lookback, n_assets, n_features, d_token)
         self.n_tokens: int = self.tokenizer.n_tokens + 1  # + [CLS]
+        self.n_market_tokens: int = self.tokenizer.n_market_tokens  # the first ones; see the module docstring
+        self.d_token = d_token
         self.cls = nn.Parameter(_uniform_(torch.empty(d_token)))
         d_hidden = int(d_token * ffn_factor)
         self.blocks = nn.ModuleList(
@@ -250,18 +289,50 @@ class FTTransformerEncoder(Encoder):
         self.out_dim = out_dim
 
     def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+        x = self._tokens(window, weights)  # (N, T, d)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, cls_only=i == last)
+        return self.head(x[:, -1])  # (N, out_dim)
+
+    def freeze_pretrained(self) -> None:
+        """Freeze tokenizer and blocks; the output head maps [CLS] to the policy's width and is
+        never trained by pre-training, so it keeps learning during PPO."""
+        self.requires_grad_(False)
+        self.head.requires_grad_(True)
+
+    def encode_tokens(
+        self, window: Tensor, weights: Tensor, token_mask: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> Tensor:
+        """(N, T, d_token) final embeddings of every token: the ``n_market_tokens`` market tokens,
+        the A + 1 portfolio tokens, then [CLS]. They are the residual stream after the last block
+        (no final LayerNorm: ``head`` has its own, so a pre-training head adds one too).
+
+        ``token_mask`` (N, n_market_tokens) bool replaces those market tokens' content by
+        ``mask_token`` (d_token,) before their positions are added (see the module docstring).
+        """
+        x = self._tokens(window, weights, token_mask, mask_token)  # (N, T, d)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def _tokens(
+        self, window: Tensor, weights: Tensor, token_mask: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> Tensor:
+        """(N, T, d) input tokens, [CLS] last."""
         if tuple(window.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"window has shape {tuple(window.shape)}, expected (N, L, A, F) with "
                 f"(L, A, F) = {self.input_shape}; "
                 "build the encoder with the env's lookback, n_assets and n_features"
             )
-        x = self.tokenizer(window, weights)  # (N, T - 1, d)
-        x = torch.cat([x, self.cls.expand(x.shape[0], 1, -1)], dim=1)  # (N, T, d), [CLS] last
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            x = block(x, cls_only=i == last)
-        return self.head(x[:, -1])  # (N, out_dim)
+        if token_mask is not None and token_mask.shape != (window.shape[0], self.n_market_tokens):
+            raise ValueError(
+                f"token_mask has shape {tuple(token_mask.shape)}, expected (N, n_market_tokens) = "
+                f"({window.shape[0]}, {self.n_market_tokens})"
+            )
+        x = self.tokenizer(window, weights, token_mask, mask_token)  # (N, T - 1, d)
+        return torch.cat([x, self.cls.expand(x.shape[0], 1, -1)], dim=1)  # (N, T, d), [CLS] last
 
 
 def _check_arguments(

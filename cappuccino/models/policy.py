@@ -57,10 +57,11 @@ class ActorCritic(nn.Module):
     def load_pretrained_encoder(self, path: Path, schema: dict[str, Any], freeze: bool) -> None:
         """Load pre-trained encoder weights into the actor's and the critic's encoder (after
         checking ``schema``, see :func:`cappuccino.checkpoint.encoder_schema`); ``freeze`` keeps
-        them fixed, so PPO trains only the heads and the log-std."""
+        what pre-training learned fixed (see ``Encoder.freeze_pretrained``)."""
         for encoder in {id(e): e for e in (self.actor_encoder, self.critic_encoder)}.values():
             load_checkpoint(path, encoder, schema)
-            encoder.requires_grad_(not freeze)
+            if freeze:
+                encoder.freeze_pretrained()
 
     def _features(self, window: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """(actor features, critic features), each (N, out_dim); one pass when shared."""

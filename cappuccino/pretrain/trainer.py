@@ -1,0 +1,401 @@
+"""The pre-training job behind ``pretrain.py``: data -> windows -> pretext task -> encoder files.
+
+Windows
+    Exactly the agent's: the same data, features, lookback and cv split as train.py, and a
+    window of decision bar t holds the features of bars t-L+1..t (what ``PortfolioEnv.window``
+    gathers). Only the split's TRAINING segments are used; a cv scheme with several splits
+    needs ``cv.split=K``, since an encoder pre-trained on one split's training bars has seen
+    the test bars of others. The decision bars (t in [start + L - 1, stop - 2] per segment)
+    are split by time: the last ``val_fraction`` are
+    validation windows, and training windows end ``lookback`` bars before the first of them,
+    so no bar is in both a training and a validation window.
+
+Portfolio weights
+    Each window gets random portfolio weights, uniform on the simplex (a flat Dirichlet): the
+    agent sees every allocation, and with one fixed state (all cash) the weight tokens would be
+    constants whose tokenizer weights never learn. They are never masked or predicted.
+
+Optimisation
+    AdamW, with no weight decay on tokenizers (embeddings), biases, LayerNorms and [MASK]
+    (the FT-Transformer paper's choice), a linear warmup and a cosine decay to 0 over
+    ``max_steps``. Every ``eval_every`` steps the loss over the validation windows (one fixed
+    corruption, drawn once) is measured; the best encoder so far is written to
+    ``best_encoder.pt`` and the run stops after ``patience`` evaluations without improvement.
+
+Outputs (in the run folder)
+    ``best_encoder.pt`` / ``final_encoder.pt``: encoder-only checkpoints that train.py loads
+    with ``encoder.pretrained=PATH`` (same encoder and window settings); ``training_history.json``
+    (every evaluation: step, epoch, train loss, validation loss, learning rate, loss ratio);
+    ``config.yaml``. The MLflow run holds the curves, the files and the loss ratio: for mfm the
+    masked-value MSE over the per-feature-mean imputation's (means over the training windows'
+    bars), below 1 when the encoder has learnt more than each feature's average.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
+
+from cappuccino.checkpoint import encoder_schema, load_checkpoint, save_checkpoint
+from cappuccino.config import ConfigError, CVConfig, EncoderConfig, PretrainConfig, PretrainJobConfig
+from cappuccino.env.portfolio import Segment
+from cappuccino.evaluation.splits import iter_splits
+from cappuccino.models.encoders import build_encoder
+from cappuccino.models.ft_transformer import FTTransformerEncoder
+from cappuccino.pretrain.objectives import Corruption, PretextModel, build_pretext
+from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
+from cappuccino.tracking.resources import peak_rss_mb
+from cappuccino.training import RunPaths, console, encoder_config, prepare_market, seed_everything
+
+
+@dataclass(frozen=True)
+class WindowBars:
+    train: Tensor  # (n_train,) long decision bars of the training windows
+    validation: Tensor  # (n_val,) long decision bars of the validation windows, all later
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Where pre-training windows come from."""
+
+    features: Tensor  # (T, A, F) float32, the market's features
+    bars: WindowBars
+    lookback: int
+    feature_mean: Tensor  # (A, F) mean over the bars the training windows cover
+
+
+def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
+    """Validate ``cfg`` (before any work), pre-train, and return the best validation loss."""
+    return pretrain(validate(cfg), OmegaConf.to_yaml(cfg, resolve=True), paths, overrides)
+
+
+def validate(cfg: DictConfig) -> PretrainJobConfig:
+    """Build the typed config, running every range check; raises ConfigError naming the key."""
+    typed = OmegaConf.to_object(cfg)
+    if not isinstance(typed, PretrainJobConfig):
+        raise ConfigError(
+            "the composed config is not a PretrainJobConfig: conf/pretrain.yaml must list pretrain_schema first"
+        )
+    return typed
+
+
+def pretrain(cfg: PretrainJobConfig, config_yaml: str, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
+    check_encoder_usage(cfg.encoder)
+    device = resolve_device(cfg.pretrain.device)
+    seed_everything(cfg.pretrain.seed, None)
+
+    market = prepare_market(cfg)  # type: ignore[arg-type]  # reads only the data and window groups
+    segments = training_segments(cfg.cv, market.first_valid, market.n_bars)
+    lookback = cfg.window.lookback
+    windows = training_windows(market.features, segments, lookback, cfg.pretrain.val_fraction, device)
+    schema = encoder_schema(encoder_config(config_yaml), market.symbols, market.feature_names, lookback)
+    model = build_model(cfg, market.n_assets, len(market.feature_names), schema).to(device)
+
+    run_dir = paths.run_dir
+    tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir)
+    try:
+        tags = {"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash}
+        tracker.set_tags({"job": "pretrain", **tags})
+        tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
+
+        def save_best() -> None:
+            save_checkpoint(run_dir / "best_encoder.pt", model.encoder, config_yaml, schema)
+
+        history = {"objective": cfg.pretrain.objective, **fit(model, windows, cfg.pretrain, tracker, save_best)}
+        save_checkpoint(run_dir / "final_encoder.pt", model.encoder, config_yaml, schema)
+        best = write_outputs(history, model.ratio_name, config_yaml, run_dir, tracker)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close()
+    print_summary(history, model.ratio_name, run_dir, tracker)
+    return best["val_loss"]
+
+
+def build_model(cfg: PretrainJobConfig, n_assets: int, n_features: int, schema: dict[str, Any]) -> PretextModel:
+    """The configured encoder (from ``encoder.pretrained`` weights if set, checked against
+    ``schema``) inside the configured pretext task."""
+    encoder = build_encoder(cfg.encoder, cfg.window.lookback, n_assets, n_features)
+    assert isinstance(encoder, FTTransformerEncoder)  # PretrainJobConfig accepts no other encoder
+    if cfg.encoder.pretrained is not None:  # continue from earlier pre-trained weights
+        load_checkpoint(Path(cfg.encoder.pretrained).expanduser(), encoder, schema)
+    return build_pretext(cfg.pretrain.objective, encoder, cfg.pretrain.mask_ratio)
+
+
+def write_outputs(
+    history: dict[str, Any], ratio_name: str, config_yaml: str, run_dir: Path, tracker: Tracker
+) -> dict[str, Any]:
+    """Write the history and the config, log the best evaluation and the files; return the best record."""
+    best = best_record(history)
+    tracker.log_metrics(
+        {
+            "best/val_loss": best["val_loss"],
+            "best/step": best["step"],
+            f"best/{ratio_name}": best[ratio_name],
+            "val/baseline_loss": history["baseline_val_loss"],
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
+    (run_dir / "training_history.json").write_text(json.dumps(history, indent=2))
+    (run_dir / "config.yaml").write_text(config_yaml)
+    for name in ("best_encoder.pt", "final_encoder.pt", "training_history.json", "config.yaml"):
+        tracker.log_artifact(run_dir / name)
+    return best
+
+
+def check_encoder_usage(cfg: EncoderConfig) -> None:
+    """``freeze`` and ``shared`` say how train.py uses an encoder; pre-training would ignore them."""
+    if cfg.freeze:
+        raise ConfigError("encoder.freeze: pre-training trains the encoder; freeze it in train.py instead")
+    if cfg.shared:
+        raise ConfigError(
+            "encoder.shared: pre-training makes one encoder, which train.py loads into the actor and "
+            "the critic alike; set encoder.shared in train.py instead"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"pretrain.device={name!r} but CUDA is not available: use pretrain.device=cpu")
+    return device
+
+
+# ------------------------------------------------------------------------------------ windows
+def training_segments(cv: CVConfig, first_valid: int, n_bars: int) -> tuple[Segment, ...]:
+    """The training part of the one cv split to pre-train for: holdout's, or split ``cv.split``."""
+    splits = list(iter_splits(cv, first_valid, n_bars))
+    if len(splits) > 1:
+        raise ConfigError(
+            f"cv.split: cv={cv.name} has {len(splits)} splits, and an encoder pre-trained on the training "
+            "bars of one has seen test bars of others; pre-train one encoder per split with cv.split=K "
+            "and fine-tune it with the same cv.split"
+        )
+    return splits[0][1].train
+
+
+def split_decision_bars(segments: Sequence[Segment], lookback: int, val_fraction: float) -> WindowBars:
+    """Time-ordered train / validation decision bars with no bar in windows of both (module docstring)."""
+    bars = torch.cat([torch.arange(s.start + lookback - 1, s.stop - 1) for s in segments])  # (n,)
+    n_val = int(len(bars) * val_fraction)
+    train = bars[bars <= bars[-max(n_val, 1)] - lookback]  # windows end before the first validation window starts
+    if n_val < 1 or len(train) < 1:
+        raise ConfigError(
+            f"the training segment has {len(bars)} decision bars at window.lookback={lookback}: too few "
+            f"to hold out pretrain.val_fraction={val_fraction} of them after a gap of {lookback} bars; "
+            "use more data (e.g. data.n_bars), another pretrain.val_fraction or a shorter lookback"
+        )
+    return WindowBars(train, bars[-n_val:])
+
+
+def gather_windows(features: Tensor, bars: Tensor, lookback: int) -> Tensor:
+    """(T, A, F) features, (N,) decision bars -> (N, L, A, F) features of bars t-L+1..t."""
+    offsets = torch.arange(1 - lookback, 1, device=features.device)  # (L,)
+    return features[bars.unsqueeze(-1) + offsets]
+
+
+def training_windows(
+    features: np.ndarray, segments: Sequence[Segment], lookback: int, val_fraction: float, device: torch.device
+) -> Windows:
+    """The windows of ``segments`` (the cv training part), split for validation, on ``device``."""
+    bars = split_decision_bars(segments, lookback, val_fraction)
+    bars = WindowBars(bars.train.to(device), bars.validation.to(device))
+    features = torch.as_tensor(features, dtype=torch.float32, device=device)
+    covered = torch.unique(bars.train.unsqueeze(-1) + torch.arange(1 - lookback, 1, device=device))
+    return Windows(features, bars, lookback, features[covered].mean(0))
+
+
+def random_weights(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """(n, size) portfolio weights uniform on the simplex: normalised Exp(1) draws (flat Dirichlet)."""
+    draws = torch.empty(n, size, device=generator.device).exponential_(generator=generator)
+    return draws / draws.sum(-1, keepdim=True)
+
+
+def training_batches(bars: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Endless (batch_size,) batches of ``bars``, reshuffled every epoch; a short last batch is dropped
+    unless an epoch holds fewer bars than a batch."""
+    full = max(1, len(bars) // batch_size)
+    while True:
+        order = bars[torch.randperm(len(bars), generator=generator, device=generator.device)]
+        yield from order[: full * batch_size].split(batch_size)
+
+
+# ---------------------------------------------------------------------------------- training
+def fit(
+    model: PretextModel,
+    windows: Windows,
+    cfg: PretrainConfig,
+    tracker: Tracker,
+    on_best: Callable[[], None],
+) -> dict[str, Any]:
+    """Train ``model`` with early stopping; call ``on_best`` on every new best evaluation.
+
+    Returns the history: every evaluation's record, the baseline's validation loss, whether the
+    run stopped early.
+    """
+    device = windows.features.device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    validation = validation_batches(model, windows, cfg.batch_size, generator)
+    baseline = mean_loss(lambda corruption, _: model.baseline_losses(corruption, windows.feature_mean), validation)
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps))
+    batches = training_batches(windows.bars.train, cfg.batch_size, generator)
+    evals: list[dict[str, Any]] = []
+    best, stale = math.inf, 0
+    loss_sum, n_losses = torch.zeros((), device=device), 0  # summed on device: no host sync per step
+
+    with progress_bar(cfg.max_steps, cfg.progress) as advance:
+        for step in range(1, cfg.max_steps + 1):
+            loss = train_step(model, optimizer, windows, next(batches), generator)
+            scheduler.step()
+            loss_sum, n_losses = loss_sum + loss, n_losses + 1
+            if step % cfg.eval_every and step < cfg.max_steps:
+                advance(step, None)
+                continue
+
+            model.eval()
+            val_loss = mean_loss(model.value_losses, validation)
+            if not math.isfinite(val_loss):
+                raise FloatingPointError(
+                    f"the validation loss is {val_loss} at step {step}: lower pretrain.lr or raise pretrain.warmup_steps"
+                )
+            record = {
+                "step": step,
+                "epoch": step * cfg.batch_size / len(windows.bars.train),
+                "train_loss": loss_sum.item() / n_losses,
+                "val_loss": val_loss,
+                "lr": scheduler.get_last_lr()[0],
+                model.ratio_name: val_loss / baseline,
+            }
+            evals.append(record)
+            loss_sum, n_losses = torch.zeros((), device=device), 0
+            tracker.log_metrics(eval_metrics(record, model.ratio_name), step=step)
+            advance(step, record)
+            if val_loss < best:
+                best, stale = val_loss, 0
+                on_best()
+            else:
+                stale += 1
+            if stale >= cfg.patience:
+                break
+    return {"baseline_val_loss": baseline, "stopped_early": step < cfg.max_steps, "evals": evals}
+
+
+def train_step(
+    model: PretextModel, optimizer: torch.optim.Optimizer, windows: Windows, bars: Tensor, generator: torch.Generator
+) -> Tensor:
+    """One optimizer step on the windows of decision ``bars`` (B,); returns the detached batch loss."""
+    model.train()
+    window = gather_windows(windows.features, bars, windows.lookback)  # (B, L, A, F)
+    weights = random_weights(len(bars), windows.features.shape[1] + 1, generator)  # (B, A + 1)
+    loss = model.value_losses(model.corrupt(window, generator), weights).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def validation_batches(
+    model: PretextModel, windows: Windows, batch_size: int, generator: torch.Generator
+) -> list[tuple[Corruption, Tensor]]:
+    """The validation windows, corrupted once, with their portfolio weights: (corruption, (B, A + 1))."""
+    n_weights = windows.features.shape[1] + 1
+    batches = []
+    for bars in windows.bars.validation.split(batch_size):
+        window = gather_windows(windows.features, bars, windows.lookback)
+        batches.append((model.corrupt(window, generator), random_weights(len(bars), n_weights, generator)))
+    return batches
+
+
+@torch.no_grad()
+def mean_loss(losses: Callable[[Corruption, Tensor], Tensor], batches: list[tuple[Corruption, Tensor]]) -> float:
+    """Mean of ``losses(corruption, weights)`` over every scored value of every batch."""
+    return torch.cat([losses(corruption, weights) for corruption, weights in batches]).mean().item()
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on the Transformer's and the head's weight matrices only (module docstring)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        is_matrix = parameter.ndim >= 2 and not name.startswith("encoder.tokenizer.")
+        (decay if is_matrix else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor of optimizer step s: linear warmup to 1, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------- reporting
+@contextmanager
+def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int, dict[str, Any] | None], None]]:
+    columns = (
+        TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, disable=not enabled, transient=False) as progress:
+        task = progress.add_task("pretrain", total=total, stats="")
+
+        def advance(step: int, record: dict[str, Any] | None) -> None:
+            if record is None:
+                progress.update(task, completed=step)
+                return
+            text = f"train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  lr {record['lr']:.2e}"
+            progress.update(task, completed=step, stats=text)
+            # Without a terminal (nohup, CI, a cluster log) rich draws nothing until the end.
+            if enabled and not console.is_terminal:
+                console.print(f"pretrain {step:,}/{total:,} steps  {text}")
+
+        yield advance
+
+
+def eval_metrics(record: dict[str, Any], ratio_name: str) -> dict[str, float]:
+    """One evaluation's record under its MLflow names."""
+    return {
+        "train/loss": record["train_loss"],
+        "train/lr": record["lr"],
+        "train/epoch": record["epoch"],
+        "val/loss": record["val_loss"],
+        f"val/{ratio_name}": record[ratio_name],
+    }
+
+
+def best_record(history: dict[str, Any]) -> dict[str, Any]:
+    return min(history["evals"], key=lambda record: record["val_loss"])
+
+
+def print_summary(history: dict[str, Any], ratio_name: str, run_dir: Path, tracker: Tracker) -> None:
+    best = best_record(history)
+    stopped = "stopped early" if history["stopped_early"] else "ran every step"
+    console.print(
+        f"pre-training ({history['objective']}) {stopped}; best validation loss {best['val_loss']:.4f} "
+        f"at step {best['step']:,} (baseline {history['baseline_val_loss']:.4f})"
+    )
+    console.print(f"{ratio_name} = {best[ratio_name]:.4f} (validation loss / baseline loss, on held-out windows)")
+    console.print(f"outputs: {run_dir}")
+    encoder_file = run_dir / "best_encoder.pt"
+    console.print(f"fine-tune with the same encoder and window settings: python train.py encoder.pretrained={encoder_file}")
+    if tracker.ui_command:
+        console.print(f"browse runs: {tracker.ui_command}")

@@ -1,0 +1,28 @@
+"""Pre-train the encoder on the agent's windows: ``python pretrain.py [group=option ...] [key=value ...]``.
+
+Writes best_encoder.pt for ``python train.py encoder.pretrained=PATH``; returns the best
+validation loss, so Hydra's Optuna sweeper can minimise it.
+"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from cappuccino.config import register_configs
+from cappuccino.pretrain import run
+from cappuccino.training import RunPaths
+
+register_configs()
+
+
+@hydra.main(config_path="conf", config_name="pretrain")
+def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    paths = RunPaths(run_dir=Path(hydra_cfg.runtime.output_dir), project_dir=Path(hydra_cfg.runtime.cwd))
+    return run(cfg, paths, hydra_cfg.overrides.task)
+
+
+if __name__ == "__main__":
+    main()
