@@ -99,12 +99,13 @@ def check_objective(objective: str) -> None:
         raise ConfigError(f"trainer.objective: {objective!r} is not a metric; choose one of {known}")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error naming ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name!r} but CUDA is not available: use trainer.device=cpu")
+        raise ConfigError(f"{key}={name!r} but CUDA is not available: use {key}=cpu")
     return device
 
 

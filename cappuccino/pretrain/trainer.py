@@ -56,7 +56,7 @@ from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.pretrain.objectives import Corruption, PretextModel, build_pretext
 from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
 from cappuccino.tracking.resources import peak_rss_mb
-from cappuccino.training import RunPaths, console, encoder_config, prepare_market, seed_everything
+from cappuccino.training import RunPaths, console, encoder_config, prepare_market, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def validate(cfg: DictConfig) -> PretrainJobConfig:
 
 def pretrain(cfg: PretrainJobConfig, config_yaml: str, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
     check_encoder_usage(cfg.encoder)
-    device = resolve_device(cfg.pretrain.device)
+    device = resolve_device(cfg.pretrain.device, key="pretrain.device")
     seed_everything(cfg.pretrain.seed, None)
 
     market = prepare_market(cfg)  # type: ignore[arg-type]  # reads only the data and window groups
@@ -163,15 +163,6 @@ def check_encoder_usage(cfg: EncoderConfig) -> None:
             "encoder.shared: pre-training makes one encoder, which train.py loads into the actor and "
             "the critic alike; set encoder.shared in train.py instead"
         )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"pretrain.device={name!r} but CUDA is not available: use pretrain.device=cpu")
-    return device
 
 
 # ------------------------------------------------------------------------------------ windows
