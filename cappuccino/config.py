@@ -341,8 +341,10 @@ class CPCVConfig(CVConfig):
     purge_bars: int = 60  # dropped from training before and after each test group; >= window.lookback
     embargo_bars: int = 24  # further bars dropped from training after each test group
     split: Optional[int] = None  # run only this split (to fan the splits out over processes); null: all
+    std_penalty: float = 0.1  # objective = mean(agent - benchmark Sharpe) - std_penalty * std(agent Sharpe)
 
     def __post_init__(self) -> None:
+        _require(self.std_penalty >= 0, "cv.std_penalty", f"must be >= 0, got {self.std_penalty}")
         _require(self.n_groups >= 2, "cv.n_groups", f"must be >= 2, got {self.n_groups}")
         _require(
             1 <= self.n_test_groups < self.n_groups,
@@ -366,8 +368,10 @@ class WalkForwardConfig(CVConfig):
     step_bars: int = 1440  # = test_bars: consecutive test windows tile the period
     embargo_bars: int = 24  # bars dropped between each train and test window
     split: Optional[int] = None  # run only this split (to fan the splits out over processes); null: all
+    std_penalty: float = 0.1  # objective = mean(agent - benchmark Sharpe) - std_penalty * std(agent Sharpe)
 
     def __post_init__(self) -> None:
+        _require(self.std_penalty >= 0, "cv.std_penalty", f"must be >= 0, got {self.std_penalty}")
         for key in ("train_bars", "test_bars", "step_bars"):
             value = getattr(self, key)
             _require(value >= 1, f"cv.{key}", f"must be >= 1, got {value}")
@@ -414,7 +418,9 @@ class TrainerConfig(Node):
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
     torch_threads: Optional[int] = None  # null: PyTorch's default
     precision: str = "32"  # Lightning's names: "32" (float32) or "bf16-mixed" (bfloat16 autocast forwards)
-    objective: str = "val/excess_sharpe"  # metric returned to Hydra (and Optuna)
+    # Metric returned to Hydra (and Optuna); null: val/excess_sharpe with a validation split
+    # (holdout), cv/objective across splits (cpcv, walk_forward).
+    objective: Optional[str] = None
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -24,9 +24,11 @@ from cappuccino.data import load_market
 from cappuccino.data.features import FEATURE_NAMES, compute_features
 from cappuccino.data.market import MarketData
 from cappuccino.env.portfolio import PortfolioEnv, Segment
-from cappuccino.evaluation.backtest import Backtest, backtest
+from cappuccino.evaluation.backtest import Backtest, backtest, stitch
+from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
+from cappuccino.evaluation.objective import CV_METRICS, cv_metrics
 from cappuccino.evaluation.metrics import periods_per_year
-from cappuccino.evaluation.splits import Split, build_splitter
+from cappuccino.evaluation.splits import Split, build_splitter, iter_splits
 from cappuccino.models.policy import ActorCritic
 from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
 from cappuccino.tracking.plots import equity_figure
@@ -55,48 +57,100 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> floa
 
 
 def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
-    check_objective(cfg.trainer.objective)
+    """Train one agent per cv split, backtest each, and return the configured objective."""
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.torch_threads)
-
-    market = prepare_market(cfg)
-    split = next(iter(build_splitter(cfg.cv).split(market.first_valid, market.n_bars)))
-    check_segments(split, cfg.window.lookback, cfg.env.episode_length)
-    tensors = market_tensors(market, device)
-
-    env = PortfolioEnv.from_market(market, split.train, cfg.env, cfg.window.lookback, device, seed=cfg.trainer.seed)
     if cfg.agent.name != "ppo":
         raise ConfigError(f"agent={cfg.agent.name!r} is not known; choose one of: ppo")
-    policy = build_policy(cfg, market, config_yaml).to(device)
+
+    market = prepare_market(cfg)
+    splits = list(iter_splits(cfg.cv, market.first_valid, market.n_bars))
+    holdout = len(splits) == 1 and bool(splits[0][1].validation)
+    objective = objective_key(cfg.trainer.objective, holdout)
+    for _, split in splits:
+        check_segments(split, cfg.window.lookback)
+    tensors = market_tensors(market, device)
 
     tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir)
     try:
         tracker.set_tags({"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash})
         tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
-        learn(PPO(policy, env, cfg.agent, cfg.trainer.total_steps, cfg.trainer.precision), tracker, device, cfg.trainer.progress)
-        metrics = evaluate(policy, market, tensors, split, cfg, env.min_order_size, tracker, paths.run_dir)
-        metrics["objective"] = metrics[cfg.trainer.objective]
+        backtests = {}
+        for index, split in splits:
+            name = "" if holdout else f"split{index}"
+            backtests[index] = train_split(cfg, config_yaml, market, tensors, split, index, name, device, tracker, paths.run_dir)
+        metrics = score(cfg, market, backtests, holdout, all_splits=len(splits) == build_splitter(cfg.cv).get_n_splits(market.first_valid, market.n_bars))
+        metrics["objective"] = metrics[objective]
         tracker.log_metrics(metrics)
         tracker.log_metrics(resource_metrics(device))
-        checkpoint = save_checkpoint(paths.run_dir / "checkpoint.pt", policy, config_yaml, schema(cfg, market, config_yaml))
         config_file = paths.run_dir / "config.yaml"
         config_file.write_text(config_yaml)
         metrics_file = paths.run_dir / "metrics.json"
         metrics_file.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        for artifact in (checkpoint, config_file, metrics_file):
+        for artifact in (config_file, metrics_file):
             tracker.log_artifact(artifact)
     except BaseException:
         tracker.close("FAILED")
         raise
     tracker.close()
-    print_summary(metrics, market, paths, tracker)
+    print_summary(metrics, market, paths, tracker, holdout)
     return metrics["objective"]
 
 
-def check_objective(objective: str) -> None:
-    known = [f"{split}/{name}" for split in EVAL_SPLITS for name in METRIC_NAMES]
-    if objective not in known:
-        raise ConfigError(f"trainer.objective: {objective!r} is not a metric; choose one of {known}")
+def train_split(
+    cfg: TrainConfig,
+    config_yaml: str,
+    market: MarketData,
+    tensors: dict[str, torch.Tensor],
+    split: Split,
+    index: int,
+    name: str,
+    device: torch.device,
+    tracker: Tracker,
+    run_dir: Path,
+) -> dict[str, list[Backtest]]:
+    """A fresh agent on this split's training segments; its checkpoint and backtests."""
+    seed = cfg.trainer.seed + index
+    torch.manual_seed(seed)
+    env = PortfolioEnv.from_market(market, split.train, cfg.env, cfg.window.lookback, device, seed=seed)
+    policy = build_policy(cfg, market, config_yaml).to(device)
+    prefix = f"{name}/" if name else ""
+    ppo = PPO(policy, env, cfg.agent, cfg.trainer.total_steps, cfg.trainer.precision)
+    learn(ppo, tracker, device, cfg.trainer.progress, prefix)
+    file = run_dir / f"checkpoint{'_' + name if name else ''}.pt"
+    tracker.log_artifact(save_checkpoint(file, policy, config_yaml, schema(cfg, market, config_yaml)))
+    results = evaluate(policy, tensors, split, cfg, env.min_order_size)
+    for part, backtests in results.items():
+        if backtests:
+            save_equity_plot(stitch(backtests), market, f"{prefix}{part}", tracker, run_dir)
+    return results
+
+
+def score(
+    cfg: TrainConfig, market: MarketData, backtests: dict[int, dict[str, list[Backtest]]], holdout: bool, all_splits: bool
+) -> dict[str, float]:
+    """Holdout: validation and test metrics. Several splits: per-split test metrics and the
+    cross-split objective (with CPCV's backtest paths when every split ran)."""
+    ppy = periods_per_year(market.interval)
+    if holdout:
+        (results,) = backtests.values()
+        return {f"{part}/{k}": v for part, runs in results.items() for k, v in stitch(runs).metrics(ppy).items()}
+    splitter = build_splitter(cfg.cv)
+    paths = splitter.paths() if all_splits and isinstance(splitter, CombinatorialPurgedCV) else None
+    tests = {i: results["test"] for i, results in backtests.items()}
+    return cv_metrics(tests, ppy, cfg.cv.std_penalty, paths)
+
+
+def objective_key(objective: str | None, holdout: bool) -> str:
+    """The metric returned to Hydra; fails before any work when the cv scheme cannot give it."""
+    if holdout:
+        known = [f"{part}/{name}" for part in EVAL_SPLITS for name in METRIC_NAMES]
+    else:
+        known = [f"cv/{name}" for name in CV_METRICS]
+    chosen = objective or known[known.index("val/excess_sharpe" if holdout else "cv/objective")]
+    if chosen not in known:
+        raise ConfigError(f"trainer.objective: {chosen!r} is not a metric of this cv scheme; choose one of {known}")
+    return chosen
 
 
 def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
@@ -127,7 +181,7 @@ def prepare_market(cfg: TrainConfig) -> MarketData:
     return market.with_features(features, FEATURE_NAMES, first_valid)
 
 
-def check_segments(split: Split, lookback: int, episode_length: int) -> None:
+def check_segments(split: Split, lookback: int) -> None:
     """Too few bars for the lookback and the splits is a config problem: say so before training."""
     for part in ("train", "validation", "test"):
         for segment in getattr(split, part):
@@ -136,7 +190,7 @@ def check_segments(split: Split, lookback: int, episode_length: int) -> None:
                 raise ConfigError(
                     f"the {part} segment has {bars} bars, too few for window.lookback={lookback} "
                     f"(needs at least {lookback + 2}): use more data (e.g. data.n_bars), a shorter "
-                    f"lookback, or other cv fractions"
+                    f"lookback, or other cv settings (fractions, cv.n_groups, cv.purge_bars)"
                 )
 
 
@@ -149,7 +203,7 @@ def market_tensors(market: MarketData, device: torch.device) -> dict[str, torch.
     }
 
 
-def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool) -> None:
+def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool, prefix: str = "") -> None:
     """Run PPO with a progress bar; log every update's statistics to the tracker."""
     with progress_bar(ppo.total_steps, show_progress) as advance:
 
@@ -158,7 +212,7 @@ def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool)
             vram = peak_vram_mb(device)
             if vram is not None:
                 stats["peak_vram_mb"] = vram
-            tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step=int(stats["global_step"]))
+            tracker.log_metrics({f"{prefix}train/{k}": v for k, v in stats.items()}, step=int(stats["global_step"]))
             advance(stats)
 
         ppo.learn(on_update)
@@ -195,37 +249,30 @@ def progress_bar(total: int, enabled: bool) -> Iterator:
 
 
 def evaluate(
-    policy: ActorCritic,
-    market: MarketData,
-    tensors: dict[str, torch.Tensor],
-    split: Split,
-    cfg: TrainConfig,
-    min_order_size: torch.Tensor,
-    tracker: Tracker,
-    run_dir: Path,
-) -> dict[str, float]:
-    """Deterministic backtests on validation and test; equity plots go to the run and MLflow."""
+    policy: ActorCritic, tensors: dict[str, torch.Tensor], split: Split, cfg: TrainConfig, min_order_size: torch.Tensor
+) -> dict[str, list[Backtest]]:
+    """Deterministic backtests of every validation and test segment, each on its own."""
     policy.eval()
 
     def act(window: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return policy.act(window, weights, deterministic=True)[0]
 
-    ppy = periods_per_year(market.interval)
-    metrics: dict[str, float] = {}
-    for name, segments in (("val", split.validation), ("test", split.test)):
-        for segment in segments:
-            result = backtest(act, tensors["features"], tensors["open"], tensors["close"], segment, cfg.env, cfg.window.lookback, min_order_size)
-            metrics.update({f"{name}/{k}": v for k, v in result.metrics(ppy).items()})
-            save_equity_plot(result, market, name, segment, tracker, run_dir)
-    return metrics
+    return {
+        part: [
+            backtest(act, tensors["features"], tensors["open"], tensors["close"], segment, cfg.env, cfg.window.lookback, min_order_size)
+            for segment in segments
+        ]
+        for part, segments in (("val", split.validation), ("test", split.test))
+    }
 
 
-def save_equity_plot(result: Backtest, market: MarketData, name: str, segment: Segment, tracker: Tracker, run_dir: Path) -> None:
+def save_equity_plot(result: Backtest, market: MarketData, name: str, tracker: Tracker, run_dir: Path) -> None:
     label = "synthetic data" if market.synthetic else market.source
     title = f"{name}: agent vs equal-weight buy-and-hold ({label}, {', '.join(market.symbols)})"
     figure = equity_figure(market.timestamps[result.bars], result.equity, result.benchmark, title)
-    figure.savefig(run_dir / f"equity_{name}.png", dpi=110, bbox_inches="tight")
-    tracker.log_figure(figure, f"equity_{name}.png")
+    file_name = f"equity_{name.replace('/', '_')}.png"
+    figure.savefig(run_dir / file_name, dpi=110, bbox_inches="tight")
+    tracker.log_figure(figure, file_name)
 
 
 def resource_metrics(device: torch.device) -> dict[str, float]:
@@ -256,17 +303,35 @@ def schema(cfg: TrainConfig, market: MarketData, config_yaml: str) -> dict:
     return {**encoder, "interval": str(market.interval)}
 
 
-def print_summary(metrics: dict[str, float], market: MarketData, paths: RunPaths, tracker: Tracker) -> None:
-    table = Table(title=f"test split ({'synthetic data' if market.synthetic else market.source})")
-    table.add_column("metric")
-    table.add_column("agent", justify="right")
-    table.add_column("buy & hold", justify="right")
-    for name in ("total_return", "sharpe", "sortino", "max_drawdown", "calmar"):
-        table.add_row(name, f"{metrics[f'test/{name}']:.4f}", f"{metrics[f'test/benchmark_{name}']:.4f}")
-    table.add_row("turnover", f"{metrics['test/turnover']:.2f}", "")
-    table.add_row("fees_paid", f"{metrics['test/fees_paid']:.2f}", "")
-    console.print(table)
+def print_summary(metrics: dict[str, float], market: MarketData, paths: RunPaths, tracker: Tracker, holdout: bool) -> None:
+    data = "synthetic data" if market.synthetic else market.source
+    console.print(holdout_table(metrics, data) if holdout else splits_table(metrics, data))
     console.print(f"objective = {metrics['objective']:.4f}")
     console.print(f"outputs: {paths.run_dir}")
     if tracker.ui_command:
         console.print(f"browse runs: {tracker.ui_command}")
+
+
+def holdout_table(metrics: dict[str, float], data: str) -> Table:
+    table = Table(title=f"test split ({data})")
+    for column in ("metric", "agent", "buy & hold"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name in ("total_return", "sharpe", "sortino", "max_drawdown", "calmar"):
+        table.add_row(name, f"{metrics[f'test/{name}']:.4f}", f"{metrics[f'test/benchmark_{name}']:.4f}")
+    table.add_row("turnover", f"{metrics['test/turnover']:.2f}", "")
+    table.add_row("fees_paid", f"{metrics['test/fees_paid']:.2f}", "")
+    return table
+
+
+def splits_table(metrics: dict[str, float], data: str) -> Table:
+    table = Table(title=f"test groups per split ({data})")
+    for column in ("split", "agent Sharpe", "buy & hold Sharpe", "total return", "turnover"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    splits = sorted({key.split("/")[0] for key in metrics if key.startswith("split")}, key=lambda s: int(s[5:]))
+    for split in splits:
+        m = {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"{split}/test/")}
+        table.add_row(split, f"{m['sharpe']:.3f}", f"{m['benchmark_sharpe']:.3f}", f"{m['total_return']:.4f}", f"{m['turnover']:.2f}")
+    table.add_row("mean", f"{metrics['cv/sharpe_mean']:.3f}", f"{metrics['cv/benchmark_sharpe_mean']:.3f}", "", "")
+    if "cv/path_sharpe_mean" in metrics:
+        table.add_row("paths (mean, min)", f"{metrics['cv/path_sharpe_mean']:.3f}, {metrics['cv/path_sharpe_min']:.3f}", "", "", "")
+    return table

@@ -3,7 +3,7 @@ same bars with the same fees and fill rules (both go through the environment's c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,3 +81,23 @@ def random_policy(n_assets: int, seed: int) -> Policy:
         return action.to(window.device)
 
     return act
+
+
+def stitch(backtests: Sequence[Backtest]) -> Backtest:
+    """Join backtests of disjoint periods into one by chaining their per-bar returns, as CPCV
+    stitches test groups into backtest paths. Bars may jump between pieces."""
+    first = backtests[0]
+    if len(backtests) == 1:
+        return first
+
+    def chain(series: list[np.ndarray]) -> np.ndarray:
+        growth = np.concatenate([s[1:] / s[:-1] for s in series])
+        return series[0][0] * np.concatenate([[1.0], np.cumprod(growth)])
+
+    return Backtest(
+        bars=np.concatenate([first.bars, *(b.bars[1:] for b in backtests[1:])]),
+        equity=chain([b.equity for b in backtests]),
+        benchmark=chain([b.benchmark for b in backtests]),
+        fees_paid=float(sum(b.fees_paid for b in backtests)),
+        turnover=float(sum(b.turnover for b in backtests)),
+    )

@@ -1,0 +1,89 @@
+"""train.py across cross-validation splits: one agent per split, scored on its test groups."""
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from cappuccino.config import ConfigError, record_reads, unread_leaves, validate
+from cappuccino.evaluation.backtest import Backtest, stitch
+from cappuccino.evaluation.objective import cv_metrics
+from cappuccino.training import RunPaths, run, train
+
+from .conftest import TINY
+
+CPCV = [*TINY, "logger=none", "cv=cpcv", "cv.n_groups=3", "cv.n_test_groups=1", "cv.purge_bars=8", "cv.embargo_bars=4"]
+
+
+def _run(compose_config, tmp_path, overrides):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    objective = run(compose_config(overrides), RunPaths(run_dir, tmp_path))
+    return objective, json.loads((run_dir / "metrics.json").read_text()), run_dir
+
+
+def test_cpcv_trains_one_agent_per_split_and_returns_the_penalised_mean(compose_config, tmp_path):
+    objective, metrics, run_dir = _run(compose_config, tmp_path, CPCV)
+    agent = np.array([metrics[f"split{i}/test/sharpe"] for i in range(3)])
+    excess = np.array([metrics[f"split{i}/test/excess_sharpe"] for i in range(3)])
+    assert objective == metrics["cv/objective"] == pytest.approx(excess.mean() - 0.1 * agent.std())
+    assert "cv/path0/sharpe" in metrics  # C(3,1) = 3 splits make phi = 1 path over all groups
+    for i in range(3):
+        assert (run_dir / f"checkpoint_split{i}.pt").is_file()
+        assert (run_dir / f"equity_split{i}_test.png").is_file()
+
+
+def test_cv_split_runs_one_split_only(compose_config, tmp_path):
+    _, metrics, run_dir = _run(compose_config, tmp_path, [*CPCV, "cv.split=1"])
+    assert {k.split("/")[0] for k in metrics if k.startswith("split")} == {"split1"}
+    assert "cv/path_sharpe_mean" not in metrics  # a path needs every split
+    assert [p.name for p in run_dir.glob("checkpoint*.pt")] == ["checkpoint_split1.pt"]
+
+
+def test_every_config_leaf_is_read_in_a_cpcv_run(compose_config, tmp_path):
+    cfg_dict = compose_config([*CPCV, "cv.split=0"])
+    cfg = validate(cfg_dict)
+    (tmp_path / "run").mkdir()
+    with record_reads() as reads:
+        train(cfg, OmegaConf.to_yaml(cfg_dict), RunPaths(tmp_path / "run", tmp_path))
+    assert unread_leaves(cfg, reads) == []
+
+
+def test_an_objective_the_cv_scheme_cannot_give_fails_before_work(compose_config, tmp_path):
+    with pytest.raises(ConfigError, match="trainer.objective.*cv/objective"):
+        _run(compose_config, tmp_path, [*CPCV, "trainer.objective=val/excess_sharpe"])
+
+
+def test_walk_forward_scores_each_test_window(compose_config, tmp_path):
+    overrides = [*TINY, "logger=none", "cv=walk_forward", "cv.train_bars=600", "cv.test_bars=300", "cv.step_bars=300", "cv.embargo_bars=4"]
+    objective, metrics, _ = _run(compose_config, tmp_path, overrides)
+    n_splits = len({k.split("/")[0] for k in metrics if k.startswith("split")})
+    assert n_splits == 2 and objective == metrics["cv/objective"]
+
+
+def _backtest(equity, benchmark, start_bar):
+    equity, benchmark = np.asarray(equity, float), np.asarray(benchmark, float)
+    return Backtest(np.arange(start_bar, start_bar + len(equity)), equity, benchmark, 1.0, 0.5)
+
+
+def test_stitch_chains_returns_across_pieces():
+    joined = stitch([_backtest([100, 110, 99], [100, 100, 101], 0), _backtest([100, 120], [100, 90], 10)])
+    assert joined.equity == pytest.approx([100, 110, 99, 118.8])
+    assert joined.benchmark == pytest.approx([100, 100, 101, 90.9])
+    assert list(joined.bars) == [0, 1, 2, 11] and joined.fees_paid == 2.0
+
+
+def test_cv_metrics_builds_each_path_from_its_split_pieces():
+    rng = np.random.default_rng(0)
+
+    def piece():
+        return _backtest(100 * np.cumprod(1 + rng.normal(0, 0.01, 50)), 100 * np.cumprod(1 + rng.normal(0, 0.01, 50)), 0)
+
+    tests = {0: [piece()], 1: [piece()]}
+    paths = [[(0, 0), (1, 0)]]
+    out = cv_metrics(tests, 8760.0, std_penalty=0.5, paths=paths)
+    expected_path = stitch([tests[0][0], tests[1][0]]).metrics(8760.0)["sharpe"]
+    assert out["cv/path0/sharpe"] == pytest.approx(expected_path)
+    sharpes = np.array([out["split0/test/sharpe"], out["split1/test/sharpe"]])
+    assert out["cv/objective"] == pytest.approx(out["cv/excess_sharpe_mean"] - 0.5 * sharpes.std())
