@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -36,3 +37,12 @@ def compose_config() -> Callable[[Sequence[str]], DictConfig]:
             return compose("config", overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture
+def one_thread():
+    """The test machine is shared: one thread is plenty at tiny sizes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,13 +26,7 @@ FT_TINY = [o for o in TINY if not o.startswith("encoder.")] + [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one thread is plenty at these sizes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def encoder(lookback: int, tokens: str, **kwargs) -> FTTransformerEncoder:

@@ -49,13 +49,7 @@ TRAIN_TINY = [o for o in TINY if not o.startswith("encoder.")] + ENCODER + ["log
 A, F = 3, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one thread is plenty at these sizes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def compose_pretrain(overrides=()):
