@@ -29,9 +29,11 @@ from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
 from cappuccino.evaluation.objective import CV_METRICS, cv_metrics
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.evaluation.splits import Split, build_splitter, iter_splits
+from cappuccino.models.attention_probe import summarize_attention
+from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.models.policy import ActorCritic
 from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
-from cappuccino.tracking.plots import equity_figure
+from cappuccino.tracking.plots import attention_figure, equity_figure
 from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
 
 console = Console()
@@ -43,6 +45,7 @@ METRIC_NAMES = (
     "benchmark_total_return", "benchmark_annual_return", "benchmark_annual_volatility",
     "benchmark_sharpe", "benchmark_sortino", "benchmark_max_drawdown", "benchmark_calmar",
 )  # fmt: skip
+ATTENTION_WINDOWS = 256  # windows probed for the attention statistics and heat-map
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequen
     try:
         tracker.set_tags({"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash})
         tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
+        tracker.log_params(parameter_counts(cfg, market))
         backtests = {}
         for index, split in splits:
             name = "" if holdout else f"split{index}"
@@ -123,7 +127,66 @@ def train_split(
     for part, backtests in results.items():
         if backtests:
             save_equity_plot(stitch(backtests), market, f"{prefix}{part}", tracker, run_dir)
+    if isinstance(policy.actor_encoder, FTTransformerEncoder):
+        log_attention(policy.actor_encoder, env, split, market, cfg.window.lookback, name, tracker, run_dir)
     return results
+
+
+def parameter_counts(cfg: TrainConfig, market: MarketData) -> dict[str, int]:
+    """Parameter counts of the configured policy: the same for every split, so logged once.
+
+    ``encoder.critic_parameters`` counts only a separate critic encoder's: 0 when ``shared``.
+    The policy is built on the meta device, which allocates nothing and draws no random numbers.
+    """
+    with torch.device("meta"):
+        policy = ActorCritic(cfg.encoder, cfg.window.lookback, market.n_assets, len(market.feature_names))
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())  # shared parameters count once
+
+    return {
+        "encoder.actor_parameters": count(policy.actor_encoder),
+        "encoder.critic_parameters": 0 if policy.shared else count(policy.critic_encoder),
+        "policy.parameters": count(policy),
+    }
+
+
+def log_attention(
+    encoder: FTTransformerEncoder,
+    env: PortfolioEnv,
+    split: Split,
+    market: MarketData,
+    lookback: int,
+    name: str,
+    tracker: Tracker,
+    run_dir: Path,
+) -> None:
+    """Attention statistics and the [CLS] heat-map of the trained actor encoder.
+
+    The probe batch is up to ``ATTENTION_WINDOWS`` evenly spaced decision bars of the validation
+    segments (the test ones when there are none), all with an all-cash portfolio, the state every
+    backtest starts from. Metrics are ``[<split>/]attention/...`` and ``[<split>/]encoder/cls_norm``,
+    the figure ``attention[_<split>].png``.
+    """
+    part, segments = ("val", split.validation) if split.validation else ("test", split.test)
+    bars = probe_bars(segments, lookback, ATTENTION_WINDOWS).to(env.device)
+    weights = torch.zeros(len(bars), market.n_assets + 1, device=env.device)
+    weights[:, 0] = 1.0  # all cash
+    stats, cls = summarize_attention(encoder, env.window(bars), weights)
+    prefix = f"{name}/" if name else ""
+    tracker.log_metrics({f"{prefix}{key}": value for key, value in stats.items()})
+    title = f"{prefix}{part}: [CLS] attention, mean over heads and {len(bars)} all-cash windows"
+    figure = attention_figure(cls, title, lookback, market.symbols)
+    file_name = f"attention{'_' + name if name else ''}.png"
+    figure.savefig(run_dir / file_name, dpi=110, bbox_inches="tight")
+    tracker.log_figure(figure, file_name)
+
+
+def probe_bars(segments: Sequence[Segment], lookback: int, n: int) -> torch.Tensor:
+    """Up to ``n`` evenly spaced decision bars (t in [start + L - 1, stop - 2]) of ``segments``."""
+    bars = np.concatenate([np.arange(s.start + lookback - 1, s.stop - 1) for s in segments])
+    picks = np.unique(np.linspace(0, len(bars) - 1, min(n, len(bars))).round().astype(int))
+    return torch.as_tensor(bars[picks])
 
 
 def score(

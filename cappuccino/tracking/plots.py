@@ -8,6 +8,7 @@ PNGs are rendered by the Agg canvas, whatever backend pyplot would pick.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,70 @@ def equity_figure(
     drawdown_ax.set_xlabel("Time (UTC)")
     drawdown_ax.set_xlim(times[0], times[-1])
     return figure
+
+
+def attention_figure(
+    cls_attention: np.ndarray, title: str, lookback: int, asset_names: Sequence[str]
+) -> Figure:
+    """Where the [CLS] query looks, one row of panels per block.
+
+    Left: attention on the market tokens as a (assets x bars) map, bars on x counted back from
+    the decision bar (0 = the decision bar). ``feature`` tokens (one per bar, asset and feature)
+    are summed over features into their (bar, asset) cell; ``time`` tokens (one per bar) show as
+    a single "all assets" row. Right: a strip with the portfolio tokens (cash, each holding) and
+    [CLS] itself. Each panel has its own colour scale: the few portfolio tokens often take far more
+    attention than any one market token, and a shared scale would leave the market map blank.
+
+    Args:
+        cls_attention: (blocks, T_key) [CLS] attention averaged over heads and batch; T_key =
+            market tokens + A + 1 portfolio tokens + [CLS], in that order.
+        title: figure title, e.g. "val: [CLS] attention".
+        lookback: L, bars per window.
+        asset_names: the A asset symbols, in the env's order.
+    """
+    cls_attention = np.asarray(cls_attention, dtype=np.float64)
+    n_assets = len(asset_names)
+    if cls_attention.ndim != 2:
+        raise ValueError(f"cls_attention must be (blocks, T_key), got shape {cls_attention.shape}")
+    n_market = cls_attention.shape[1] - n_assets - 2
+    rows = _market_rows(n_market, lookback, n_assets)
+    market = cls_attention[:, :n_market].reshape(len(cls_attention), lookback, rows, -1).sum(-1)  # (B, L, rows)
+    side = cls_attention[:, n_market:]  # (B, A + 2): cash, holdings, [CLS]
+    row_names = list(asset_names) if rows == n_assets else ["all assets"]
+    side_names = ["cash", *(f"{asset} held" for asset in asset_names), "[CLS]"]
+
+    n_blocks = len(cls_attention)
+    figure = Figure(figsize=(11, 1.0 + n_blocks * (0.9 + 0.3 * max(rows, n_assets + 2))), layout="constrained")
+    figure.suptitle(title)
+    axes = figure.subplots(n_blocks, 2, squeeze=False, width_ratios=[6, 1])
+    bars = np.arange(1 - lookback, 1)
+    for b, (market_ax, side_ax) in enumerate(axes):
+        image = market_ax.imshow(
+            market[b].T, aspect="auto", cmap="viridis", vmin=0.0,
+            extent=(bars[0] - 0.5, bars[-1] + 0.5, rows - 0.5, -0.5),
+        )  # fmt: skip
+        figure.colorbar(image, ax=market_ax, pad=0.01)
+        market_ax.set_yticks(range(rows), row_names)
+        market_ax.set_title(f"block {b}: market tokens ({market[b].sum():.0%} of attention)", loc="left")
+        market_ax.set_xlabel("bar (0 = decision bar)")
+        strip = side_ax.imshow(side[b][:, None], aspect="auto", cmap="viridis", vmin=0.0)
+        figure.colorbar(strip, ax=side_ax, pad=0.05)
+        side_ax.set_yticks(range(len(side_names)), side_names)
+        side_ax.set_xticks([])
+        side_ax.set_title(f"portfolio ({side[b, :-1].sum():.0%})", loc="left")
+    return figure
+
+
+def _market_rows(n_market: int, lookback: int, n_assets: int) -> int:
+    """Rows of the market map: A for ``asset_time`` and ``feature`` tokens, 1 for ``time``."""
+    if n_market == lookback:
+        return 1
+    if n_market > 0 and n_market % (lookback * n_assets) == 0:
+        return n_assets
+    raise ValueError(
+        f"{n_market} market tokens fit no token layout for lookback={lookback} and {n_assets} assets "
+        "(expected L, L*A or L*A*F); pass the lookback and asset names the encoder was built with"
+    )
 
 
 def close_figure(figure: Figure) -> None:
