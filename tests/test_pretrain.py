@@ -4,6 +4,7 @@ windows, a short run whose validation loss falls, and its encoder loading into t
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -268,3 +269,14 @@ def test_train_py_only_encoder_settings_are_refused_before_work(tmp_path, overri
     with pytest.raises(ConfigError, match=key):
         run(compose_pretrain([*PRETRAIN_TINY, "logger=none", override, *extra]), paths(tmp_path))
     assert not any((tmp_path / "run").iterdir())
+
+
+def test_an_encoder_pretrained_on_hourly_bars_fine_tunes_on_five_minute_bars(tmp_path):
+    """The transfer path: the encoder file records features and sizes, not the bar interval."""
+    run(compose_pretrain([*PRETRAIN_TINY, "logger=none", "pretrain.max_steps=15", "data.interval=1h"]), paths(tmp_path))
+    encoder_file = tmp_path / "run" / "best_encoder.pt"
+    overrides = [*TRAIN_TINY, "data.interval=5min", f"encoder.pretrained={encoder_file}"]
+    objective = train_run(train_compose(overrides), paths(tmp_path, "train_5m"))
+    assert math.isfinite(objective)
+    checkpoint = torch.load(tmp_path / "train_5m" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["schema"]["interval"] == "0 days 00:05:00"
