@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cappuccino.agents.ppo import PPO
@@ -32,11 +29,11 @@ from cappuccino.evaluation.splits import Split, build_splitter, iter_splits
 from cappuccino.models.attention_probe import summarize_attention
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.models.policy import ActorCritic
+from cappuccino.progress import console, progress_bar
 from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
 from cappuccino.tracking.plots import attention_figure, equity_figure
 from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
 
-console = Console()
 
 EVAL_SPLITS = ("val", "test")
 METRIC_NAMES = (
@@ -268,47 +265,25 @@ def market_tensors(market: MarketData, device: torch.device) -> dict[str, torch.
 
 def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool, prefix: str = "") -> None:
     """Run PPO with a progress bar; log every update's statistics to the tracker."""
-    with progress_bar(ppo.total_steps, show_progress) as advance:
+    last_episode_reward = math.nan  # most rollouts end no episode: show the latest that did
+    with progress_bar(f"PPO {prefix}".strip(), ppo.total_steps, show_progress) as advance:
 
         def on_update(stats: dict[str, float]) -> None:
+            nonlocal last_episode_reward
             stats = {**stats, "peak_rss_mb": peak_rss_mb()}
             vram = peak_vram_mb(device)
             if vram is not None:
                 stats["peak_vram_mb"] = vram
             tracker.log_metrics({f"{prefix}train/{k}": v for k, v in stats.items()}, step=int(stats["global_step"]))
-            advance(stats)
-
-        ppo.learn(on_update)
-
-
-@contextmanager
-def progress_bar(total: int, enabled: bool) -> Iterator:
-    columns = (
-        TextColumn("[bold]PPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-        TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=console, disable=not enabled, transient=False) as progress:
-        task = progress.add_task("train", total=total, stats="")
-        last_episode_reward = math.nan  # most rollouts end no episode: show the latest that did
-        next_report = total // 10
-
-        def advance(stats: dict[str, float]) -> None:
-            nonlocal last_episode_reward
             if math.isfinite(stats["episode_reward"]):
                 last_episode_reward = stats["episode_reward"]
             text = (
                 f"{stats['steps_per_second']:,.0f} steps/s  episode reward {last_episode_reward:+.2f}  "
                 f"pi {stats['policy_loss']:+.4f}  v {stats['value_loss']:.4f}  kl {stats['approx_kl']:.4f}"
             )
-            done = min(int(stats["global_step"]), total)
-            progress.update(task, completed=done, stats=text)
-            # Without a terminal (nohup, CI, a cluster log) rich draws nothing until the end.
-            nonlocal next_report
-            if enabled and not console.is_terminal and done >= next_report:
-                console.print(f"PPO {done:,}/{total:,} steps  {text}")
-                next_report += total // 10
+            advance(int(stats["global_step"]), text)
 
-        yield advance
+        ppo.learn(on_update)
 
 
 def evaluate(

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from cappuccino.checkpoint import encoder_schema, load_checkpoint, save_checkpoint
@@ -56,6 +54,7 @@ from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.pretrain.objectives import Corruption, PretextModel, build_pretext
 from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
 from cappuccino.tracking.resources import peak_rss_mb
+from cappuccino.progress import progress_bar
 from cappuccino.training import RunPaths, console, encoder_config, prepare_market, resolve_device, seed_everything
 
 
@@ -249,7 +248,7 @@ def fit(
     best, stale = math.inf, 0
     loss_sum, n_losses = torch.zeros((), device=device), 0  # summed on device: no host sync per step
 
-    with progress_bar(cfg.max_steps, cfg.progress) as advance:
+    with progress_bar("pretrain", cfg.max_steps, cfg.progress) as advance:
         for step in range(1, cfg.max_steps + 1):
             loss = train_step(model, optimizer, windows, next(batches), generator)
             scheduler.step()
@@ -275,7 +274,7 @@ def fit(
             evals.append(record)
             loss_sum, n_losses = torch.zeros((), device=device), 0
             tracker.log_metrics(eval_metrics(record, model.ratio_name), step=step)
-            advance(step, record)
+            advance(step, f"train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  lr {record['lr']:.2e}")
             if val_loss < best:
                 best, stale = val_loss, 0
                 on_best()
@@ -340,28 +339,6 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 
 
 # ---------------------------------------------------------------------------------- reporting
-@contextmanager
-def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int, dict[str, Any] | None], None]]:
-    columns = (
-        TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-        TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=console, disable=not enabled, transient=False) as progress:
-        task = progress.add_task("pretrain", total=total, stats="")
-
-        def advance(step: int, record: dict[str, Any] | None) -> None:
-            if record is None:
-                progress.update(task, completed=step)
-                return
-            text = f"train {record['train_loss']:.4f}  val {record['val_loss']:.4f}  lr {record['lr']:.2e}"
-            progress.update(task, completed=step, stats=text)
-            # Without a terminal (nohup, CI, a cluster log) rich draws nothing until the end.
-            if enabled and not console.is_terminal:
-                console.print(f"pretrain {step:,}/{total:,} steps  {text}")
-
-        yield advance
-
-
 def eval_metrics(record: dict[str, Any], ratio_name: str) -> dict[str, float]:
     """One evaluation's record under its MLflow names."""
     return {
