@@ -80,7 +80,7 @@ def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequen
         for index, split in splits:
             name = "" if holdout else f"split{index}"
             backtests[index] = train_split(cfg, config_yaml, market, tensors, split, index, name, device, tracker, paths.run_dir)
-        metrics = score(cfg, market, backtests, holdout, all_splits=len(splits) == build_splitter(cfg.cv).get_n_splits(market.first_valid, market.n_bars))
+        metrics = score(cfg, market, backtests, holdout)
         metrics["objective"] = metrics[objective]
         tracker.log_metrics(metrics)
         tracker.log_metrics(resource_metrics(device))
@@ -187,7 +187,7 @@ def probe_bars(segments: Sequence[Segment], lookback: int, n: int) -> torch.Tens
 
 
 def score(
-    cfg: TrainConfig, market: MarketData, backtests: dict[int, dict[str, list[Backtest]]], holdout: bool, all_splits: bool
+    cfg: TrainConfig, market: MarketData, backtests: dict[int, dict[str, list[Backtest]]], holdout: bool
 ) -> dict[str, float]:
     """Holdout: validation and test metrics. Several splits: per-split test metrics and the
     cross-split objective (with CPCV's backtest paths when every split ran)."""
@@ -196,7 +196,8 @@ def score(
         (results,) = backtests.values()
         return {f"{part}/{k}": v for part, runs in results.items() for k, v in stitch(runs).metrics(ppy).items()}
     splitter = build_splitter(cfg.cv)
-    paths = splitter.paths() if all_splits and isinstance(splitter, CombinatorialPurgedCV) else None
+    every_split_ran = getattr(cfg.cv, "split", None) is None  # a path needs a test of every group
+    paths = splitter.paths() if every_split_ran and isinstance(splitter, CombinatorialPurgedCV) else None
     tests = {i: results["test"] for i, results in backtests.items()}
     return cv_metrics(tests, ppy, cfg.cv.std_penalty, paths)
 
