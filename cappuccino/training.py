@@ -56,8 +56,17 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> floa
     return train(validate(cfg), OmegaConf.to_yaml(cfg, resolve=True), paths, overrides)
 
 
-def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
-    """Train one agent per cv split, backtest each, and return the configured objective."""
+def train(
+    cfg: TrainConfig,
+    config_yaml: str,
+    paths: RunPaths,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+) -> float:
+    """Train one agent per cv split, backtest each, and return the configured objective.
+
+    ``parent_run_id`` nests the run under another tracked run (a sweep's study, an experiment).
+    """
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.torch_threads)
     if cfg.agent.name != "ppo":
@@ -71,7 +80,7 @@ def train(cfg: TrainConfig, config_yaml: str, paths: RunPaths, overrides: Sequen
         check_segments(split, cfg.window.lookback)
     tensors = market_tensors(market, device)
 
-    tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir)
+    tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir, parent_run_id)
     try:
         tracker.set_tags({"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash})
         tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))

@@ -54,6 +54,9 @@ class Tracker(Protocol):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set string tags on the run."""
 
+    def child(self, run_name: str) -> Tracker:
+        """Start a run nested under this one (a CV split under its trial, a trial under its study)."""
+
     def close(self, status: str = "FINISHED") -> None:
         """End the run with ``status`` ("FINISHED", "FAILED" or "KILLED"); later calls do nothing."""
 
@@ -97,6 +100,9 @@ class NullTracker(Tracker):
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
+
+    def child(self, run_name: str) -> Tracker:
+        return self
 
     def close(self, status: str = "FINISHED") -> None:
         pass

@@ -92,13 +92,24 @@ class MLflowTracker(Tracker):
         else:
             artifact_location = _artifacts_beside(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment_id = self._experiment_id(experiment_name, artifact_location)
+        self.tracking_uri = tracking_uri
+        self.experiment_id = self._experiment_id(experiment_name, artifact_location)
+        self._start_run(run_name, parent_run_id)
+
+    def _start_run(self, run_name: str, parent_run_id: str | None) -> None:
         # resolve_tags adds what mlflow.start_run would: user, entry-point script, git commit.
         tags = resolve_tags({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id: str | None = run.info.run_id
-        self.ui_command: str | None = _ui_command(tracking_uri, experiment_id, run.info.run_id)
+        self.ui_command: str | None = _ui_command(self.tracking_uri, self.experiment_id, run.info.run_id)
         self._closed = False
+
+    def child(self, run_name: str) -> MLflowTracker:
+        """A run nested under this one, in the same store and experiment (shown as a tree in the UI)."""
+        child = object.__new__(MLflowTracker)
+        child.client, child.tracking_uri, child.experiment_id = self.client, self.tracking_uri, self.experiment_id
+        child._start_run(run_name, self.run_id)
+        return child
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flattened params in one batch (MLflow splits it into requests of 100 params).
