@@ -87,8 +87,17 @@ def train(
         tracker.log_params(parameter_counts(cfg, market))
         backtests = {}
         for index, split in splits:
-            name = "" if holdout else f"split{index}"
-            backtests[index] = train_split(cfg, config_yaml, market, tensors, split, index, name, device, tracker, paths.run_dir)
+            if holdout:
+                backtests[index] = train_split(cfg, config_yaml, market, tensors, split, index, "", device, tracker, paths.run_dir)
+                tracker.log_artifact(paths.run_dir / "checkpoint.pt")
+                continue
+            # A nested run per split: the UI compares splits side by side under the same metric names.
+            with tracker.child(f"split{index}") as split_run:
+                split_run.set_tags({"cv.split": str(index)})
+                backtests[index] = train_split(cfg, config_yaml, market, tensors, split, index, f"split{index}", device, split_run, paths.run_dir)
+                split_run.log_metrics({f"test/{k}": v for k, v in stitch(backtests[index]["test"]).metrics(periods_per_year(market.interval)).items()})
+            # Every split's checkpoint in the run itself: one run id finds the whole ensemble.
+            tracker.log_artifact(paths.run_dir / f"checkpoint_split{index}.pt")
         metrics = score(cfg, market, backtests, holdout)
         metrics["objective"] = metrics[objective]
         tracker.log_metrics(metrics)
@@ -119,20 +128,20 @@ def train_split(
     tracker: Tracker,
     run_dir: Path,
 ) -> dict[str, list[Backtest]]:
-    """A fresh agent on this split's training segments; its checkpoint and backtests."""
+    """A fresh agent on this split's training segments; its backtests. The checkpoint is saved
+    to ``run_dir`` as ``checkpoint[_<name>].pt``; ``tracker`` is the run this split logs into."""
     seed = cfg.trainer.seed + index
     torch.manual_seed(seed)
     env = PortfolioEnv.from_market(market, split.train, cfg.env, cfg.window.lookback, device, seed=seed)
     policy = build_policy(cfg, market, config_yaml).to(device)
-    prefix = f"{name}/" if name else ""
     ppo = PPO(policy, env, cfg.agent, cfg.trainer.total_steps, cfg.trainer.precision)
-    learn(ppo, tracker, device, cfg.trainer.progress, prefix)
-    file = run_dir / f"checkpoint{'_' + name if name else ''}.pt"
-    tracker.log_artifact(save_checkpoint(file, policy, config_yaml, schema(cfg, market, config_yaml)))
+    learn(ppo, tracker, device, cfg.trainer.progress, f"PPO {name}".strip())
+    suffix = f"_{name}" if name else ""
+    save_checkpoint(run_dir / f"checkpoint{suffix}.pt", policy, config_yaml, schema(cfg, market, config_yaml))
     results = evaluate(policy, tensors, split, cfg, env.min_order_size)
     for part, backtests in results.items():
         if backtests:
-            save_equity_plot(stitch(backtests), market, f"{prefix}{part}", tracker, run_dir)
+            save_equity_plot(stitch(backtests), market, part, suffix, tracker, run_dir)
     if isinstance(policy.actor_encoder, FTTransformerEncoder):
         log_attention(policy.actor_encoder, env, split, market, cfg.window.lookback, name, tracker, run_dir)
     return results
@@ -171,21 +180,19 @@ def log_attention(
 
     The probe batch is up to ``ATTENTION_WINDOWS`` evenly spaced decision bars of the validation
     segments (the test ones when there are none), all with an all-cash portfolio, the state every
-    backtest starts from. Metrics are ``[<split>/]attention/...`` and ``[<split>/]encoder/cls_norm``,
-    the figure ``attention[_<split>].png``.
+    backtest starts from. Metrics are ``attention/...`` and ``encoder/cls_norm``, the figure
+    ``attention.png`` (``attention_<split>.png`` in ``run_dir``).
     """
     part, segments = ("val", split.validation) if split.validation else ("test", split.test)
     bars = probe_bars(segments, lookback, ATTENTION_WINDOWS).to(env.device)
     weights = torch.zeros(len(bars), market.n_assets + 1, device=env.device)
     weights[:, 0] = 1.0  # all cash
     stats, cls = summarize_attention(encoder, env.window(bars), weights)
-    prefix = f"{name}/" if name else ""
-    tracker.log_metrics({f"{prefix}{key}": value for key, value in stats.items()})
-    title = f"{prefix}{part}: [CLS] attention, mean over heads and {len(bars)} all-cash windows"
+    tracker.log_metrics(stats)
+    title = f"{name + ' ' if name else ''}{part}: [CLS] attention, mean over heads and {len(bars)} all-cash windows"
     figure = attention_figure(cls, title, lookback, market.symbols)
-    file_name = f"attention{'_' + name if name else ''}.png"
-    figure.savefig(run_dir / file_name, dpi=110, bbox_inches="tight")
-    tracker.log_figure(figure, file_name)
+    figure.savefig(run_dir / f"attention{'_' + name if name else ''}.png", dpi=110, bbox_inches="tight")
+    tracker.log_figure(figure, "attention.png")
 
 
 def probe_bars(segments: Sequence[Segment], lookback: int, n: int) -> torch.Tensor:
@@ -273,10 +280,10 @@ def market_tensors(market: MarketData, device: torch.device) -> dict[str, torch.
     }
 
 
-def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool, prefix: str = "") -> None:
-    """Run PPO with a progress bar; log every update's statistics to the tracker."""
+def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool, label: str = "PPO") -> None:
+    """Run PPO with a progress bar labelled ``label``; log every update's statistics to the tracker."""
     last_episode_reward = math.nan  # most rollouts end no episode: show the latest that did
-    with progress_bar(f"PPO {prefix}".strip(), ppo.total_steps, show_progress) as advance:
+    with progress_bar(label, ppo.total_steps, show_progress) as advance:
 
         def on_update(stats: dict[str, float]) -> None:
             nonlocal last_episode_reward
@@ -284,7 +291,7 @@ def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool,
             vram = peak_vram_mb(device)
             if vram is not None:
                 stats["peak_vram_mb"] = vram
-            tracker.log_metrics({f"{prefix}train/{k}": v for k, v in stats.items()}, step=int(stats["global_step"]))
+            tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step=int(stats["global_step"]))
             if math.isfinite(stats["episode_reward"]):
                 last_episode_reward = stats["episode_reward"]
             text = (
@@ -314,13 +321,13 @@ def evaluate(
     }
 
 
-def save_equity_plot(result: Backtest, market: MarketData, name: str, tracker: Tracker, run_dir: Path) -> None:
+def save_equity_plot(result: Backtest, market: MarketData, part: str, suffix: str, tracker: Tracker, run_dir: Path) -> None:
+    """``equity_<part>.png`` in the run, ``equity<suffix>_<part>.png`` in ``run_dir``."""
     label = "synthetic data" if market.synthetic else market.source
-    title = f"{name}: agent vs equal-weight buy-and-hold ({label}, {', '.join(market.symbols)})"
+    title = f"{suffix.lstrip('_') + ' ' if suffix else ''}{part}: agent vs equal-weight buy-and-hold ({label}, {', '.join(market.symbols)})"
     figure = equity_figure(market.timestamps[result.bars], result.equity, result.benchmark, title)
-    file_name = f"equity_{name.replace('/', '_')}.png"
-    figure.savefig(run_dir / file_name, dpi=110, bbox_inches="tight")
-    tracker.log_figure(figure, file_name)
+    figure.savefig(run_dir / f"equity{suffix}_{part}.png", dpi=110, bbox_inches="tight")
+    tracker.log_figure(figure, f"equity_{part}.png")
 
 
 def resource_metrics(device: torch.device) -> dict[str, float]:
