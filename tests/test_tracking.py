@@ -111,6 +111,25 @@ def test_failed_child_run_reuses_experiment(project_dir: Path, finished_run: tup
     assert child.info.experiment_id == client.get_run(parent_id).info.experiment_id
 
 
+def test_child_runs_nest_and_a_finished_run_can_be_reopened(project_dir: Path) -> None:
+    config = MLflowLoggerConfig(experiment_name=EXPERIMENT)
+    with build_tracker(config, "study", project_dir) as study:
+        study.log_metrics({"best_value": 1.0}, step=1)
+        with study.child("trial 0") as trial:
+            trial.child("split0").close()
+    client = _client(project_dir)
+    assert client.get_run(trial.run_id).data.tags["mlflow.parentRunId"] == study.run_id
+    split = client.search_runs([client.get_run(trial.run_id).info.experiment_id], "attributes.run_name = 'split0'")
+    assert split[0].data.tags["mlflow.parentRunId"] == trial.run_id
+
+    with build_tracker(config, "ignored", project_dir, run_id=study.run_id) as resumed:  # a resumed sweep
+        assert client.get_run(study.run_id).info.status == "RUNNING"
+        resumed.log_metrics({"best_value": 2.0}, step=2)
+    history = client.get_metric_history(study.run_id, "best_value")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 2.0)]
+    assert client.get_run(study.run_id).info.status == "FINISHED"
+
+
 def test_close_rejects_unknown_status(project_dir: Path) -> None:
     tracker = build_tracker(MLflowLoggerConfig(experiment_name=EXPERIMENT), "bad-status", project_dir)
     with pytest.raises(ValueError, match="FINISHED, FAILED or KILLED"):

@@ -109,12 +109,17 @@ class NullTracker(Tracker):
 
 
 def build_tracker(
-    cfg: LoggerConfig, run_name: str, project_dir: Path, parent_run_id: str | None = None
+    cfg: LoggerConfig,
+    run_name: str,
+    project_dir: Path,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Tracker:
     """Start a run for the configured logger.
 
     ``project_dir`` is where the default MLflow store lives (``mlflow.db`` and ``mlartifacts/``)
-    when ``cfg.tracking_uri`` is null. ``parent_run_id`` nests the run under another one (sweeps).
+    when ``cfg.tracking_uri`` is null. ``parent_run_id`` nests the run under another one (sweeps);
+    ``run_id`` reopens an existing run instead of starting one.
     """
     if cfg.name == "none":
         return NullTracker()
@@ -124,7 +129,7 @@ def build_tracker(
         from cappuccino.tracking.mlflow_tracker import MLflowTracker  # lazy: keeps MLflow optional
 
         return MLflowTracker(
-            cfg.tracking_uri, cfg.experiment_name, run_name, project_dir, parent_run_id=parent_run_id
+            cfg.tracking_uri, cfg.experiment_name, run_name, project_dir, parent_run_id=parent_run_id, run_id=run_id
         )
     raise ValueError(f"logger.name: unknown logger {cfg.name!r}; use logger=mlflow or logger=none")
 

@@ -34,6 +34,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from cappuccino.sqlite_lock import opening_lock, sqlite_file
 from cappuccino.tracking import Tracker, flatten_config
 from cappuccino.tracking.plots import close_figure
 
@@ -59,10 +60,8 @@ def default_store(project_dir: Path) -> tuple[str, str]:
 def _artifacts_beside(tracking_uri: str) -> str | None:
     """For a SQLite store, ``mlartifacts/`` beside the file: MLflow's own default is ``./mlruns``
     of whatever folder the process happens to run in."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or tracking_uri == prefix + ":memory:":
-        return None
-    return (Path(tracking_uri[len(prefix) :]).expanduser().resolve().parent / "mlartifacts").as_uri()
+    database = sqlite_file(tracking_uri)
+    return None if database is None else (database.parent / "mlartifacts").as_uri()
 
 
 class MLflowTracker(Tracker):
@@ -77,6 +76,8 @@ class MLflowTracker(Tracker):
         run_name: display name of the run.
         project_dir: folder of the embedded store; unused when ``tracking_uri`` is given.
         parent_run_id: nest this run under that one (sets the ``mlflow.parentRunId`` tag).
+        run_id: log into this existing run again (marked running) instead of starting one; a
+            resumed sweep reopens its study's run this way.
     """
 
     def __init__(
@@ -86,15 +87,22 @@ class MLflowTracker(Tracker):
         run_name: str,
         project_dir: Path,
         parent_run_id: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         if tracking_uri is None:
             tracking_uri, artifact_location = default_store(project_dir)
         else:
             artifact_location = _artifacts_beside(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.tracking_uri = tracking_uri
-        self.experiment_id = self._experiment_id(experiment_name, artifact_location)
-        self._start_run(run_name, parent_run_id)
+        with opening_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.tracking_uri = tracking_uri
+            self.experiment_id = self._experiment_id(experiment_name, artifact_location)
+        if run_id is None:
+            self._start_run(run_name, parent_run_id)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id, self._closed = run_id, False
+            self.ui_command = _ui_command(tracking_uri, self.experiment_id, run_id)
 
     def _start_run(self, run_name: str, parent_run_id: str | None) -> None:
         # resolve_tags adds what mlflow.start_run would: user, entry-point script, git commit.
