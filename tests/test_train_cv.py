@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from cappuccino.config import ConfigError, record_reads, unread_leaves, validate
 from cappuccino.evaluation.backtest import Backtest, stitch
-from cappuccino.evaluation.objective import cv_metrics
+from cappuccino.evaluation.objective import cv_metrics, return_moments
 from cappuccino.training import RunPaths, run, train
 
 from .conftest import TINY
@@ -87,3 +87,22 @@ def test_cv_metrics_builds_each_path_from_its_split_pieces():
     assert out["cv/path0/sharpe"] == pytest.approx(expected_path)
     sharpes = np.array([out["split0/test/sharpe"], out["split1/test/sharpe"]])
     assert out["cv/objective"] == pytest.approx(out["cv/excess_sharpe_mean"] - 0.5 * sharpes.std())
+
+
+def test_return_moments_match_scipy_and_feed_the_deflated_sharpe_one_history_per_path():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    equity = 100 * np.cumprod(1 + rng.standard_t(4, 400) * 0.01)
+    returns = np.diff(equity) / equity[:-1]
+    moments = return_moments(equity)
+    assert moments["skewness"] == pytest.approx(stats.skew(returns))
+    assert moments["kurtosis"] == pytest.approx(stats.kurtosis(returns, fisher=False))  # plain: normal = 3
+    assert moments["sharpe_per_period"] == pytest.approx(returns.mean() / returns.std(ddof=1))
+    assert moments["n_periods"] == 399
+
+    def piece(n):
+        return _backtest(100 * np.cumprod(1 + rng.normal(0, 0.01, n)), np.full(n, 100.0), 0)
+
+    tests = {0: [piece(50)], 1: [piece(70)]}
+    out = cv_metrics(tests, 8760.0, std_penalty=0.1, paths=[[(0, 0), (1, 0)]])
+    assert out["cv/n_periods"] == 49 + 69  # the path's returns, not one split's

@@ -4,6 +4,10 @@ Per split, the agent's Sharpe and the equal-weight buy-and-hold benchmark's Shar
 split's test groups (stitched, same fees). Objective = mean(agent - benchmark) - penalty *
 std(agent), the original system's risk-adjusted score (penalty 0.1 by default). For CPCV the
 test groups are also stitched into the phi backtest paths, each covering every group once.
+
+``cv/sharpe_per_period``, ``cv/n_periods``, ``cv/skewness`` and ``cv/kurtosis`` describe one whole
+out-of-sample history of per-bar returns, the inputs of the deflated Sharpe ratio: averaged over
+the CPCV paths when there are paths, else of the splits' test returns one after the other.
 """
 
 from __future__ import annotations
@@ -39,7 +43,27 @@ def cv_metrics(
         }
     )
     if paths is not None:
-        sharpes = np.array([stitch([tests[i][j] for i, j in path]).metrics(periods_per_year)["sharpe"] for path in paths])
+        histories = [stitch([tests[i][j] for i, j in path]) for path in paths]
+        sharpes = np.array([history.metrics(periods_per_year)["sharpe"] for history in histories])
         out.update({f"cv/path{p}/sharpe": float(s) for p, s in enumerate(sharpes)})
         out.update({"cv/path_sharpe_mean": float(sharpes.mean()), "cv/path_sharpe_min": float(sharpes.min())})
+    else:
+        histories = [stitch([result for i in sorted(tests) for result in tests[i]])]
+    moments = [return_moments(history.equity) for history in histories]
+    out.update({f"cv/{key}": float(np.mean([m[key] for m in moments])) for key in moments[0]})
     return out
+
+
+def return_moments(equity: np.ndarray) -> dict[str, float]:
+    """Per-period (not annualised) Sharpe, number of returns, skewness and plain (non-excess,
+    normal = 3) kurtosis of the simple returns of ``equity``: what ``deflated_sharpe_ratio`` takes."""
+    returns = np.diff(equity) / equity[:-1]  # (N,)
+    centered = returns - returns.mean()
+    variance = np.mean(centered**2)
+    std = returns.std(ddof=1)
+    return {
+        "sharpe_per_period": float(returns.mean() / std) if std > 0 else 0.0,
+        "n_periods": float(len(returns)),
+        "skewness": float(np.mean(centered**3) / variance**1.5) if variance > 0 else 0.0,
+        "kurtosis": float(np.mean(centered**4) / variance**2) if variance > 0 else 3.0,
+    }
