@@ -1,0 +1,233 @@
+"""What a study leaves behind, in its sweep folder and on its MLflow run.
+
+The study's MLflow run (``study <name>``; every trial a child run, every CV split a grandchild)
+holds the best value (metric ``best_value``, step = complete trials), the best parameters (tags
+``best.<key>``; tags, because a resumed study's best changes), the best trial's run id (tag
+``best.run_id``: its checkpoints are the ``checkpoint*.pt`` artifacts there), and the files below.
+Its id is kept in the study (user attribute ``mlflow_run_id``), so a resumed study, or another
+worker on the same storage, logs into the same run.
+
+Files, written to the sweep folder and logged to that run:
+
+* ``optimization_results.yaml``: best parameters and value, as hydra-optuna-sweeper writes it;
+* ``best_trial.yaml``: the best trial's whole config, ready to run:
+  ``python train.py --config-dir <sweep folder> --config-name best_trial``;
+* ``optimization_history.png`` and ``param_importances.png``: Optuna's plots (importances by
+  PED-ANOVA, which needs no scikit-learn);
+* ``overfitting.json``: the probability of backtest overfitting (CSCV over the complete trials'
+  per-split excess Sharpe ratios, splits as rows) and the deflated Sharpe ratio of the best trial
+  (per-bar Sharpe of its out-of-sample returns against the expected maximum of all trials'),
+  also logged as metrics ``pbo`` and ``deflated_sharpe`` and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from rich.table import Table
+
+from cappuccino.config import LoggerConfig
+from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
+from cappuccino.progress import console
+from cappuccino.tracking import Tracker, build_tracker
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+RUN_ATTR = "mlflow_run_id"
+TRIAL_TAG = "optuna.trial"  # tag of each trial's MLflow run
+
+
+def study_tracker(cfg: LoggerConfig, study: optuna.Study, project_dir: Path, creator: bool) -> Tracker:
+    """The study's MLflow run: reopened when the study names one, else started by the ``creator``.
+
+    Workers sharing a storage must agree on one run, and storages offer no compare-and-set: the
+    worker that asked trial 0 (trial numbers are unique) is the ``creator``; the others wait until
+    the study names the run. Starting it before any trial also creates a new SQLite store once,
+    before parallel jobs would race to create it.
+    """
+    if cfg.name == "none":
+        return build_tracker(cfg, "", project_dir)
+    name = f"study {study.study_name}"
+    while (run_id := study.user_attrs.get(RUN_ATTR)) is None and not (creator or first_trial_ended(study)):
+        time.sleep(0.5)
+    if run_id is not None:
+        try:
+            return build_tracker(cfg, name, project_dir, run_id=run_id)
+        except Exception as error:  # noqa: BLE001 - e.g. the study moved to another tracking store
+            log.warning(f"The study's MLflow run {run_id} cannot be reopened ({error}); starting a new one")
+    tracker = build_tracker(cfg, name, project_dir)
+    tracker.set_tags({"optuna.study": study.study_name})
+    study.set_user_attr(RUN_ATTR, tracker.run_id)
+    return tracker
+
+
+def first_trial_ended(study: optuna.Study) -> bool:
+    """Trial 0 ended without naming the study's run: its worker died first; anyone may create it."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return bool(trials) and trials[0].state not in (TrialState.RUNNING, TrialState.WAITING)
+
+
+def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trials: int) -> None:
+    """Write and log the study's results; print the best trial and the overfitting statistics."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not complete:
+        raise RuntimeError(
+            f"no trial of study {study.study_name!r} completed ({len(failed)} failed): read the "
+            f"trials' logs under {sweep_dir}"
+        )
+    best = study.best_trial
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+    files = [save_yaml(results, sweep_dir / "optimization_results.yaml")]
+    best_config = write_best_config(best, sweep_dir)
+    files += [best_config] if best_config else []
+    files += plot_study(study, sweep_dir)
+    stats = overfitting(complete, best)
+    files.append(sweep_dir / "overfitting.json")
+    files[-1].write_text(json.dumps(stats, indent=2))
+
+    best_run = trial_run_id(tracker, best.number)
+    tracker.log_metrics(
+        {"best_value": best.value, "trials_complete": len(complete), "trials_failed": len(failed), **numbers(stats)},
+        step=len(complete),
+    )
+    tags = {"best.trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}}
+    tracker.set_tags({**tags, **({"best.run_id": best_run} if best_run else {})})
+    for file in files:
+        tracker.log_artifact(file)
+    print_study(study.study_name, best, best_run, stats, len(complete), len(failed), n_trials, best_config, tracker)
+
+
+def write_best_config(best: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path | None:
+    """``best_trial.yaml``: the trial's resolved config under a defaults list with its group
+    choices, so Hydra types and checks it exactly as it did for the trial."""
+    output_dir = Path(best.user_attrs.get("output_dir", ""))
+    config_file, hydra_file = output_dir / "config.yaml", output_dir / ".hydra" / "hydra.yaml"
+    if not (config_file.is_file() and hydra_file.is_file()):
+        log.warning(f"Trial {best.number} ran elsewhere ({output_dir}): its config is the config.yaml artifact of its run")
+        return None
+    choices = OmegaConf.load(hydra_file).hydra.runtime.choices
+    groups = [{g: c} for g, c in choices.items() if not g.startswith(("hydra", "schema", "hparams_search")) and c is not None]
+    config = OmegaConf.load(config_file)
+    header = OmegaConf.create({"defaults": ["train_schema", *groups, "_self_"], "hydra": {"job": {"chdir": False}}})
+    return save_yaml(OmegaConf.merge(header, config), sweep_dir / "best_trial.yaml")
+
+
+def plot_study(study: optuna.Study, sweep_dir: Path) -> list[Path]:
+    """Optimisation history and parameter importances as PNGs (importances need two complete
+    trials and a varied parameter; skipped with a log line otherwise)."""
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    from cappuccino.tracking.plots import close_figure
+
+    plots = {
+        "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
+        "param_importances.png": lambda: optuna_plots.plot_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+        ),
+    }
+    files = []
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot()
+        except (ValueError, RuntimeError) as error:
+            log.info(f"No {name}: {error}")
+            continue
+        figure = axes.figure
+        figure.savefig(sweep_dir / name, dpi=110, bbox_inches="tight")
+        close_figure(figure)
+        files.append(sweep_dir / name)
+    return files
+
+
+def overfitting(complete: list[optuna.trial.FrozenTrial], best: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """PBO over the trials' per-split excess Sharpe ratios and the best trial's deflated Sharpe.
+
+    A statistic that its inputs cannot give (one split, or fewer than two trials with results)
+    is reported as null with the reason.
+    """
+    out: dict[str, Any] = {"n_trials": len(complete)}
+    rows = [t.user_attrs.get("split_excess_sharpe") for t in complete]
+    rows = [r for r in rows if r and len(r) == len(rows[0] or [])]
+    try:
+        performance = np.array(rows, dtype=float).T  # (splits, trials)
+        partitions = max(2, performance.shape[0] // 2 // 2 * 2) if performance.size else 2
+        result = probability_of_backtest_overfitting(performance, partitions)
+        out.update({"pbo": result.pbo, "pbo_partitions": partitions, "pbo_splits": performance.shape[0]})
+    except (ValueError, IndexError) as error:
+        out.update({"pbo": None, "pbo_reason": f"needs cv=cpcv or walk_forward and two complete trials: {error}"})
+    sharpes = [t.user_attrs["sharpe_per_period"] for t in complete if "sharpe_per_period" in t.user_attrs]
+    attrs = best.user_attrs
+    try:
+        out["deflated_sharpe"] = deflated_sharpe_ratio(
+            attrs["sharpe_per_period"], int(attrs["n_periods"]), attrs["skewness"], attrs["kurtosis"], sharpes
+        )
+        out["best_sharpe_per_period"] = attrs["sharpe_per_period"]
+    except (KeyError, ValueError) as error:
+        out.update({"deflated_sharpe": None, "deflated_sharpe_reason": f"needs two trials with cv/ metrics: {error!r}"})
+    return out
+
+
+def trial_run_id(tracker: Tracker, number: int) -> str | None:
+    """MLflow run id of trial ``number`` of the study run ``tracker`` (None without MLflow)."""
+    client = getattr(tracker, "client", None)
+    if client is None or tracker.run_id is None:
+        return None
+    query = f"tags.`mlflow.parentRunId` = '{tracker.run_id}' and tags.`{TRIAL_TAG}` = '{number}'"
+    runs = client.search_runs([tracker.experiment_id], filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def numbers(stats: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def save_yaml(content: Any, path: Path) -> Path:
+    OmegaConf.save(OmegaConf.create(content) if not OmegaConf.is_config(content) else content, path)
+    return path
+
+
+def print_study(
+    name: str,
+    best: optuna.trial.FrozenTrial,
+    best_run: str | None,
+    stats: dict[str, Any],
+    n_complete: int,
+    n_failed: int,
+    n_trials: int,
+    best_config: Path | None,
+    tracker: Tracker,
+) -> None:
+    table = Table(title=f"study {name}: {n_complete} complete, {n_failed} failed (n_trials={n_trials})")
+    table.add_column("best trial", justify="left")
+    table.add_column(str(best.number), justify="right")
+    table.add_row("objective", f"{best.value:.4f}")
+    for key, value in best.params.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key, label in (("pbo", "probability of backtest overfitting"), ("deflated_sharpe", "deflated Sharpe ratio")):
+        value = stats.get(key)
+        table.add_row(label, "n/a" if value is None else f"{value:.3f}")
+    console.print(table)
+    if best_config is not None:
+        console.print(f"run the best trial again: python train.py --config-dir {best_config.parent} --config-name best_trial")
+    if best_run is not None:
+        console.print(f"best trial's MLflow run (its checkpoints): {best_run}")
+    if tracker.ui_command:
+        console.print(f"browse the study: {tracker.ui_command}")

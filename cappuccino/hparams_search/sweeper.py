@@ -1,0 +1,305 @@
+"""``hydra/sweeper=study``: Hydra's Optuna sweeper, made resumable, exact with a shared storage,
+and tracked. It keeps hydra-optuna-sweeper's config, search-space syntax and samplers, and adds:
+
+* ``n_trials`` is the study's total, not the number to add. Re-running a killed command resumes
+  the study and stops once ``n_trials`` trials have finished (complete or failed). Running trials
+  send heartbeats to the storage; a trial whose heartbeats stopped (its process was killed) is
+  failed on the next start and its parameters are queued to run again, so it is neither counted
+  nor lost (at most ``MAX_RETRIES`` times: a configuration that kills its process every time ends
+  as a failed trial).
+* Workers may share one storage (SQLite on one machine, PostgreSQL across machines). Each asks
+  for trials as it frees up; a trial asked beyond ``n_trials`` in a race between workers is
+  pruned without running; a worker with nothing left to ask waits for the others' running trials,
+  so every worker ends on the finished study and reports it.
+* With ``logger=mlflow`` the study is one MLflow run with every trial as a child run (and each
+  CV split as a grandchild); see ``cappuccino.hparams_search.report`` for what it holds.
+
+Only single-objective studies are supported (``direction: maximize`` or ``minimize``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cappuccino.config import ConfigError
+from cappuccino.hparams_search import STUDY_RUN_ENV, TRIAL_ENV
+from cappuccino.hparams_search.config import register_sweeper_config
+
+if TYPE_CHECKING:
+    import optuna
+
+    from cappuccino.tracking import Tracker
+
+register_sweeper_config()  # Hydra imports this module through the entry point before composing
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 2  # re-runs of a trial whose process was killed
+SKIPPED_ATTR = "skipped"  # user attribute of a trial pruned unrun: the study was already full
+MOMENTS = ("sharpe_per_period", "n_periods", "skewness", "kurtosis")  # cv/* metrics the deflated Sharpe takes
+
+
+class StudySweeper(Sweeper):
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+        heartbeat_interval: int,
+        grace_period: int,
+    ) -> None:
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl  # imports optuna: only when sweeping
+
+        sampler = instantiate(
+            sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+        )
+        for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_interval", heartbeat_interval)):
+            if value < 1:
+                raise ConfigError(f"hydra.sweeper.{name} must be >= 1, got {value}")
+        if grace_period <= heartbeat_interval:
+            raise ConfigError(
+                f"hydra.sweeper.grace_period ({grace_period}) must exceed heartbeat_interval ({heartbeat_interval}) "
+                "or live trials would be taken for killed ones"
+            )
+        if storage is not None and not isinstance(storage, str):
+            raise ConfigError(f"hydra.sweeper.storage must be a database URL or null, got {storage!r}")
+        # Hydra's sweeper parses the search space and turns trials into overrides; the loop is ours.
+        self.search = OptunaSweeperImpl(
+            sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, custom_search_space, params
+        )
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.config = config
+
+    def sweep(self, arguments: list[str]) -> None:
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+        from sqlalchemy.engine import make_url
+
+        from cappuccino.hparams_search.report import finish_study, study_tracker
+        from cappuccino.training import base_config
+
+        search = self.search
+        base = base_config(self.config)
+        search._process_searchspace_config()
+        space, fixed, fixed_overrides = create_params_from_overrides(search._parse_sweeper_params_config() + arguments)
+        for name in fixed:
+            space.pop(name, None)
+        directions = search._get_directions()
+        if len(directions) != 1:
+            raise ConfigError(f"hydra.sweeper.direction: the study sweeper optimises one objective, got {directions}")
+
+        study, storage = open_study(search.storage, search.study_name, search.sampler, directions[0], self.heartbeat_interval, self.grace_period)
+        where = make_url(search.storage).render_as_string(hide_password=True) if search.storage else "memory"
+        log.info(f"Study {study.study_name!r} in {where}: {search.n_trials} trials in all")
+        project_dir = Path.cwd()  # the trials' project folder: where train.py started
+        tracker: Tracker | None = None  # the study's run: started once the worker holding trial 0 is known
+        job_index = len(study.trials)  # resumed studies keep numbering their job folders
+        try:
+            while True:
+                trials = ask(study, storage, search.n_trials, search.n_jobs)
+                if not trials:
+                    if not wait_for_others(study, self.heartbeat_interval):
+                        break
+                    continue
+                if tracker is None:
+                    tracker = study_tracker(base.logger, study, project_dir, creator=any(t.number == 0 for t in trials))
+                overrides = search._configure_trials(trials, space, fixed, fixed_overrides)
+                overrides = [[*o, *tracking_overrides(trial, tracker)] for o, trial in zip(overrides, trials)]
+                with heartbeats(storage, trials, self.heartbeat_interval):
+                    returns = search.launcher.launch(overrides, initial_job_idx=job_index)
+                job_index += len(returns)
+                failures = [tell(study, trial, result) for trial, result in zip(trials, returns)]
+                check_failure_rate([f for f in failures if f is not None], returns, search.max_failure_rate)
+            tracker = tracker or study_tracker(base.logger, study, project_dir, creator=True)
+            finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials)
+        except BaseException as error:
+            if tracker is not None:
+                tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            raise
+        tracker.close()
+
+
+def open_study(
+    url: str | None, name: str | None, sampler: Any, direction: str, heartbeat_interval: int, grace_period: int
+) -> tuple[optuna.Study, optuna.storages.RDBStorage | None]:
+    """Load or create the study; with a database, heartbeats on and killed trials queued again."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    from cappuccino.sqlite_lock import opening_lock
+
+    storage = None
+    if url is None:
+        log.warning("hydra.sweeper.storage is null: the study lives in memory and cannot be resumed")
+    else:
+        with warnings.catch_warnings(), opening_lock(url):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
+            storage = RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            )
+            study = optuna.create_study(
+                study_name=name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True
+            )
+        return study, storage
+    return optuna.create_study(study_name=name, sampler=sampler, direction=direction), storage
+
+
+def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards ``n_trials``: finished or running, except those whose process was
+    killed (queued again) and those pruned unrun because the study was already full."""
+    from optuna.trial import TrialState
+
+    interrupted = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    return [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)
+        and t.number not in interrupted
+        and not t.user_attrs.get(SKIPPED_ATTR)
+    ]
+
+
+def ask(study: optuna.Study, storage: Any, n_trials: int, n_jobs: int) -> list[optuna.Trial]:
+    """Up to ``n_jobs`` new trials, none beyond the study's ``n_trials``.
+
+    Trials of killed processes are failed (and queued again) first. A trial that a concurrent
+    worker's ask made surplus is pruned unrun: trial numbers are given out by the storage in
+    order, so counting the trials numbered below ours decides it the same way in every worker.
+    """
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize: here they come from heartbeats().
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        fail_stale_trials(study)
+        free = n_trials - len(counted(study.get_trials(deepcopy=False)))
+        trials = [study.ask() for _ in range(max(0, min(n_jobs, free)))]
+    if storage is not None:
+        for trial in trials:
+            storage.record_heartbeat(trial._trial_id)  # at once: a trial without heartbeats never goes stale
+    kept = []
+    for trial in trials:
+        ahead = [t for t in counted(study.get_trials(deepcopy=False)) if t.number < trial.number]
+        if len(ahead) >= n_trials:
+            trial.set_user_attr(SKIPPED_ATTR, True)
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            kept.append(trial)
+    return kept
+
+
+def wait_for_others(study: optuna.Study, interval: int) -> bool:
+    """Whether trials are still running elsewhere (after sleeping ``interval`` seconds)."""
+    from optuna.trial import TrialState
+
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if not running:
+        return False
+    log.info(f"Waiting for trials {running}, running in other workers (or killed: then failed after the grace period)")
+    time.sleep(interval)
+    return True
+
+
+@contextmanager
+def heartbeats(storage: Any, trials: Sequence[optuna.Trial], interval: int) -> Iterator[None]:
+    """Record the trials' heartbeats every ``interval`` seconds while they run (in this process
+    with the basic launcher, in worker processes with joblib: either way this process lives)."""
+    if storage is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            for trial in trials:
+                storage.record_heartbeat(trial._trial_id)
+
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def tracking_overrides(trial: optuna.Trial, tracker: Tracker) -> list[str]:
+    """Tell the job its trial number and the study's MLflow run, as environment variables, so they
+    stay out of the trial's config (and of the best trial's ready-to-run config)."""
+    overrides = [f"++hydra.job.env_set.{TRIAL_ENV}='{trial.number}'"]
+    if tracker.run_id is not None:
+        overrides.append(f"++hydra.job.env_set.{STUDY_RUN_ENV}={tracker.run_id}")
+    return overrides
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> BaseException | None:
+    """Record the job's objective (or its failure) and, for reports, what its metrics.json holds."""
+    from optuna.trial import TrialState
+
+    try:
+        value = float(result.return_value)  # re-raises the job's exception
+        if not math.isfinite(value):
+            raise ValueError(f"the objective is {value}")
+    except Exception as error:  # noqa: BLE001 - any failing trial is recorded and the study goes on
+        log.warning(f"Trial {trial.number} failed: {error}")
+        study.tell(trial, state=TrialState.FAIL)
+        return error
+    for key, attr in trial_results(result).items():
+        trial.set_user_attr(key, attr)
+    study.tell(trial, value)
+    return None
+
+
+def trial_results(result: JobReturn) -> dict[str, Any]:
+    """The job's output folder and, from its metrics.json, the per-split excess Sharpe ratios and
+    the moments of its out-of-sample returns: what the overfitting statistics need."""
+    import json
+
+    output_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
+    out: dict[str, Any] = {"output_dir": str(output_dir)}
+    metrics_file = output_dir / "metrics.json"
+    if not metrics_file.is_file():
+        return out
+    metrics = json.loads(metrics_file.read_text())
+    splits = sorted(int(k.split("/")[0][5:]) for k in metrics if k.startswith("split") and k.endswith("/test/excess_sharpe"))
+    if splits:
+        out["split_excess_sharpe"] = [metrics[f"split{i}/test/excess_sharpe"] for i in splits]
+    out.update({key: metrics[f"cv/{key}"] for key in MOMENTS if f"cv/{key}" in metrics})
+    return out
+
+
+def check_failure_rate(failures: list[BaseException], returns: Sequence[JobReturn], max_rate: float) -> None:
+    if failures and len(failures) / len(returns) > max_rate:
+        raise RuntimeError(
+            f"{len(failures)} of {len(returns)} trials in a batch failed, more than "
+            f"hydra.sweeper.max_failure_rate={max_rate}; the first error: {failures[0]!r}"
+        ) from failures[0]
+
