@@ -1,6 +1,8 @@
 """Train a PPO portfolio agent: ``python train.py [group=option ...] [key=value ...]``.
 
 Returns the configured objective (trainer.objective) so Hydra's Optuna sweeper can optimise it.
+With ``experiment=transfer_1h_5m`` it runs that comparison (cappuccino/experiments/transfer.py)
+and returns the pre-trained agent's final validation objective.
 """
 
 from pathlib import Path

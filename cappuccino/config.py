@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -59,13 +59,19 @@ def record_reads() -> Iterator[set[tuple[int, str]]]:
 
 
 def unread_leaves(cfg: Node, reads: set[tuple[int, str]], prefix: str = "") -> list[str]:
-    """Dotted keys of ``cfg`` whose values were never read during ``record_reads``."""
+    """Dotted keys of ``cfg`` whose values were never read during ``record_reads``.
+
+    An optional group left null (``experiment: null``) holds no setting, so it is no leaf.
+    """
     unread = []
+    hints = get_type_hints(type(cfg))
     for f in fields(cfg):  # type: ignore[arg-type]
         value = object.__getattribute__(cfg, f.name)
         key = f"{prefix}{f.name}"
         if isinstance(value, Node):
             unread += unread_leaves(value, reads, key + ".")
+        elif value is None and any(isinstance(t, type) and issubclass(t, Node) for t in get_args(hints[f.name])):
+            continue
         elif (id(cfg), f.name) not in reads:
             unread.append(key)
     return unread
@@ -421,10 +427,14 @@ class TrainerConfig(Node):
     # Metric returned to Hydra (and Optuna); null: val/excess_sharpe with a validation split
     # (holdout), cv/objective across splits (cpcv, walk_forward).
     objective: Optional[str] = None
+    # Environment steps (summed over envs, like total_steps) between deterministic backtests of
+    # the validation segments during training, logged as val/* at each step; 0: only at the end.
+    eval_every: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         _require(self.total_steps >= 1, "trainer.total_steps", "must be >= 1")
+        _require(self.eval_every >= 0, "trainer.eval_every", f"must be >= 0 (0: off), got {self.eval_every}")
         _require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "trainer.device",
@@ -448,6 +458,7 @@ class TrainConfig(Node):
     cv: CVConfig = MISSING
     logger: LoggerConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    experiment: Optional[ExperimentConfig] = None  # null: train one agent
 
     def __post_init__(self) -> None:
         missing = [s for s in self.data.symbols if s not in self.env.min_order_size]
@@ -457,6 +468,12 @@ class TrainConfig(Node):
             f"has no entry for {missing}; add one per symbol, e.g. +env.min_order_size.{missing[0] if missing else 'X'}=0.01",
         )
         check_purge(self.cv, self.window.lookback)
+        _require(
+            self.trainer.eval_every == 0 or isinstance(self.cv, HoldoutConfig),
+            "trainer.eval_every",
+            f"periodic validation needs validation segments, and cv={self.cv.name} has none "
+            "(its held-out parts are test data): use cv=holdout, or trainer.eval_every=0",
+        )
 
 
 # ------------------------------------------------------------------------------- pretrain
@@ -531,6 +548,27 @@ class PretrainJobConfig(Node):
         )
 
 
+# ----------------------------------------------------------------------------- experiment
+@dataclass
+class ExperimentConfig(Node):
+    """A comparison of several training runs (``python train.py experiment=NAME``): the rest of
+    the config is what every arm shares. See cappuccino.experiments."""
+
+    name: str = MISSING
+
+
+@dataclass
+class TransferExperimentConfig(ExperimentConfig):
+    """Pre-train the encoder on ``source`` bars, then train the configured agent on the
+    configured data twice, from scratch and from the pre-trained encoder, and compare their
+    validation curves (``trainer.objective`` against environment steps, every
+    ``trainer.eval_every`` steps); see cappuccino.experiments.transfer."""
+
+    name: str = "transfer"
+    source: DataConfig = MISSING  # the bars pre-training reads, e.g. hourly while data is 5-minute
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "csv": CsvDataConfig, "alpaca": AlpacaDataConfig},
     "window": {"default": WindowConfig},
@@ -540,6 +578,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "cv": {"holdout": HoldoutConfig, "cpcv": CPCVConfig, "walk_forward": WalkForwardConfig},
     "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
+    "experiment": {"transfer": TransferExperimentConfig},
 }
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.table import Table
 
 from cappuccino.agents.ppo import PPO
@@ -26,6 +28,7 @@ from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
 from cappuccino.evaluation.objective import CV_METRICS, cv_metrics
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.evaluation.splits import Split, build_splitter, iter_splits
+from cappuccino.hparams_search import STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.models.attention_probe import summarize_attention
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.models.policy import ActorCritic
@@ -43,6 +46,7 @@ METRIC_NAMES = (
     "benchmark_sharpe", "benchmark_sortino", "benchmark_max_drawdown", "benchmark_calmar",
 )  # fmt: skip
 ATTENTION_WINDOWS = 256  # windows probed for the attention statistics and heat-map
+VALIDATION_CURVE = "validation_curve.json"  # trainer.eval_every's results, in the run folder
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,22 @@ class RunPaths:
 
 
 def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
-    """Validate ``cfg`` (before any work), train, evaluate, and return the configured objective."""
-    return train(validate(cfg), OmegaConf.to_yaml(cfg, resolve=True), paths, overrides)
+    """Validate ``cfg`` (before any work), train, evaluate, and return the configured objective;
+    with an ``experiment``, run that comparison instead and return what it returns."""
+    typed = validate(cfg)
+    if typed.experiment is not None:
+        from cappuccino.experiments import run_experiment  # experiments build on this module
+
+        return run_experiment(typed, cfg, paths, overrides)
+    trial = os.environ.get(TRIAL_ENV)  # set per job by the study sweeper (hparams_search)
+    return train(
+        typed,
+        OmegaConf.to_yaml(cfg, resolve=True),
+        paths,
+        overrides,
+        parent_run_id=os.environ.get(STUDY_RUN_ENV) or None,
+        trial=int(trial) if trial else None,
+    )
 
 
 def train(
@@ -62,10 +80,13 @@ def train(
     paths: RunPaths,
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
+    trial: int | None = None,
 ) -> float:
     """Train one agent per cv split, backtest each, and return the configured objective.
 
-    ``parent_run_id`` nests the run under another tracked run (a sweep's study, an experiment).
+    ``parent_run_id`` nests the run under another tracked run (a sweep's study, an experiment);
+    ``trial`` is the Optuna trial number of a sweep's job (run name ``trial N: ...``, tag
+    ``optuna.trial``).
     """
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.torch_threads)
@@ -80,27 +101,33 @@ def train(
         check_segments(split, cfg.window.lookback)
     tensors = market_tensors(market, device)
 
-    tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir, parent_run_id)
+    run_name = run_name_from_overrides(overrides)
+    if trial is not None:
+        run_name = f"trial {trial}: {run_name}"
+    tracker = build_tracker(cfg.logger, run_name, paths.project_dir, parent_run_id)
     try:
         tracker.set_tags({"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash})
+        if trial is not None:
+            tracker.set_tags({"optuna.trial": str(trial)})
         tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
         tracker.log_params(parameter_counts(cfg, market))
         backtests = {}
         for index, split in splits:
             if holdout:
-                backtests[index] = train_split(cfg, config_yaml, market, tensors, split, index, "", device, tracker, paths.run_dir)
+                backtests[index], steps = train_split(cfg, config_yaml, market, tensors, split, index, "", device, tracker, paths.run_dir)
                 tracker.log_artifact(paths.run_dir / "checkpoint.pt")
                 continue
             # A nested run per split: the UI compares splits side by side under the same metric names.
             with tracker.child(f"split{index}") as split_run:
                 split_run.set_tags({"cv.split": str(index)})
-                backtests[index] = train_split(cfg, config_yaml, market, tensors, split, index, f"split{index}", device, split_run, paths.run_dir)
-                split_run.log_metrics({f"test/{k}": v for k, v in stitch(backtests[index]["test"]).metrics(periods_per_year(market.interval)).items()})
+                backtests[index], steps = train_split(cfg, config_yaml, market, tensors, split, index, f"split{index}", device, split_run, paths.run_dir)
+                split_metrics = stitch(backtests[index]["test"]).metrics(periods_per_year(market.interval))
+                split_run.log_metrics({f"test/{k}": v for k, v in split_metrics.items()}, step=steps)
             # Every split's checkpoint in the run itself: one run id finds the whole ensemble.
             tracker.log_artifact(paths.run_dir / f"checkpoint_split{index}.pt")
         metrics = score(cfg, market, backtests, holdout)
         metrics["objective"] = metrics[objective]
-        tracker.log_metrics(metrics)
+        tracker.log_metrics(metrics, step=steps)  # at the last training step, where the val/ curves end
         tracker.log_metrics(resource_metrics(device))
         config_file = paths.run_dir / "config.yaml"
         config_file.write_text(config_yaml)
@@ -127,15 +154,16 @@ def train_split(
     device: torch.device,
     tracker: Tracker,
     run_dir: Path,
-) -> dict[str, list[Backtest]]:
-    """A fresh agent on this split's training segments; its backtests. The checkpoint is saved
-    to ``run_dir`` as ``checkpoint[_<name>].pt``; ``tracker`` is the run this split logs into."""
+) -> tuple[dict[str, list[Backtest]], int]:
+    """A fresh agent on this split's training segments; its backtests and environment steps.
+    The checkpoint is saved to ``run_dir`` as ``checkpoint[_<name>].pt``; ``tracker`` is the run
+    this split logs into."""
     seed = cfg.trainer.seed + index
     torch.manual_seed(seed)
     env = PortfolioEnv.from_market(market, split.train, cfg.env, cfg.window.lookback, device, seed=seed)
     policy = build_policy(cfg, market, config_yaml).to(device)
     ppo = PPO(policy, env, cfg.agent, cfg.trainer.total_steps, cfg.trainer.precision)
-    learn(ppo, tracker, device, cfg.trainer.progress, f"PPO {name}".strip())
+    learn(ppo, tracker, device, cfg.trainer.progress, f"PPO {name}".strip(), periodic_validation(cfg, policy, tensors, split, market, env.min_order_size, run_dir))
     suffix = f"_{name}" if name else ""
     save_checkpoint(run_dir / f"checkpoint{suffix}.pt", policy, config_yaml, schema(cfg, market, config_yaml))
     results = evaluate(policy, tensors, split, cfg, env.min_order_size)
@@ -144,7 +172,7 @@ def train_split(
             save_equity_plot(stitch(backtests), market, part, suffix, tracker, run_dir)
     if isinstance(policy.actor_encoder, FTTransformerEncoder):
         log_attention(policy.actor_encoder, env, split, market, cfg.window.lookback, name, tracker, run_dir)
-    return results
+    return results, ppo.total_steps
 
 
 def parameter_counts(cfg: TrainConfig, market: MarketData) -> dict[str, int]:
@@ -280,27 +308,102 @@ def market_tensors(market: MarketData, device: torch.device) -> dict[str, torch.
     }
 
 
-def learn(ppo: PPO, tracker: Tracker, device: torch.device, show_progress: bool, label: str = "PPO") -> None:
-    """Run PPO with a progress bar labelled ``label``; log every update's statistics to the tracker."""
+def learn(
+    ppo: PPO,
+    tracker: Tracker,
+    device: torch.device,
+    show_progress: bool,
+    label: str = "PPO",
+    validation: PeriodicValidation | None = None,
+) -> None:
+    """Run PPO with a progress bar labelled ``label``; log every update's statistics to the
+    tracker and, when ``validation`` is due, its metrics as ``val/<metric>`` at the same step."""
     last_episode_reward = math.nan  # most rollouts end no episode: show the latest that did
+    last_validation = ""
     with progress_bar(label, ppo.total_steps, show_progress) as advance:
 
         def on_update(stats: dict[str, float]) -> None:
-            nonlocal last_episode_reward
+            nonlocal last_episode_reward, last_validation
+            step = int(stats["global_step"])
             stats = {**stats, "peak_rss_mb": peak_rss_mb()}
             vram = peak_vram_mb(device)
             if vram is not None:
                 stats["peak_vram_mb"] = vram
-            tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step=int(stats["global_step"]))
+            tracker.log_metrics({f"train/{k}": v for k, v in stats.items()}, step=step)
+            if validation is not None and validation.due(step, ppo.batch_size, int(stats["update"]) == ppo.num_updates):
+                metrics = validation(step)
+                tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)
+                last_validation = f"  val excess Sharpe {metrics['excess_sharpe']:+.2f}"
             if math.isfinite(stats["episode_reward"]):
                 last_episode_reward = stats["episode_reward"]
             text = (
                 f"{stats['steps_per_second']:,.0f} steps/s  episode reward {last_episode_reward:+.2f}  "
                 f"pi {stats['policy_loss']:+.4f}  v {stats['value_loss']:.4f}  kl {stats['approx_kl']:.4f}"
+                f"{last_validation}"
             )
-            advance(int(stats["global_step"]), text)
+            advance(step, text)
 
         ppo.learn(on_update)
+
+
+@dataclass
+class PeriodicValidation:
+    """Deterministic backtests of the validation segments during training (``trainer.eval_every``).
+
+    Only ``segments``, a split's validation part, are ever run: the test segments stay unseen
+    until the agent is final. A validation draws no random numbers (deterministic actions, no
+    random episode starts), so training runs exactly as it would without. Every result is
+    appended to ``history`` and the whole curve rewritten to ``file`` as JSON, so an interrupted
+    run keeps the curve so far.
+    """
+
+    every: int  # environment steps between validations
+    policy: ActorCritic
+    tensors: dict[str, torch.Tensor]
+    segments: tuple[Segment, ...]
+    cfg: TrainConfig
+    min_order_size: torch.Tensor
+    periods_per_year: float
+    file: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def due(self, step: int, steps_per_update: int, last: bool) -> bool:
+        """After the update that crosses a multiple of ``every``, and after the last update, so
+        the curve ends at the trained agent."""
+        return last or step // self.every > (step - steps_per_update) // self.every
+
+    def __call__(self, step: int) -> dict[str, float]:
+        """Validate the policy as it is after ``step`` environment steps; its metrics."""
+        training = self.policy.training
+        split = Split(train=(), validation=self.segments, test=())  # nothing else to backtest
+        metrics = stitch(evaluate(self.policy, self.tensors, split, self.cfg, self.min_order_size)["val"]).metrics(
+            self.periods_per_year
+        )
+        self.policy.train(training)
+        self.history.append({"step": step, **metrics})
+        self.file.write_text(json.dumps(self.history, indent=2))
+        return metrics
+
+
+def periodic_validation(
+    cfg: TrainConfig,
+    policy: ActorCritic,
+    tensors: dict[str, torch.Tensor],
+    split: Split,
+    market: MarketData,
+    min_order_size: torch.Tensor,
+    run_dir: Path,
+) -> PeriodicValidation | None:
+    """``trainer.eval_every``'s validation of ``policy`` on ``split``, or None when it is 0.
+
+    TrainConfig allows it with cv=holdout only, whose one split always has validation segments.
+    """
+    if cfg.trainer.eval_every == 0:
+        return None
+    ppy = periods_per_year(market.interval)
+    return PeriodicValidation(
+        cfg.trainer.eval_every, policy, tensors, split.validation, cfg, min_order_size, ppy, run_dir / VALIDATION_CURVE
+    )
 
 
 def evaluate(
@@ -390,3 +493,12 @@ def splits_table(metrics: dict[str, float], data: str) -> Table:
     if "cv/path_sharpe_mean" in metrics:
         table.add_row("paths (mean, min)", f"{metrics['cv/path_sharpe_mean']:.3f}, {metrics['cv/path_sharpe_min']:.3f}", "", "", "")
     return table
+
+
+def base_config(config: DictConfig) -> TrainConfig:
+    """The typed config of a sweep before its trials' overrides (``config`` holds ``hydra``):
+    a sweep whose every trial would fail on a bad config fails here, before any work."""
+    task = copy.deepcopy(config)  # keeps the structured type that validate builds on
+    with open_dict(task):
+        del task["hydra"]
+    return validate(task)

@@ -49,6 +49,7 @@ def child_runs(client: MlflowClient, run_id: str) -> list:
     return client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
 
 
+@pytest.mark.slow
 def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_best_config(tmp_path):
     study = run_sweep(tmp_path)
     trials = study.get_trials(states=(COMPLETE,))
@@ -86,6 +87,7 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
     assert f"objective = {study.best_value:.4f}" in done.stdout
 
 
+@pytest.mark.slow
 def test_failing_trials_are_recorded_as_failed_and_the_sweep_finishes(tmp_path):
     # env.fee=0.5 is out of range: those trials raise ConfigError; the seeded TPE picks both.
     study = run_sweep(tmp_path, "env.fee=choice(0.001,0.5)", "hydra.sweeper.n_trials=4", "logger=none")
@@ -94,12 +96,14 @@ def test_failing_trials_are_recorded_as_failed_and_the_sweep_finishes(tmp_path):
     assert states == {0.001: COMPLETE, 0.5: FAIL}
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_study_adds_no_trial(tmp_path):
     run_sweep(tmp_path, "logger=none", "hydra.sweeper.n_trials=1")
     study = run_sweep(tmp_path, "logger=none", "hydra.sweeper.n_trials=1")
     assert len(study.trials) == 1
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_to_exactly_n_trials_and_reruns_the_killed_trial(tmp_path):
     command = sweep_command(
         tmp_path, "logger=none", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"
@@ -125,6 +129,7 @@ def test_a_killed_study_resumes_to_exactly_n_trials_and_reruns_the_killed_trial(
     assert [t.number for t in counted(study.trials)] == [0, 2, 3]
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_storage_share_the_study_with_parallel_jobs_from_a_fresh_folder(tmp_path):
     # Both workers start at once in a folder with no MLflow or Optuna store yet, each running two
     # joblib processes: four processes race to create both SQLite stores.

@@ -89,7 +89,15 @@ def validate(cfg: DictConfig) -> PretrainJobConfig:
     return typed
 
 
-def pretrain(cfg: PretrainJobConfig, config_yaml: str, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
+def pretrain(
+    cfg: PretrainJobConfig,
+    config_yaml: str,
+    paths: RunPaths,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+) -> float:
+    """Pre-train, write the encoder files to ``paths.run_dir``, and return the best validation
+    loss. ``parent_run_id`` nests the run under another tracked run (an experiment)."""
     check_encoder_usage(cfg.encoder)
     device = resolve_device(cfg.pretrain.device, key="pretrain.device")
     seed_everything(cfg.pretrain.seed, None)
@@ -102,7 +110,7 @@ def pretrain(cfg: PretrainJobConfig, config_yaml: str, paths: RunPaths, override
     model = build_model(cfg, market.n_assets, len(market.feature_names), schema).to(device)
 
     run_dir = paths.run_dir
-    tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir)
+    tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir, parent_run_id)
     try:
         tags = {"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash}
         tracker.set_tags({"job": "pretrain", **tags})

@@ -1,0 +1,150 @@
+"""Periodic validation (trainer.eval_every) and the 1h -> 5m transfer experiment, at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from cappuccino import training
+from cappuccino.config import ConfigError, record_reads, unread_leaves, validate
+from cappuccino.evaluation.splits import iter_splits
+from cappuccino.experiments import run_experiment
+from cappuccino.training import VALIDATION_CURVE, RunPaths, run
+
+from .conftest import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# TINY runs 3 PPO updates of 8 envs x 32 steps: global steps 256, 512, 768.
+EVAL_EVERY = "trainer.eval_every=512"
+EXPERIMENT_TINY = [
+    "experiment=transfer_1h_5m",
+    *[o for o in TINY if not o.startswith("encoder.")],
+    "encoder.d_token=16",
+    "encoder.out_dim=32",
+    "trainer.eval_every=256",
+    "experiment.source.n_bars=1500",
+    "experiment.pretrain.batch_size=32",
+    "experiment.pretrain.max_steps=30",
+    "experiment.pretrain.warmup_steps=5",
+    "experiment.pretrain.eval_every=10",
+    "experiment.pretrain.val_fraction=0.2",
+    "experiment.pretrain.progress=false",
+]
+
+
+def _paths(tmp_path, name="run"):
+    (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    return RunPaths(run_dir=tmp_path / name, project_dir=tmp_path)
+
+
+def _runs_by_name(store):
+    client = MlflowClient(f"sqlite:///{store}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "cappuccino"]
+    return client, {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_periodic_validation_logs_val_metrics_at_crossed_steps_and_never_backtests_test_segments(
+    compose_config, tmp_path, monkeypatch
+):
+    segments = []
+    real_backtest = training.backtest
+
+    def spy(policy, features, open, close, segment, *args):
+        segments.append(segment)
+        return real_backtest(policy, features, open, close, segment, *args)
+
+    monkeypatch.setattr(training, "backtest", spy)
+    store = tmp_path / "store.db"
+    cfg = compose_config([*TINY, EVAL_EVERY, f"logger.tracking_uri=sqlite:///{store}"])
+    run(cfg, _paths(tmp_path))
+
+    client, runs = _runs_by_name(store)
+    (run_id,) = [r.info.run_id for r in runs.values()]
+    for metric in ("excess_sharpe", "sharpe", "total_return"):
+        history = client.get_metric_history(run_id, f"val/{metric}")
+        # 512 crosses the first multiple; 768 is the last update, where the final metrics go too.
+        assert sorted({m.step for m in history}) == [512, 768], metric
+        assert len({m.value for m in history if m.step == 768}) == 1, metric
+    curve = json.loads((tmp_path / "run" / VALIDATION_CURVE).read_text())
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [record["step"] for record in curve] == [512, 768]
+    assert curve[-1]["excess_sharpe"] == final["val/excess_sharpe"]  # the curve ends at the trained agent
+
+    typed = validate(cfg)
+    market = training.prepare_market(typed)
+    ((_, split),) = iter_splits(typed.cv, market.first_valid, market.n_bars)
+    assert [s for s in segments if s in split.validation] == list(split.validation) * 3  # 2 periodic + the final
+    assert [s for s in segments if s in split.test] == list(split.test)  # only the final evaluation's
+
+
+def test_periodic_validation_leaves_training_unchanged(compose_config, tmp_path):
+    for name, overrides in (("off", []), ("on", ["trainer.eval_every=256"])):
+        run(compose_config([*TINY, "logger=none", *overrides]), _paths(tmp_path, name))
+    off, on = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("off", "on"))
+    assert on == off
+
+
+@pytest.mark.parametrize("cv", ["cpcv", "walk_forward"])
+def test_eval_every_without_validation_segments_fails_before_any_work(compose_config, tmp_path, cv):
+    with pytest.raises(ConfigError, match=r"trainer\.eval_every.*cv=holdout"):
+        run(compose_config([*TINY, f"cv={cv}", "trainer.eval_every=256"]), _paths(tmp_path))
+    assert not (tmp_path / "mlflow.db").exists() and not any((tmp_path / "run").iterdir())
+
+
+def test_negative_eval_every_is_rejected(compose_config):
+    with pytest.raises(ConfigError, match=r"trainer\.eval_every"):
+        validate(compose_config(["trainer.eval_every=-1"]))
+
+
+def test_experiment_needs_periodic_validation(compose_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer\.eval_every"):
+        overrides = [o for o in EXPERIMENT_TINY if not o.startswith("trainer.eval_every")]
+        run(compose_config([*overrides, "trainer.eval_every=0", "logger=none"]), _paths(tmp_path))
+
+
+def test_transfer_experiment_runs_end_to_end(compose_config, tmp_path, monkeypatch):
+    """Pre-training, then two nested training runs, one starting from the pre-trained encoder;
+    both curves in one figure on the parent run; every config leaf is read."""
+    initial = {}
+    real_build_policy = training.build_policy
+
+    def spy(cfg, market, config_yaml):
+        policy = real_build_policy(cfg, market, config_yaml)
+        arm = "pretrained" if cfg.encoder.pretrained else "scratch"
+        initial[arm] = {k: v.clone() for k, v in policy.actor_encoder.state_dict().items()}
+        return policy
+
+    monkeypatch.setattr(training, "build_policy", spy)
+    store = tmp_path / "store.db"
+    cfg_dict = compose_config([*EXPERIMENT_TINY, f"logger.tracking_uri=sqlite:///{store}"])
+    cfg = validate(cfg_dict)
+    with record_reads() as reads:
+        result = run_experiment(cfg, cfg_dict, _paths(tmp_path), ["experiment=transfer_1h_5m"])
+    assert unread_leaves(cfg, reads) == []
+
+    client, runs = _runs_by_name(store)
+    parent = runs["experiment=transfer_1h_5m"]
+    assert set(runs) == {"experiment=transfer_1h_5m", "pretrain", "scratch", "pretrained"}
+    for name in ("pretrain", "scratch", "pretrained"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert "transfer_curves.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    curves = json.loads((tmp_path / "run" / "transfer_curves.json").read_text())
+    for arm in ("scratch", "pretrained"):
+        assert [r["step"] for r in curves["curves"][arm]] == [256, 512, 768]
+        assert curves["summary"][arm]["final"] == runs[arm].data.metrics["val/excess_sharpe"]
+    assert result == curves["summary"]["pretrained"]["final"]
+
+    encoder_file = tmp_path / "run" / "pretrain" / "best_encoder.pt"
+    assert curves["encoder_file"] == str(encoder_file)
+    saved = torch.load(encoder_file, weights_only=True)["state_dict"]
+    assert all(torch.equal(initial["pretrained"][k], v) for k, v in saved.items())
+    assert not all(torch.equal(initial["scratch"][k], v) for k, v in saved.items())
+    # The source market is another seed and interval than the target's (yaml comment: no leakage).
+    source = OmegaConf.create(torch.load(encoder_file, weights_only=True)["config"]).data
+    assert (source.interval, source.seed) == ("1h", 1007) and (cfg.data.interval, cfg.data.seed) == ("5min", 7)
