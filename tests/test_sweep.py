@@ -181,3 +181,22 @@ def test_every_searched_key_is_a_config_leaf_or_group_that_runs_read(search):
             continue
         value = OmegaConf.select(cfg, key, default=KeyError)
         assert value is not KeyError and not OmegaConf.is_dict(value), f"{search}: {key} is not a config leaf"
+
+
+def test_a_trial_returning_nan_or_raising_is_told_failed_and_a_finite_one_complete(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from cappuccino.hparams_search.sweeper import tell
+
+    study = optuna.create_study(direction="maximize")
+    hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}})
+    results = [
+        JobReturn(status=JobStatus.COMPLETED, _return_value=float("nan"), hydra_cfg=hydra_cfg),
+        JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("diverged"), hydra_cfg=hydra_cfg),
+        JobReturn(status=JobStatus.COMPLETED, _return_value=1.5, hydra_cfg=hydra_cfg),
+    ]
+    errors = [tell(study, study.ask(), result) for result in results]
+    assert [t.state for t in study.trials] == [FAIL, FAIL, COMPLETE]
+    assert errors[2] is None and "nan" in str(errors[0]) and "diverged" in str(errors[1])
+    assert study.best_value == 1.5 and study.trials[2].user_attrs["output_dir"] == str(tmp_path)
