@@ -345,7 +345,10 @@ class CPCVConfig(CVConfig):
     n_groups: int = 6  # contiguous groups of bars
     n_test_groups: int = 2  # groups held out per split: C(n_groups, n_test_groups) splits
     purge_bars: int = 60  # dropped from training before and after each test group; >= window.lookback
-    embargo_bars: int = 24  # further bars dropped from training after each test group
+    # Further bars dropped from training after each test group. null: just enough that no training
+    # bar's features read a test bar (the z-score window plus the indicators' warm-up, minus the
+    # purge); a set value must be at least that.
+    embargo_bars: Optional[int] = None
     split: Optional[int] = None  # run only this split (to fan the splits out over processes); null: all
     std_penalty: float = 0.1  # objective = mean(agent - benchmark Sharpe) - std_penalty * std(agent Sharpe)
 
@@ -358,7 +361,9 @@ class CPCVConfig(CVConfig):
             f"must be in [1, cv.n_groups={self.n_groups}) to leave a training group, got {self.n_test_groups}",
         )
         _require(self.purge_bars >= 0, "cv.purge_bars", f"must be >= 0, got {self.purge_bars}")
-        _require(self.embargo_bars >= 0, "cv.embargo_bars", f"must be >= 0, got {self.embargo_bars}")
+        _require(
+            self.embargo_bars is None or self.embargo_bars >= 0, "cv.embargo_bars", f"must be >= 0 or null, got {self.embargo_bars}"
+        )
         _require_split(self.split, math.comb(self.n_groups, self.n_test_groups))
 
 
@@ -385,15 +390,29 @@ class WalkForwardConfig(CVConfig):
         _require_split(self.split)
 
 
-def check_purge(cfg: CVConfig, lookback: int) -> None:
-    """CPCV's purge must keep training bars a full observation window away from every test group;
-    raises ConfigError naming cv.purge_bars otherwise (other cv schemes have no purge)."""
-    if isinstance(cfg, CPCVConfig):
-        _require(
-            cfg.purge_bars >= lookback,
-            "cv.purge_bars",
-            f"must be >= window.lookback={lookback} so no training window reaches a test group, got {cfg.purge_bars}",
-        )
+def check_purge(cfg: CVConfig, window: WindowConfig) -> None:
+    """CPCV's purge must keep training bars a full observation window away from every test group,
+    and purge + embargo must keep every training bar's features from reading a test bar (a test
+    group is in the past of the training bars after it); raises ConfigError naming the key
+    otherwise. Other cv schemes only train on bars before their tests."""
+    if not isinstance(cfg, CPCVConfig):
+        return
+    _require(
+        cfg.purge_bars >= window.lookback,
+        "cv.purge_bars",
+        f"must be >= window.lookback={window.lookback} so no training window reaches a test group, got {cfg.purge_bars}",
+    )
+    from cappuccino.data.features import feature_memory  # numpy and pandas: only when checking CPCV
+
+    memory = feature_memory(window.zscore_window)
+    _require(
+        cfg.embargo_bars is None or cfg.purge_bars + cfg.embargo_bars >= memory,
+        "cv.embargo_bars",
+        f"features reach {memory} bars back (window.zscore_window={window.zscore_window} plus the "
+        f"indicators' warm-up), so training bars after a test group would read it: purge_bars + "
+        f"embargo_bars must be >= {memory}; use cv.embargo_bars={max(0, memory - cfg.purge_bars)} or null "
+        f"(that value), or a shorter window.zscore_window; got {cfg.embargo_bars}",
+    )
 
 
 # --------------------------------------------------------------------------------- logger
@@ -467,7 +486,7 @@ class TrainConfig(Node):
             "env.min_order_size",
             f"has no entry for {missing}; add one per symbol, e.g. +env.min_order_size.{missing[0] if missing else 'X'}=0.01",
         )
-        check_purge(self.cv, self.window.lookback)
+        check_purge(self.cv, self.window)
         _require(
             self.trainer.eval_every == 0 or isinstance(self.cv, HoldoutConfig),
             "trainer.eval_every",

@@ -111,6 +111,9 @@ def train(
             tracker.set_tags({"optuna.trial": str(trial)})
         tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
         tracker.log_params(parameter_counts(cfg, market))
+        splitter = build_splitter(cfg.cv, feature_memory=market.first_valid)
+        if isinstance(splitter, CombinatorialPurgedCV):  # a null embargo is derived from the features
+            tracker.log_params({"cv.embargo_bars_used": splitter.embargo_bars})
         backtests = {}
         for index, split in splits:
             if holdout:
@@ -239,7 +242,7 @@ def score(
     if holdout:
         (results,) = backtests.values()
         return {f"{part}/{k}": v for part, runs in results.items() for k, v in stitch(runs).metrics(ppy).items()}
-    splitter = build_splitter(cfg.cv)
+    splitter = build_splitter(cfg.cv, feature_memory=market.first_valid)
     every_split_ran = getattr(cfg.cv, "split", None) is None  # a path needs a test of every group
     paths = splitter.paths() if every_split_ran and isinstance(splitter, CombinatorialPurgedCV) else None
     tests = {i: results["test"] for i, results in backtests.items()}

@@ -141,17 +141,18 @@ def test_constructor_rejects_bad_arguments_naming_the_key(kwargs, key):
 
 
 def test_cv_split_runs_only_the_chosen_split(compose_config):
-    cfg = validate(compose_config(["cv=cpcv", "cv.split=3", "cv.purge_bars=8", "cv.embargo_bars=4", "window.lookback=8"]))
+    overrides = ["cv=cpcv", "cv.split=3", "cv.purge_bars=8", "cv.embargo_bars=100", "window.lookback=8", "window.zscore_window=40"]
+    cfg = validate(compose_config(overrides))
     assert isinstance(cfg.cv, CPCVConfig)
-    every = list(CombinatorialPurgedCV(6, 2, 8, 4).split(100, 1000))
-    assert list(iter_splits(cfg.cv, 100, 1000)) == [(3, every[3])]
+    every = list(CombinatorialPurgedCV(6, 2, 8, 100).split(100, 3000))
+    assert list(iter_splits(cfg.cv, 100, 3000)) == [(3, every[3])]
 
 
 def test_all_splits_are_run_by_default_and_every_cv_leaf_is_read(compose_config):
     cfg = validate(compose_config(["cv=cpcv", "window.lookback=20"]))
     with record_reads() as reads:
         indexed = list(iter_splits(cfg.cv, 0, 10_000))
-        check_purge(cfg.cv, cfg.window.lookback)
+        check_purge(cfg.cv, cfg.window)
     assert [i for i, _ in indexed] == list(range(15))
     assert unread_leaves(cfg.cv, reads) == ["std_penalty"]  # read when scoring: tests/test_train_cv.py
 
@@ -174,4 +175,22 @@ def test_purge_shorter_than_the_lookback_is_rejected_before_work_naming_the_key(
     with pytest.raises(ConfigError, match=r"cv\.purge_bars.*window\.lookback=20"):
         validate(compose_config(["cv=cpcv", "cv.purge_bars=10", "window.lookback=20"]))
     cfg = validate(compose_config(["cv=cpcv", "cv.purge_bars=10", "window.lookback=10"]))
-    check_purge(cfg.cv, 10)  # a purge equal to the lookback is enough
+    check_purge(cfg.cv, cfg.window)  # a purge equal to the lookback is enough
+
+
+def test_no_training_bar_after_a_test_group_has_features_that_read_it(compose_config):
+    """A test group is in the past of the training bars after it: their trailing z-scores must not
+    reach back into it. The default (null) embargo is just enough; a shorter one is rejected."""
+    from cappuccino.data.features import feature_memory
+
+    cfg = validate(compose_config(["cv=cpcv", "window.zscore_window=100"]))
+    memory = feature_memory(100)
+    gaps = []  # first bar a training segment's features read, minus the end of the test group before it
+    for _, split in iter_splits(cfg.cv, memory, 6000):
+        for test in split.test:
+            # the feature at a segment's first bar reads bars start - memory .. start
+            gaps += [s.start - memory - test.stop for s in split.train if s.start >= test.stop]
+    assert gaps and min(gaps) == 0  # never into a test group, and no bar more is dropped than needed
+
+    with pytest.raises(ConfigError, match=rf"cv\.embargo_bars.*>= {memory}.*cv\.embargo_bars={memory - 60}"):
+        validate(compose_config(["cv=cpcv", "window.zscore_window=100", "cv.embargo_bars=24"]))

@@ -156,7 +156,7 @@ def test_validation_windows_follow_training_windows_inside_the_training_segment(
 
 
 def test_a_cv_scheme_with_several_splits_needs_cv_split(tmp_path):
-    cpcv = ["cv=cpcv", "cv.n_groups=3", "cv.n_test_groups=1", "cv.purge_bars=8", "cv.embargo_bars=4"]
+    cpcv = ["cv=cpcv", "cv.n_groups=3", "cv.n_test_groups=1", "cv.purge_bars=8"]
     overrides = [o for o in PRETRAIN_TINY if not o.startswith("cv.")] + cpcv + ["logger=none"]
     with pytest.raises(ConfigError, match="cv.split: cv=cpcv has 3 splits"):
         run(compose_pretrain(overrides), paths(tmp_path))

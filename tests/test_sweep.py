@@ -18,7 +18,7 @@ from .conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SWEEP = [
-    *(o for o in TINY if not o.startswith(("window.lookback", "encoder.hidden_sizes"))),
+    *(o for o in TINY if not o.startswith(("window.lookback", "encoder.hidden_sizes", "cv.embargo_bars"))),
     "cv.n_groups=4", "cv.n_test_groups=1", "cv.purge_bars=20",
     "window.lookback=choice(8,12)",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ from cappuccino.training import RunPaths, run, train
 
 from .conftest import TINY
 
-CPCV = [*TINY, "logger=none", "cv=cpcv", "cv.n_groups=3", "cv.n_test_groups=1", "cv.purge_bars=8", "cv.embargo_bars=4"]
+CPCV = [*TINY, "logger=none", "cv=cpcv", "cv.n_groups=3", "cv.n_test_groups=1", "cv.purge_bars=8", "cv.embargo_bars=null"]
 
 
 def _run(compose_config, tmp_path, overrides):

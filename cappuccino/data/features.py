@@ -67,7 +67,7 @@ def compute_features(ohlcv: np.ndarray, zscore_window: int) -> tuple[np.ndarray,
     """
     if zscore_window < 2:
         raise ValueError(f"zscore_window must be >= 2 bars, got {zscore_window}")
-    first_valid = WARMUP_BARS + zscore_window - 1
+    first_valid = feature_memory(zscore_window)
     n_bars = np.shape(ohlcv)[0] if np.ndim(ohlcv) else 0
     if n_bars <= first_valid:
         raise ValueError(
@@ -78,6 +78,13 @@ def compute_features(ohlcv: np.ndarray, zscore_window: int) -> tuple[np.ndarray,
     features = causal_zscore(raw_indicators(ohlcv), zscore_window).astype(np.float32)
     features[:first_valid] = np.nan  # faster indicators are defined earlier; keep one warm-up for all
     return features, first_valid
+
+
+def feature_memory(zscore_window: int) -> int:
+    """How many bars back a feature reaches: the feature at bar t reads bars t - memory .. t (the
+    exponential averages reach further, with weights below 1e-6 of the newest bar's). It is also
+    the first bar with every feature defined, as bars before 0 do not exist."""
+    return WARMUP_BARS + zscore_window - 1
 
 
 def causal_zscore(x: np.ndarray, window: int) -> np.ndarray:

@@ -17,9 +17,11 @@ Choices, and where they differ from the book or from skfolio:
 * ``purge_bars`` is removed from training before each test group and ``purge_bars +
   embargo_bars`` after it. The purge must be at least the observation lookback, so that
   training bars stay a full window away from test bars on either side (a test group can then be
-  warmed up from the purged bars before it without touching training data); the embargo adds
-  room for the serial correlation of returns and of the trailing indicators after a test group.
-  The splitter cannot see the lookback: ``cappuccino.config.check_purge`` checks it.
+  warmed up from the purged bars before it without touching training data). Training bars after
+  a test group have it in their past: the features of the first ones (a trailing z-score over
+  hundreds of bars) would read test bars, so purge + embargo must cover how far back features
+  reach; the config's null embargo is exactly that. The splitter sees neither the lookback nor
+  the features: ``cappuccino.config.check_purge`` checks both.
 """
 
 from __future__ import annotations

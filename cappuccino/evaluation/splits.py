@@ -60,7 +60,9 @@ class HoldoutSplitter:
         )
 
 
-def build_splitter(cfg: CVConfig) -> Splitter:
+def build_splitter(cfg: CVConfig, feature_memory: int | None = None) -> Splitter:
+    """The configured splitter. CPCV's null ``embargo_bars`` becomes ``feature_memory`` (how many
+    bars back a feature reaches, ``cappuccino.data.features.feature_memory``) minus the purge."""
     # cpcv and walk_forward import Split from this module, so they are imported on use.
     if cfg.name == "holdout":
         assert isinstance(cfg, HoldoutConfig)
@@ -69,7 +71,12 @@ def build_splitter(cfg: CVConfig) -> Splitter:
         from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
 
         assert isinstance(cfg, CPCVConfig)
-        return CombinatorialPurgedCV(cfg.n_groups, cfg.n_test_groups, cfg.purge_bars, cfg.embargo_bars)
+        embargo = cfg.embargo_bars
+        if embargo is None:
+            if feature_memory is None:
+                raise ValueError("cv.embargo_bars is null: build_splitter needs feature_memory to derive it")
+            embargo = max(0, feature_memory - cfg.purge_bars)
+        return CombinatorialPurgedCV(cfg.n_groups, cfg.n_test_groups, cfg.purge_bars, embargo)
     if cfg.name == "walk_forward":
         from cappuccino.evaluation.walk_forward import WalkForwardSplitter
 
@@ -81,8 +88,10 @@ def build_splitter(cfg: CVConfig) -> Splitter:
 def iter_splits(cfg: CVConfig, start: int, stop: int) -> Iterator[tuple[int, Split]]:
     """(index, split) for every split of the usable bars [start, stop), or only for split
     ``cv.split`` when it is set, so a launcher can run the splits of one configuration in
-    separate processes. Holdout has a single split, index 0, and no ``split`` key."""
-    splits = list(build_splitter(cfg).split(start, stop))
+    separate processes. Holdout has a single split, index 0, and no ``split`` key.
+
+    ``start`` is the first bar with features, which is also how far back features reach."""
+    splits = list(build_splitter(cfg, feature_memory=start).split(start, stop))
     only = getattr(cfg, "split", None)
     if only is None:
         yield from enumerate(splits)
