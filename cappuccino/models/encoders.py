@@ -71,7 +71,13 @@ class MLPEncoder(Encoder):
         self.mlp = nn.Sequential(*layers)
         self.out_dim = in_dim
 
-    def forward(self, window: Tensor, weights: Tensor) -> Tensor:
+    def flat_input(self, window: Tensor, weights: Tensor) -> Tensor:
+        """The MLP's input, (N, L*A*F + A + 1): the flattened window, then the weights.
+
+        Under autocast both pieces are cast to the autocast dtype before they are concatenated: the
+        first Linear would cast the whole input anyway (the same numbers), and casting first halves
+        the bytes the concatenation copies.
+        """
         if tuple(window.shape[1:]) != self.input_shape:
             L, A, F = self.input_shape
             raise ValueError(
@@ -79,7 +85,15 @@ class MLPEncoder(Encoder):
                 "build the encoder with the env's lookback, n_assets and n_features"
             )
         flat = rearrange(window, "n l a f -> n (l a f)")  # (N, L*A*F)
-        return self.mlp(torch.cat([flat, weights], dim=-1))  # (N, out_dim)
+        if torch.is_autocast_enabled(flat.device.type):
+            dtype = torch.get_autocast_dtype(flat.device.type)
+            flat, weights = flat.to(dtype), weights.to(dtype)
+        return torch.cat([flat, weights], dim=-1)
+
+    def forward(self, window: Tensor, weights: Tensor, flat_input: Tensor | None = None) -> Tensor:
+        """``flat_input``: :meth:`flat_input` of these arguments when the caller has built it already
+        (:class:`~cappuccino.models.policy.ActorCritic` builds it once for its actor and critic)."""
+        return self.mlp(self.flat_input(window, weights) if flat_input is None else flat_input)  # (N, out_dim)
 
 
 def _build_mlp(cfg: EncoderConfig, lookback: int, n_assets: int, n_features: int) -> Encoder:

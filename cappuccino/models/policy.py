@@ -18,7 +18,7 @@ from torch.distributions import Normal
 
 from cappuccino.checkpoint import load_checkpoint
 from cappuccino.config import EncoderConfig
-from cappuccino.models.encoders import Encoder, build_encoder, layer_init
+from cappuccino.models.encoders import Encoder, MLPEncoder, build_encoder, layer_init
 
 
 class ActorCritic(nn.Module):
@@ -64,10 +64,18 @@ class ActorCritic(nn.Module):
                 encoder.freeze_pretrained()
 
     def _features(self, window: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        """(actor features, critic features), each (N, out_dim); one pass when shared."""
-        actor = self.actor_encoder(window, weights)
-        critic = actor if self.shared else self.critic_encoder(window, weights)
-        return actor, critic
+        """(actor features, critic features), each (N, out_dim); one pass when shared.
+
+        Separate MLP encoders read the same parameter-free input, a copy of the whole window (at the
+        update's batch sizes the largest tensor of the forward), so it is built once for both.
+        """
+        if self.shared:
+            actor = self.actor_encoder(window, weights)
+            return actor, actor
+        if isinstance(self.actor_encoder, MLPEncoder) and isinstance(self.critic_encoder, MLPEncoder):
+            flat = self.actor_encoder.flat_input(window, weights)
+            return self.actor_encoder(window, weights, flat), self.critic_encoder(window, weights, flat)
+        return self.actor_encoder(window, weights), self.critic_encoder(window, weights)
 
     def _normal(self, actor_features: Tensor) -> Normal:
         mean = self.actor_head(actor_features).float()  # (N, A)
