@@ -10,20 +10,19 @@ Both train the same task with the same algorithm settings and network:
   no target-KL early stop (so both run every epoch), truncation bootstrap in both.
 
 cappuccino runs one batched ``PortfolioEnv`` with ``num_envs`` episodes stepped together in torch,
-once in float32 and once with ``precision="bf16-mixed"`` (bfloat16 autocast forwards, float32
-parameters, optimiser state and losses; fast on CPUs with AMX / AVX512-BF16).
+once in float32 (the default) and once with ``precision="bf16-mixed"`` (bfloat16 autocast
+forwards, float32 parameters, optimiser state and losses; fast on CPUs with AMX / AVX512-BF16).
 SB3 drives ``num_envs`` copies of the gymnasium adapter (``PortfolioGymEnv`` around a one-episode
 ``PortfolioEnv``) through ``DummyVecEnv``, the standard single-process setup (SubprocVecEnv would
 spend cores the update needs on this 2-core reference machine). Both run on the CPU in this
-process with the same torch thread count (``--threads``, default PyTorch's). Each side first runs
-one untimed update as a warm-up, then ``--updates`` timed ones; the three runs alternate
-``--repeats`` times and the fastest repeat of each is reported (timeit's rule: slower repeats
-measure other load on the machine, not the code).
+process with the same torch thread count (``--threads``, default PyTorch's) and the same glibc
+allocator settings: ``PPO.learn`` keeps freed memory mapped (``retained_freed_memory``), and SB3's
+``learn`` calls run inside the same context, so neither side pays page faults the other does not.
 
-``--retain-freed-memory`` (glibc only, applies to all three runs) stops the C allocator from
-handing freed multi-MiB blocks back to the OS: without it every minibatch's fresh activations,
-casts and gradients page-fault (zero-fill) again, which slows every update and the bf16 one
-most. It changes no arithmetic. ``train.py`` does not set it.
+Each side first runs one untimed update as a warm-up, then ``--updates`` timed ones; the three
+runs alternate ``--repeats`` times. The table shows each contender's median run (by total time) and
+the median and range of the speed-up, computed per repeat (SB3's time over the contender's in
+the same repeat, so load that other processes put on the machine partly cancels).
 
     python benchmarks/ppo_throughput.py            # 64 envs x 128 steps, minibatch 1024, 4 epochs
     python benchmarks/ppo_throughput.py --quick    # 16 envs x 64 steps, minibatch 256, 2 epochs
@@ -32,8 +31,7 @@ most. It changes no arithmetic. ``train.py`` does not set it.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -45,6 +43,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from cappuccino.agents import PPO
+from cappuccino.agents.ppo import retained_freed_memory
 from cappuccino.config import ALPACA_MIN_ORDER_SIZE, DEFAULT_SYMBOLS, EnvConfig, MLPEncoderConfig, PPOConfig
 from cappuccino.env import PortfolioEnv, Segment
 from cappuccino.env.gym_adapter import PortfolioGymEnv
@@ -92,16 +91,6 @@ def random_walk(n_bars: int, n_assets: int, seed: int) -> Market:
     open_ = np.vstack([close[:1], close[:-1]])
     features = rng.standard_normal((n_bars, n_assets, N_FEATURES)).astype(np.float32)
     return Market(torch.from_numpy(features), torch.from_numpy(open_), torch.from_numpy(close))
-
-
-def retain_freed_memory() -> None:
-    """glibc: serve blocks up to 32 MiB from the heap (not mmap) and never trim the heap."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-    if not hasattr(libc, "mallopt") or not (
-        libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-    ):
-        raise RuntimeError("--retain-freed-memory needs glibc's mallopt; run without it on this system")
 
 
 def make_env(market: Market, env_cfg: EnvConfig, num_envs: int, seed: int) -> PortfolioEnv:
@@ -160,11 +149,13 @@ def time_sb3(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int) -
         seed=0,
     )
     batch = env_cfg.num_envs * cfg.n_steps
-    model.learn(total_timesteps=batch)
+    with retained_freed_memory():  # the allocator settings PPO.learn runs under
+        model.learn(total_timesteps=batch)
     rollout = Stopwatch()
     rollout.wrap(model, "collect_rollouts")
     start = time.perf_counter()
-    model.learn(total_timesteps=batch * updates, reset_num_timesteps=False)
+    with retained_freed_memory():
+        model.learn(total_timesteps=batch * updates, reset_num_timesteps=False)
     return Timing(time.perf_counter() - start, rollout.seconds)
 
 
@@ -172,12 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--updates", type=int, default=None, help="timed PPO updates (default 3, quick 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the fastest of each is kept")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats; medians are reported")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
-    parser.add_argument("--retain-freed-memory", action="store_true", help="glibc keeps freed memory (all runs)")
     args = parser.parse_args()
-    if args.retain_freed_memory:
-        retain_freed_memory()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -189,27 +177,30 @@ def main() -> None:
     market = random_walk(n_bars=5000, n_assets=len(DEFAULT_SYMBOLS), seed=0)
     samples = num_envs * n_steps * updates
 
+    sb3_name = "SB3 PPO (DummyVecEnv of PortfolioGymEnv)"
     contenders: dict[str, Callable[[], Timing]] = {
-        "cappuccino PPO (batched torch env)": lambda: time_ours(market, env_cfg, cfg, updates, "32"),
+        "cappuccino PPO (batched torch env), float32": lambda: time_ours(market, env_cfg, cfg, updates, "32"),
         "cappuccino PPO, bf16-mixed": lambda: time_ours(market, env_cfg, cfg, updates, "bf16-mixed"),
-        "SB3 PPO (DummyVecEnv of PortfolioGymEnv)": lambda: time_sb3(market, env_cfg, cfg, updates),
+        sb3_name: lambda: time_sb3(market, env_cfg, cfg, updates),
     }
     repeats = [{name: measure() for name, measure in contenders.items()} for _ in range(args.repeats)]
-    best = {name: min((r[name] for r in repeats), key=lambda t: t.total) for name in contenders}
-    sb3 = best["SB3 PPO (DummyVecEnv of PortfolioGymEnv)"]
     print(
         f"PPO end-to-end throughput: {num_envs} envs x {n_steps} steps, minibatch {minibatch}, {epochs} epochs, "
-        f"{updates} timed updates (best of {args.repeats}), lookback {LOOKBACK}, {len(DEFAULT_SYMBOLS)} assets x "
-        f"{N_FEATURES} features, MLP {HIDDEN} tanh actor + critic, torch threads {torch.get_num_threads()}, "
-        f"retain freed memory {args.retain_freed_memory}\n"
+        f"{updates} timed updates, median of {args.repeats} alternating repeats, lookback {LOOKBACK}, "
+        f"{len(DEFAULT_SYMBOLS)} assets x {N_FEATURES} features, MLP {HIDDEN} tanh actor + critic, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads\n"
     )
     print(f"| implementation ({samples} samples) | rollout s | update s | total s | rollout samples/s "
-          "| end-to-end samples/s | end-to-end speed-up |")  # fmt: skip
+          "| end-to-end samples/s | end-to-end speed-up (min-max) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, t in best.items():
+    for name in contenders:
+        runs = sorted((r[name] for r in repeats), key=lambda t: t.total)
+        t = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
+        speedups = [r[sb3_name].total / r[name].total for r in repeats]
+        spread = f"{statistics.median(speedups):.1f}x ({min(speedups):.1f}-{max(speedups):.1f})"
         print(
             f"| {name} | {t.rollout:.2f} | {t.total - t.rollout:.2f} | {t.total:.2f} | {samples / t.rollout:,.0f} "
-            f"| {samples / t.total:,.0f} | {sb3.total / t.total:.1f}x |"
+            f"| {samples / t.total:,.0f} | {spread} |"
         )
 
 

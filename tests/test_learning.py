@@ -38,8 +38,8 @@ LEARNABLE = [
 ]
 
 
-def _train(compose_config, tmp_path, strength: float) -> tuple[dict[str, float], float]:
-    cfg_dict = compose_config([*LEARNABLE, f"data.signal_strength={strength}"])
+def _train(compose_config, tmp_path, strength: float, precision: str = "32") -> tuple[dict[str, float], float]:
+    cfg_dict = compose_config([*LEARNABLE, f"data.signal_strength={strength}", f"trainer.precision={precision}"])
     run_dir = tmp_path / f"s{strength}"
     run_dir.mkdir()
     run(cfg_dict, RunPaths(run_dir, tmp_path))
@@ -54,8 +54,9 @@ def _train(compose_config, tmp_path, strength: float) -> tuple[dict[str, float],
     return metrics, random_run.metrics(periods_per_year(market.interval))["sharpe"]
 
 
-def test_ppo_finds_a_planted_edge(compose_config, tmp_path):
-    metrics, random_sharpe = _train(compose_config, tmp_path, strength=0.3)
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])  # bf16-mixed: the fast path of BENCHMARKS.md
+def test_ppo_finds_a_planted_edge(compose_config, tmp_path, precision):
+    metrics, random_sharpe = _train(compose_config, tmp_path, strength=0.3, precision=precision)
     assert metrics["test/sharpe"] > metrics["test/benchmark_sharpe"] + 3.0, metrics
     assert metrics["test/sharpe"] > random_sharpe + 3.0, (metrics["test/sharpe"], random_sharpe)
     assert metrics["test/total_return"] > metrics["test/benchmark_total_return"]
