@@ -2,6 +2,7 @@
 CPCV, tracked as one MLflow run per study, resumed after a real kill, shared by two workers."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,3 +201,13 @@ def test_a_trial_returning_nan_or_raising_is_told_failed_and_a_finite_one_comple
     assert [t.state for t in study.trials] == [FAIL, FAIL, COMPLETE]
     assert errors[2] is None and "nan" in str(errors[0]) and "diverged" in str(errors[1])
     assert study.best_value == 1.5 and study.trials[2].user_attrs["output_dir"] == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("hydra/sweeper/sampler=grid", "grid sampler"), ("cv.purge_bars=5", r"cv\.purge_bars")],
+)
+def test_a_sweep_that_cannot_work_fails_before_any_trial(tmp_path, override, message):
+    done = subprocess.run(sweep_command(tmp_path, override, "logger=none"), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and re.search(message, done.stderr)
+    assert not (tmp_path / "multirun").exists()  # no trial started

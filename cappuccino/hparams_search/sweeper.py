@@ -19,6 +19,7 @@ Only single-objective studies are supported (``direction: maximize`` or ``minimi
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -109,6 +110,11 @@ class StudySweeper(Sweeper):
         directions = search._get_directions()
         if len(directions) != 1:
             raise ConfigError(f"hydra.sweeper.direction: the study sweeper optimises one objective, got {directions}")
+        if isinstance(search.sampler, functools.partial):  # GridSampler: built from the search space
+            raise ConfigError(
+                "hydra/sweeper/sampler=grid: the study sweeper does not support the grid sampler; use tpe, "
+                "random, cmaes, nsgaii or qmc, or Hydra's basic sweeper for a grid (python train.py -m a=1,2 b=3,4)"
+            )
 
         study, storage = open_study(search.storage, search.study_name, search.sampler, directions[0], self.heartbeat_interval, self.grace_period)
         where = make_url(search.storage).render_as_string(hide_password=True) if search.storage else "memory"
