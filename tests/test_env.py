@@ -359,6 +359,8 @@ def test_window_gathers_the_last_lookback_bars() -> None:
     assert env.window(bars, out=buffer) is not None and torch.equal(buffer, expected)
     with pytest.raises(ValueError, match="out has shape"):
         env.window(bars, out=torch.empty(3, 5, 3, 4))
+    # bf16-mixed PPO gathers in bfloat16: the same numbers as casting the float32 window.
+    assert torch.equal(env.window(bars, dtype=torch.bfloat16), expected.to(torch.bfloat16))
 
 
 # ------------------------------------------------------------------------------- rewards

@@ -51,9 +51,9 @@ class TargetEnv:
         obs = Observation(self.bar.clone(), self.weights.clone())
         return StepResult(obs, reward, done, final_obs, zeros, zeros, zeros)
 
-    def window(self, bar: torch.Tensor) -> torch.Tensor:
+    def window(self, bar: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         offsets = torch.arange(-self.lookback + 1, 1)  # oldest bar first
-        return self.features[bar[:, None] + offsets]  # (N, L, A, F)
+        return self.features[bar[:, None] + offsets].to(dtype)  # (N, L, A, F)
 
 
 class RecordingEnv(TargetEnv):

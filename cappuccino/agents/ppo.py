@@ -26,7 +26,8 @@ Precision (``precision``, Lightning's names): ``"32"`` runs everything in float3
 on CPUs with AMX / AVX512-BF16 (and on GPUs) makes the update's large-batch matmuls 2-3x
 cheaper. The rollout runs under it too: acting and updating then compute the same function,
 so the first minibatch's probability ratio is 1 (one autocast context spans the whole rollout,
-so the parameters are cast to bfloat16 once per rollout, not once per step). As
+so the parameters are cast to bfloat16 once per rollout, not once per step), and both read the
+observation windows gathered in bfloat16 (``PortfolioEnv.window(..., dtype=)``). As
 in standard AMP the parameters, their gradients and the Adam state stay float32, and the
 policy returns float32 distribution parameters and values, so log-probs, ratios, advantages
 and losses are float32 too. bfloat16 has float32's exponent range: no loss scaling is needed.
@@ -72,7 +73,8 @@ class BatchedEnv(Protocol):
 
     def step(self, action: Tensor) -> StepResult: ...
 
-    def window(self, bar: Tensor) -> Tensor: ...
+    def window(self, bar: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(N,) decision bars -> (N, L, A, F) observation windows in ``dtype``."""
 
 
 # ------------------------------------------------------------------------- loss pieces
@@ -225,6 +227,9 @@ class PPO:
         self.env = env
         self.cfg = cfg
         self.precision = precision
+        # bf16-mixed: windows are gathered in bfloat16, the dtype the first layer computes in anyway,
+        # by rollout and update alike (both must compute the same function).
+        self._window_dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
         self.batch_size = env.num_envs * cfg.n_steps
         if cfg.minibatch_size > self.batch_size:
             raise ValueError(
@@ -300,7 +305,7 @@ class PPO:
         # parameters (unchanged while acting), so they are cast once per rollout, not per step.
         with self._autocast():
             for t in range(self.cfg.n_steps):
-                action, log_prob, value = policy.act(env.window(obs.bar), obs.weights)
+                action, log_prob, value = policy.act(env.window(obs.bar, dtype=self._window_dtype), obs.weights)
                 with torch.autocast(env.device.type, enabled=False):
                     step = env.step(action)  # the env clamps the action to [-1, 1]
                 rollout.bars[t], rollout.weights[t] = obs.bar, obs.weights
@@ -322,14 +327,14 @@ class PPO:
         for chunk in torch.arange(len(steps), device=steps.device).split(self.cfg.minibatch_size):
             t, b = steps[chunk], envs[chunk]
             with self._autocast():
-                final_value = self.policy.value(self.env.window(rollout.final_bars[t, b]), rollout.final_weights[t, b])
+                final_value = self.policy.value(self.env.window(rollout.final_bars[t, b], dtype=self._window_dtype), rollout.final_weights[t, b])
             rollout.rewards[t, b] += self.cfg.gamma * final_value
 
     @torch.no_grad()
     def _advantages(self, rollout: Rollout, next_obs: Observation) -> tuple[Tensor, Tensor]:
         """(advantages, returns), each (T, B); returns = advantages + values (the value targets)."""
         with self._autocast():
-            next_value = self.policy.value(self.env.window(next_obs.bar), next_obs.weights)
+            next_value = self.policy.value(self.env.window(next_obs.bar, dtype=self._window_dtype), next_obs.weights)
         cfg = self.cfg
         advantages = gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda)
         return advantages, advantages + rollout.values
@@ -351,7 +356,7 @@ class PPO:
             epochs_run += 1
             for idx in torch.randperm(self.batch_size, device=bars.device).split(cfg.minibatch_size):
                 with self._autocast():  # the forward only: backward and losses run in float32
-                    log_prob, entropy, value = policy.evaluate(self.env.window(bars[idx]), weights[idx], actions[idx])
+                    log_prob, entropy, value = policy.evaluate(self.env.window(bars[idx], dtype=self._window_dtype), weights[idx], actions[idx])
                 log_ratio = log_prob - old_log_probs[idx]
                 ratio = log_ratio.exp()
                 adv = normalize(advantages[idx]) if cfg.norm_adv else advantages[idx]

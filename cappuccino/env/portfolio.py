@@ -197,6 +197,7 @@ class PortfolioEnv:
         self._lookback = lookback
         self._random_start = random_start
         self._features = features.to(torch.float32)
+        self._features_as = {torch.float32: self._features.flatten(1)}  # (T, A * F) per dtype that window() gathers
         self._min_order_size = min_order_size.to(device, LEDGER_DTYPE)
         self._segments = tuple(segments)
         length = cfg.episode_length if episode_length is ... else episode_length
@@ -352,18 +353,22 @@ class PortfolioEnv:
         return self._require_state().holdings
 
     # ---------------------------------------------------------------------------- dynamics
-    def window(self, bar: Tensor, out: Tensor | None = None) -> Tensor:
+    def window(self, bar: Tensor, out: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """(N,) decision bars -> (N, L, A, F) features of bars bar-L+1..bar (a gather).
 
-        ``out``, a contiguous (N, L, A, F) float32 tensor, receives the result: reusing one buffer
-        across steps saves allocating (on CPU, page-faulting) N * L * A * F floats per step.
+        ``out``, a contiguous (N, L, A, F) tensor of ``dtype``, receives the result: reusing one
+        buffer across steps saves allocating (on CPU, page-faulting) N * L * A * F values per step.
+        ``dtype=torch.bfloat16`` gathers from a bfloat16 copy of the features, made once: the same
+        numbers as gathering in float32 and casting, with a quarter of the memory traffic.
         """
         shape = (bar.shape[0], self._lookback, self.n_assets, self.n_features)
-        if out is not None and out.shape != shape:
-            raise ValueError(f"out has shape {tuple(out.shape)}, expected (N, L, A, F) = {shape}")
+        if out is not None and (out.shape != shape or out.dtype != dtype):
+            raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected (N, L, A, F) = {shape} and {dtype}")
+        if dtype not in self._features_as:
+            self._features_as[dtype] = self._features.to(dtype).flatten(1)  # (T, A * F)
         bars = (bar.unsqueeze(-1) + self._window_offsets).flatten()  # (N * L,)
         flat_out = None if out is None else out.view(-1, self.n_assets * self.n_features)
-        flat = torch.index_select(self._features.flatten(1), 0, bars, out=flat_out)  # (N * L, A * F)
+        flat = torch.index_select(self._features_as[dtype], 0, bars, out=flat_out)  # (N * L, A * F)
         return flat.view(shape)
 
     def reset(self, seed: int | None = None) -> Observation:
