@@ -59,18 +59,14 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> floa
     """Validate ``cfg`` (before any work), train, evaluate, and return the configured objective;
     with an ``experiment``, run that comparison instead and return what it returns."""
     typed = validate(cfg)
+    parent_run_id = os.environ.get(STUDY_RUN_ENV) or None  # set per job by the study sweeper (hparams_search)
     if typed.experiment is not None:
         from cappuccino.experiments import run_experiment  # experiments build on this module
 
-        return run_experiment(typed, cfg, paths, overrides)
-    trial = os.environ.get(TRIAL_ENV)  # set per job by the study sweeper (hparams_search)
+        return run_experiment(typed, cfg, paths, overrides, parent_run_id)
+    trial = os.environ.get(TRIAL_ENV)
     return train(
-        typed,
-        OmegaConf.to_yaml(cfg, resolve=True),
-        paths,
-        overrides,
-        parent_run_id=os.environ.get(STUDY_RUN_ENV) or None,
-        trial=int(trial) if trial else None,
+        typed, OmegaConf.to_yaml(cfg, resolve=True), paths, overrides, parent_run_id, int(trial) if trial else None
     )
 
 

@@ -13,6 +13,7 @@ from cappuccino import training
 from cappuccino.config import ConfigError, record_reads, unread_leaves, validate
 from cappuccino.evaluation.splits import iter_splits
 from cappuccino.experiments import run_experiment
+from cappuccino.tracking import build_tracker
 from cappuccino.training import VALIDATION_CURVE, RunPaths, run
 
 from .conftest import TINY
@@ -124,13 +125,15 @@ def test_transfer_experiment_runs_end_to_end(compose_config, tmp_path, monkeypat
     store = tmp_path / "store.db"
     cfg_dict = compose_config([*EXPERIMENT_TINY, f"logger.tracking_uri=sqlite:///{store}"])
     cfg = validate(cfg_dict)
-    with record_reads() as reads:
-        result = run_experiment(cfg, cfg_dict, _paths(tmp_path), ["experiment=transfer_1h_5m"])
+    with build_tracker(cfg.logger, "study", tmp_path) as study:  # as when a sweep runs the experiment
+        with record_reads() as reads:
+            result = run_experiment(cfg, cfg_dict, _paths(tmp_path), ["experiment=transfer_1h_5m"], study.run_id)
     assert unread_leaves(cfg, reads) == []
 
     client, runs = _runs_by_name(store)
     parent = runs["experiment=transfer_1h_5m"]
-    assert set(runs) == {"experiment=transfer_1h_5m", "pretrain", "scratch", "pretrained"}
+    assert set(runs) == {"study", "experiment=transfer_1h_5m", "pretrain", "scratch", "pretrained"}
+    assert parent.data.tags["mlflow.parentRunId"] == study.run_id
     for name in ("pretrain", "scratch", "pretrained"):
         assert runs[name].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert "transfer_curves.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -149,3 +152,19 @@ def test_transfer_experiment_runs_end_to_end(compose_config, tmp_path, monkeypat
     # The source market is another seed and interval than the target's (yaml comment: no leakage).
     source = OmegaConf.create(torch.load(encoder_file, weights_only=True)["config"]).data
     assert (source.interval, source.seed) == ("1h", 1007) and (cfg.data.interval, cfg.data.seed) == ("5min", 7)
+
+
+def test_a_sweep_job_nests_the_experiment_under_its_study_run(compose_config, tmp_path, monkeypatch):
+    import cappuccino.experiments as experiments
+    from cappuccino.hparams_search import STUDY_RUN_ENV
+
+    received = {}
+
+    def fake_experiment(cfg, config, paths, overrides, parent_run_id):
+        received["parent"] = parent_run_id
+        return 0.0
+
+    monkeypatch.setattr(experiments, "run_experiment", fake_experiment)
+    monkeypatch.setenv(STUDY_RUN_ENV, "abc123")  # what the study sweeper sets for each of its jobs
+    run(compose_config([*EXPERIMENT_TINY, "logger=none"]), _paths(tmp_path))
+    assert received["parent"] == "abc123"

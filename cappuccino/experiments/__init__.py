@@ -14,15 +14,22 @@ from cappuccino.config import TrainConfig
 from cappuccino.experiments import transfer
 from cappuccino.training import RunPaths
 
-EXPERIMENTS: dict[str, Callable[[TrainConfig, DictConfig, RunPaths, Sequence[str]], float]] = {
+EXPERIMENTS: dict[str, Callable[[TrainConfig, DictConfig, RunPaths, Sequence[str], str | None], float]] = {
     "transfer": transfer.run,
 }
 
 
-def run_experiment(cfg: TrainConfig, config: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
-    """Run ``cfg.experiment`` (``config`` is the same config, untyped) and return its result."""
+def run_experiment(
+    cfg: TrainConfig,
+    config: DictConfig,
+    paths: RunPaths,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+) -> float:
+    """Run ``cfg.experiment`` (``config`` is the same config, untyped) and return its result;
+    ``parent_run_id`` nests its run under another (a sweep's study)."""
     assert cfg.experiment is not None
-    return EXPERIMENTS[cfg.experiment.name](cfg, config, paths, overrides)
+    return EXPERIMENTS[cfg.experiment.name](cfg, config, paths, overrides, parent_run_id)
 
 
 __all__ = ["EXPERIMENTS", "run_experiment"]

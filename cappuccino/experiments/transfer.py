@@ -47,18 +47,24 @@ FIGURE_FILE = "transfer_curves.png"
 Curve = list[dict[str, float]]  # one record per validation: "step" and the val metrics
 
 
-def run(cfg: TrainConfig, config: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
+def run(
+    cfg: TrainConfig,
+    config: DictConfig,
+    paths: RunPaths,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+) -> float:
     """Run the experiment (module docstring); return the pre-trained arm's final validation objective.
 
     ``config`` is ``cfg`` untyped, the source of each job's saved and logged config. Every
-    setting is checked before any work.
+    setting is checked before any work. ``parent_run_id`` nests the experiment's run (a sweep's study).
     """
     experiment = check(cfg)
     metric = validation_metric(cfg.trainer.objective)
     plain: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     job, job_yaml = pretrain_job(cfg, experiment, plain)
 
-    with build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir) as tracker:
+    with build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir, parent_run_id) as tracker:
         tracker.set_tags({"experiment": experiment.name})
         tracker.log_params(flatten_config(plain))
         pretrain_dir = job_paths(paths, "pretrain")
