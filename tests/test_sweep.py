@@ -211,3 +211,28 @@ def test_a_sweep_that_cannot_work_fails_before_any_trial(tmp_path, override, mes
     done = subprocess.run(sweep_command(tmp_path, override, "logger=none"), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and re.search(message, done.stderr)
     assert not (tmp_path / "multirun").exists()  # no trial started
+
+
+def test_overfitting_statistics_use_the_trials_per_split_results_and_say_why_when_they_cannot():
+    import numpy as np
+
+    from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
+    from cappuccino.hparams_search.report import overfitting
+
+    rng = np.random.default_rng(0)
+    splits = rng.normal(size=(8, 5))  # (splits, trials)
+    moments = [{"sharpe_per_period": 0.01 * i, "n_periods": 1000, "skewness": 0.0, "kurtosis": 3.0} for i in range(5)]
+    trials = [
+        optuna.trial.create_trial(value=float(i), user_attrs={"split_excess_sharpe": list(splits[:, i]), **moments[i]})
+        for i in range(5)
+    ]
+    trials.append(optuna.trial.create_trial(value=-1.0, user_attrs={"split_excess_sharpe": [0.0, 1.0]}))  # another cv
+    stats = overfitting(trials, trials[4])
+    assert stats["pbo"] == probability_of_backtest_overfitting(splits, 4).pbo and stats["pbo_splits"] == 8
+    sharpes = [m["sharpe_per_period"] for m in moments]
+    assert stats["deflated_sharpe"] == deflated_sharpe_ratio(0.04, 1000, 0.0, 3.0, sharpes)
+
+    holdout = [optuna.trial.create_trial(value=1.0), optuna.trial.create_trial(value=2.0)]
+    stats = overfitting(holdout, holdout[1])
+    assert stats["pbo"] is None and "cv=cpcv" in stats["pbo_reason"]
+    assert stats["deflated_sharpe"] is None

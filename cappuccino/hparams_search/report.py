@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 import time
 import warnings
 from pathlib import Path
@@ -164,8 +165,10 @@ def overfitting(complete: list[optuna.trial.FrozenTrial], best: optuna.trial.Fro
     is reported as null with the reason.
     """
     out: dict[str, Any] = {"n_trials": len(complete)}
-    rows = [t.user_attrs.get("split_excess_sharpe") for t in complete]
-    rows = [r for r in rows if r and len(r) == len(rows[0] or [])]
+    rows = [r for t in complete if (r := t.user_attrs.get("split_excess_sharpe"))]
+    if rows:  # trials of one cv scheme: the usual number of splits (a resumed study could mix)
+        n_splits = Counter(len(r) for r in rows).most_common(1)[0][0]
+        rows = [r for r in rows if len(r) == n_splits]
     try:
         performance = np.array(rows, dtype=float).T  # (splits, trials)
         partitions = max(2, performance.shape[0] // 2 // 2 * 2) if performance.size else 2
