@@ -211,10 +211,11 @@ def ask(study: optuna.Study, storage: Any, n_trials: int, n_jobs: int) -> list[o
     if storage is not None:
         for trial in trials:
             storage.record_heartbeat(trial._trial_id)  # at once: a trial without heartbeats never goes stale
+    # Every trial numbered below ours exists once our asks returned: one read of the study serves all.
+    taken = [t.number for t in counted(study.get_trials(deepcopy=False))] if trials else []
     kept = []
     for trial in trials:
-        ahead = [t for t in counted(study.get_trials(deepcopy=False)) if t.number < trial.number]
-        if len(ahead) >= n_trials:
+        if sum(number < trial.number for number in taken) >= n_trials:
             trial.set_user_attr(SKIPPED_ATTR, True)
             study.tell(trial, state=TrialState.PRUNED)
         else:
