@@ -27,7 +27,7 @@ from cappuccino.evaluation.backtest import Backtest, backtest, stitch
 from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
 from cappuccino.evaluation.objective import CV_METRICS, cv_metrics
 from cappuccino.evaluation.metrics import periods_per_year
-from cappuccino.evaluation.splits import Split, build_splitter, iter_splits
+from cappuccino.evaluation.splits import Split, Splitter, build_splitter, iter_splits
 from cappuccino.hparams_search import STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.models.attention_probe import summarize_attention
 from cappuccino.models.ft_transformer import FTTransformerEncoder
@@ -90,6 +90,7 @@ def train(
         raise ConfigError(f"agent={cfg.agent.name!r} is not known; choose one of: ppo")
 
     market = prepare_market(cfg)
+    splitter = build_splitter(cfg.cv, feature_memory=market.first_valid)
     splits = list(iter_splits(cfg.cv, market.first_valid, market.n_bars))
     holdout = len(splits) == 1 and bool(splits[0][1].validation)
     objective = objective_key(cfg.trainer.objective, holdout)
@@ -107,7 +108,6 @@ def train(
             tracker.set_tags({"optuna.trial": str(trial)})
         tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
         tracker.log_params(parameter_counts(cfg, market))
-        splitter = build_splitter(cfg.cv, feature_memory=market.first_valid)
         if isinstance(splitter, CombinatorialPurgedCV):  # a null embargo is derived from the features
             tracker.log_params({"cv.embargo_bars_used": splitter.embargo_bars})
         backtests = {}
@@ -124,7 +124,7 @@ def train(
                 split_run.log_metrics({f"test/{k}": v for k, v in split_metrics.items()}, step=steps)
             # Every split's checkpoint in the run itself: one run id finds the whole ensemble.
             tracker.log_artifact(paths.run_dir / f"checkpoint_split{index}.pt")
-        metrics = score(cfg, market, backtests, holdout)
+        metrics = score(cfg, market, splitter, backtests, holdout)
         metrics["objective"] = metrics[objective]
         tracker.log_metrics(metrics, step=steps)  # at the last training step, where the val/ curves end
         tracker.log_metrics(resource_metrics(device))
@@ -230,7 +230,11 @@ def probe_bars(segments: Sequence[Segment], lookback: int, n: int) -> torch.Tens
 
 
 def score(
-    cfg: TrainConfig, market: MarketData, backtests: dict[int, dict[str, list[Backtest]]], holdout: bool
+    cfg: TrainConfig,
+    market: MarketData,
+    splitter: Splitter,
+    backtests: dict[int, dict[str, list[Backtest]]],
+    holdout: bool,
 ) -> dict[str, float]:
     """Holdout: validation and test metrics. Several splits: per-split test metrics and the
     cross-split objective (with CPCV's backtest paths when every split ran)."""
@@ -238,7 +242,6 @@ def score(
     if holdout:
         (results,) = backtests.values()
         return {f"{part}/{k}": v for part, runs in results.items() for k, v in stitch(runs).metrics(ppy).items()}
-    splitter = build_splitter(cfg.cv, feature_memory=market.first_valid)
     every_split_ran = getattr(cfg.cv, "split", None) is None  # a path needs a test of every group
     paths = splitter.paths() if every_split_ran and isinstance(splitter, CombinatorialPurgedCV) else None
     tests = {i: results["test"] for i, results in backtests.items()}
