@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from cappuccino.config import register_configs
 from cappuccino.pretrain import run
-from cappuccino.training import RunPaths
+from cappuccino.runtime import RunPaths
 
 register_configs()
 

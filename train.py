@@ -1,20 +1,33 @@
 """Train a PPO portfolio agent: ``python train.py [group=option ...] [key=value ...]``.
 
 Returns the configured objective (trainer.objective) so Hydra's Optuna sweeper can optimise it.
-With ``experiment=transfer_1h_5m`` it runs that comparison (cappuccino/experiments/transfer.py)
-and returns the pre-trained agent's final validation objective.
+With ``experiment=NAME`` it runs that comparison instead (conf/experiment/) and returns its result.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
 
-from cappuccino.config import register_configs
-from cappuccino.training import RunPaths, run
+from cappuccino.config import register_configs, validate
+from cappuccino.hparams_search import trial_context
+from cappuccino.runtime import RunPaths
+from cappuccino.training import train
 
 register_configs()
+
+
+def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
+    """Validate ``cfg`` before any work, then train, or run the configured experiment."""
+    typed = validate(cfg)
+    trial = trial_context()  # set by the study sweeper in a sweep's jobs
+    if typed.experiment is not None:
+        run_experiment = get_object(typed.experiment._target_)  # the experiment reads its own settings from cfg
+        return run_experiment(cfg=typed, config=cfg, paths=paths, overrides=overrides, parent_run_id=trial.parent_run_id)
+    return train(typed, OmegaConf.to_yaml(cfg, resolve=True), paths, overrides, trial.parent_run_id, trial.number)
 
 
 @hydra.main(config_path="conf", config_name="config")

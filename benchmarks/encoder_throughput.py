@@ -41,7 +41,7 @@ from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
 from cappuccino.config import EncoderConfig, FTTransformerEncoderConfig, register_configs, validate
-from cappuccino.models.encoders import build_encoder
+from cappuccino.config import build as build_from_config
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 
 N_ASSETS, N_FEATURES = 7, 14
@@ -85,7 +85,9 @@ def build(spec: Spec) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor], in
             ffn_d_hidden_multiplier=ft.ffn_factor, ffn_dropout=0.0, residual_dropout=0.0,
         )  # fmt: skip
         return model, lambda w, p: model(torch.cat([w.flatten(1), p], -1), None), n_cont + 1, ft.n_heads
-    model = build_encoder(encoder_config(spec.encoder, spec.tokens), spec.lookback, N_ASSETS, N_FEATURES)
+    model = build_from_config(
+        encoder_config(spec.encoder, spec.tokens), lookback=spec.lookback, n_assets=N_ASSETS, n_features=N_FEATURES
+    )
     if isinstance(model, FTTransformerEncoder):
         return model, model, model.n_tokens, model.blocks[0].attention.n_heads
     return model, model, 0, 0

@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from cappuccino.config import ALPACA_MIN_ORDER_SIZE, DEFAULT_SYMBOLS, EnvConfig
-from cappuccino.env import PortfolioEnv, Segment
+from cappuccino.config import DEFAULT_SYMBOLS
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.env import EpisodeSampling, PortfolioEnv
+from cappuccino.trading.rules import TradingRules
+
+RULES_YAML = Path(__file__).resolve().parents[1] / "conf" / "rules" / "default.yaml"
 
 N_BARS, LOOKBACK, N_FEATURES, EPISODE_LENGTH = 17_520, 60, 14, 720
 
@@ -46,9 +52,11 @@ class ReferenceEnv:
     """One environment, numpy and Python loops, FinRL ``CryptoEnv`` style; same rules as ours."""
 
     def __init__(
-        self, features, open_, close, cfg: EnvConfig, min_size: np.ndarray, seed: int, finrl_state: bool = True
-    ) -> None:
-        self.features, self.open, self.close, self.cfg, self.min_size = features, open_, close, cfg, min_size
+        self, features, open_, close, rules: TradingRules, sampling: EpisodeSampling, min_size: np.ndarray, seed: int,
+        finrl_state: bool = True,
+    ) -> None:  # fmt: skip
+        self.features, self.open, self.close, self.min_size = features, open_, close, min_size
+        self.rules, self.sampling = rules, sampling
         self.finrl_state = finrl_state
         self.n_assets = open_.shape[1]
         self.rng = np.random.default_rng(seed)
@@ -57,36 +65,36 @@ class ReferenceEnv:
         last_start = len(self.open) - 2 - (EPISODE_LENGTH - 1)
         self.time = self.rng.integers(LOOKBACK - 1, last_start + 1) if start is None else start
         self.end = self.time + EPISODE_LENGTH - 1
-        self.cash = self.cfg.initial_cash
+        self.cash = self.sampling.initial_cash
         self.stocks = np.zeros(self.n_assets)
         self.total_asset = self.cash
         return self.get_state()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
-        cfg, price = self.cfg, self.open[self.time + 1]
+        rules, price = self.rules, self.open[self.time + 1]
         raw = (np.clip(action, -1.0, 1.0) + 1.0) / 2.0
         raw = raw / max(raw.sum(), 1.0)
         value_open = self.cash + (self.stocks * price).sum()
-        target = raw * (1.0 - cfg.cash_reserve) * value_open / price
+        target = raw * (1.0 - rules.cash_reserve) * value_open / price
         delta = target - self.stocks
         for i in range(self.n_assets):  # sells
             if delta[i] < 0 and -delta[i] >= self.min_size[i]:
                 self.stocks[i] += delta[i]
-                self.cash += -delta[i] * price[i] * (1.0 - cfg.fee)
+                self.cash += -delta[i] * price[i] * (1.0 - rules.fee)
         cost = 0.0
         for i in range(self.n_assets):
             if delta[i] > 0 and delta[i] >= self.min_size[i]:
-                cost += delta[i] * price[i] * (1.0 + cfg.fee)
+                cost += delta[i] * price[i] * (1.0 + rules.fee)
         scale = min(1.0, self.cash / cost) if cost > 0 else 1.0
         for i in range(self.n_assets):  # buys
             units = delta[i] * scale
             if delta[i] > 0 and delta[i] >= self.min_size[i] and units >= self.min_size[i]:
                 self.stocks[i] += units
-                self.cash -= units * price[i] * (1.0 + cfg.fee)
+                self.cash -= units * price[i] * (1.0 + rules.fee)
         self.cash = max(self.cash, 0.0)
         self.time += 1
         next_total_asset = self.cash + (self.stocks * self.close[self.time]).sum()
-        reward = cfg.reward_scale * np.log(next_total_asset / self.total_asset)
+        reward = self.sampling.reward_scale * np.log(next_total_asset / self.total_asset)
         self.total_asset = next_total_asset
         done = self.time > self.end
         state = self.reset() if done else self.get_state()
@@ -102,16 +110,24 @@ class ReferenceEnv:
         return state
 
 
-def check_same_rules(features, open_, close, cfg: EnvConfig, min_size: np.ndarray) -> None:
+def market_tensors(features, open_, close, device: torch.device | str = "cpu") -> MarketTensors:
+    return MarketTensors(
+        torch.from_numpy(features).to(device), torch.from_numpy(open_).to(device), torch.from_numpy(close).to(device),
+        lookback=LOOKBACK, symbols=tuple(DEFAULT_SYMBOLS),
+    )  # fmt: skip
+
+
+def check_same_rules(
+    features, open_, close, rules: TradingRules, sampling: EpisodeSampling, min_size: np.ndarray
+) -> None:
     """Same start and actions -> the same portfolio values, or the comparison means nothing."""
     start, n_steps = 5_000, 300
     actions = np.random.default_rng(1).uniform(-1.5, 1.5, (n_steps, len(min_size)))
-    reference = ReferenceEnv(features, open_, close, cfg, min_size, seed=0)
+    reference = ReferenceEnv(features, open_, close, rules, sampling, min_size, seed=0)
     reference.reset(start)
     ours = PortfolioEnv(
-        torch.from_numpy(features), torch.from_numpy(open_), torch.from_numpy(close),
-        [Segment(start - LOOKBACK + 1, N_BARS)], cfg, LOOKBACK, torch.from_numpy(min_size),
-        num_envs=1, random_start=False, episode_length=None,
+        market_tensors(features, open_, close), [Segment(start - LOOKBACK + 1, N_BARS)], rules=rules,
+        sampling=sampling, num_envs=1, random_start=False, episode_length=None,
     )  # fmt: skip
     ours.reset()
     for action in actions:
@@ -122,9 +138,10 @@ def check_same_rules(features, open_, close, cfg: EnvConfig, min_size: np.ndarra
 
 
 def time_reference(
-    features, open_, close, cfg: EnvConfig, min_size: np.ndarray, n_steps: int, finrl_state: bool
-) -> float:
-    env = ReferenceEnv(features, open_, close, cfg, min_size, seed=0, finrl_state=finrl_state)
+    features, open_, close, rules: TradingRules, sampling: EpisodeSampling, min_size: np.ndarray, n_steps: int,
+    finrl_state: bool,
+) -> float:  # fmt: skip
+    env = ReferenceEnv(features, open_, close, rules, sampling, min_size, seed=0, finrl_state=finrl_state)
     rng = np.random.default_rng(0)
     env.reset()
     start = time.perf_counter()
@@ -171,25 +188,22 @@ def main() -> None:
 
     features, open_, close = synthetic_market()
     # The reference loop knows no no-trade band; both sides use plain log-return rewards.
-    cfg = EnvConfig(episode_length=EPISODE_LENGTH, rebalance_band=0.0, reward="log_return")
-    min_size = np.array([ALPACA_MIN_ORDER_SIZE[s] for s in DEFAULT_SYMBOLS])
-    check_same_rules(features, open_, close, cfg, min_size)
+    # Alpaca's minimum order sizes, as conf/rules/default.yaml lists them.
+    alpaca_min_order_size = OmegaConf.to_container(OmegaConf.load(RULES_YAML).min_order_size)
+    rules = TradingRules(rebalance_band=0.0, min_order_size=alpaca_min_order_size)
+    sampling = EpisodeSampling(episode_length=EPISODE_LENGTH, reward="log_return")
+    min_size = np.array([alpaca_min_order_size[s] for s in DEFAULT_SYMBOLS])
+    check_same_rules(features, open_, close, rules, sampling, min_size)
 
     scale = 0.1 if args.quick else 1.0
     n_reference = int(20_000 * scale)
-    reference = time_reference(features, open_, close, cfg, min_size, n_reference // 4, finrl_state=True)
-    one_hstack = time_reference(features, open_, close, cfg, min_size, n_reference, finrl_state=False)
-    tensors = (
-        torch.from_numpy(features).to(device),
-        torch.from_numpy(open_).to(device),
-        torch.from_numpy(close).to(device),
-    )
+    reference = time_reference(features, open_, close, rules, sampling, min_size, n_reference // 4, finrl_state=True)
+    one_hstack = time_reference(features, open_, close, rules, sampling, min_size, n_reference, finrl_state=False)
+    market = market_tensors(features, open_, close, device)
     rows = [("reference: FinRL-style numpy loop, B=1", reference), ("numpy loop, one np.hstack state, B=1", one_hstack)]
     settings = ((1, 3_000, False), (64, 2_000, False), (1024, 300, False), (1024, 300, True))
     for num_envs, n_steps, reuse_buffer in settings:
-        env = PortfolioEnv(
-            *tensors, [Segment(0, N_BARS)], cfg, LOOKBACK, torch.from_numpy(min_size).to(device), num_envs=num_envs
-        )
+        env = PortfolioEnv(market, [Segment(0, N_BARS)], rules=rules, sampling=sampling, num_envs=num_envs)
         name = f"PortfolioEnv ({device.type}), B={num_envs}" + (", window(out=buffer)" if reuse_buffer else "")
         rows.append((name, time_batched(env, max(int(n_steps * scale), 20), reuse_buffer)))
 

@@ -16,7 +16,7 @@ SB3 drives ``num_envs`` copies of the gymnasium adapter (``PortfolioGymEnv`` aro
 ``PortfolioEnv``) through ``DummyVecEnv``, the standard single-process setup (SubprocVecEnv would
 spend cores the update needs on this 2-core reference machine). Both run on the CPU in this
 process with the same torch thread count (``--threads``, default PyTorch's) and the same glibc
-allocator settings: ``PPO.learn`` keeps freed memory mapped (``retained_freed_memory``), and SB3's
+allocator settings: ``PPO.learn`` keeps freed memory mapped (``agents.memory.retained_freed_memory``), and SB3's
 ``learn`` calls run inside the same context, so neither side pays page faults the other does not.
 
 Each side first runs one untimed update as a warm-up, then ``--updates`` timed ones; the three
@@ -34,22 +34,28 @@ import argparse
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from stable_baselines3 import PPO as SB3PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from cappuccino.agents import PPO
-from cappuccino.agents.ppo import retained_freed_memory
-from cappuccino.config import ALPACA_MIN_ORDER_SIZE, DEFAULT_SYMBOLS, EnvConfig, MLPEncoderConfig, PPOConfig
-from cappuccino.env import PortfolioEnv, Segment
+from cappuccino.agents import PPO, PPOSettings
+from cappuccino.agents.memory import retained_freed_memory
+from cappuccino.config import DEFAULT_SYMBOLS, MLPEncoderConfig, PPOConfig
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.env import EpisodeSampling, PortfolioEnv
 from cappuccino.env.gym_adapter import PortfolioGymEnv
-from cappuccino.models import ActorCritic
+from cappuccino.models.loading import policy_from_config
+from cappuccino.trading.rules import TradingRules
 
 LOOKBACK, N_FEATURES, HIDDEN = 20, 14, [256, 256]
+INIT_LOG_STD = PPOConfig.init_log_std  # the config's default starting exploration, for both sides
+RULES_YAML = Path(__file__).resolve().parents[1] / "conf" / "rules" / "default.yaml"
 
 
 class Stopwatch:
@@ -77,38 +83,40 @@ class Timing:
     rollout: float  # of which collecting the rollouts (truncation bootstrap included)
 
 
-@dataclass(frozen=True)
-class Market:
-    features: torch.Tensor  # (T, A, F) float32
-    open: torch.Tensor  # (T, A) float64
-    close: torch.Tensor  # (T, A) float64
-
-
-def random_walk(n_bars: int, n_assets: int, seed: int) -> Market:
+def random_walk(n_bars: int, symbols: tuple[str, ...], seed: int) -> MarketTensors:
     """Geometric random-walk prices (1 % hourly volatility); each bar opens at the previous close."""
     rng = np.random.default_rng(seed)
+    n_assets = len(symbols)
     close = 100.0 * np.exp(np.cumsum(0.01 * rng.standard_normal((n_bars, n_assets)), axis=0))
     open_ = np.vstack([close[:1], close[:-1]])
     features = rng.standard_normal((n_bars, n_assets, N_FEATURES)).astype(np.float32)
-    return Market(torch.from_numpy(features), torch.from_numpy(open_), torch.from_numpy(close))
+    return MarketTensors(
+        torch.from_numpy(features), torch.from_numpy(open_), torch.from_numpy(close), lookback=LOOKBACK, symbols=symbols
+    )
 
 
-def make_env(market: Market, env_cfg: EnvConfig, num_envs: int, seed: int) -> PortfolioEnv:
-    min_order_size = torch.tensor([ALPACA_MIN_ORDER_SIZE[s] for s in DEFAULT_SYMBOLS], dtype=torch.float64)
-    segment = Segment(0, market.features.shape[0])
-    return PortfolioEnv(
-        market.features, market.open, market.close, [segment], env_cfg, LOOKBACK, min_order_size,
-        num_envs=num_envs, seed=seed,
-    )  # fmt: skip
+def alpaca_rules() -> TradingRules:
+    """The default rules with Alpaca's minimum order sizes, as conf/rules/default.yaml lists them."""
+    return TradingRules(min_order_size=OmegaConf.to_container(OmegaConf.load(RULES_YAML).min_order_size))
 
 
-def time_ours(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int, precision: str) -> Timing:
+def make_env(
+    market: MarketTensors, rules: TradingRules, sampling: EpisodeSampling, num_envs: int, seed: int
+) -> PortfolioEnv:
+    segment = Segment(0, market.n_bars)
+    return PortfolioEnv(market, [segment], rules=rules, sampling=sampling, num_envs=num_envs, seed=seed)
+
+
+def time_ours(
+    market: MarketTensors, rules: TradingRules, sampling: EpisodeSampling, cfg: PPOSettings, updates: int,
+    precision: str,
+) -> Timing:  # fmt: skip
     """Time ``updates`` PPO updates at ``precision`` (after one warm-up update)."""
     torch.manual_seed(0)
-    env = make_env(market, env_cfg, env_cfg.num_envs, seed=0)
-    policy = ActorCritic(MLPEncoderConfig(hidden_sizes=HIDDEN, activation="tanh"), LOOKBACK, env.n_assets,
-                         N_FEATURES, cfg.init_log_std)  # fmt: skip
-    batch = env_cfg.num_envs * cfg.n_steps
+    env = make_env(market, rules, sampling, sampling.num_envs, seed=0)
+    encoder = MLPEncoderConfig(hidden_sizes=HIDDEN, activation="tanh")
+    policy = policy_from_config(encoder, INIT_LOG_STD, LOOKBACK, env.n_assets, N_FEATURES)
+    batch = sampling.num_envs * cfg.n_steps
     PPO(policy, env, cfg, total_steps=batch, precision=precision).learn()
     ppo, rollout = PPO(policy, env, cfg, total_steps=batch * updates, precision=precision), Stopwatch()
     rollout.wrap(ppo, "_collect")
@@ -117,13 +125,14 @@ def time_ours(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int, 
     return Timing(time.perf_counter() - start, rollout.seconds)
 
 
-def time_sb3(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int) -> Timing:
+def time_sb3(
+    market: MarketTensors, rules: TradingRules, sampling: EpisodeSampling, cfg: PPOSettings, updates: int
+) -> Timing:
     """Time ``updates`` SB3 PPO updates (after one warm-up update)."""
-    single = EnvConfig(**{**env_cfg.__dict__, "num_envs": 1})
-    seeds = iter(range(env_cfg.num_envs))
+    seeds = iter(range(sampling.num_envs))
     venv = make_vec_env(
-        lambda: PortfolioGymEnv(make_env(market, single, 1, seed=next(seeds))),
-        n_envs=env_cfg.num_envs,
+        lambda: PortfolioGymEnv(make_env(market, rules, sampling, 1, seed=next(seeds))),
+        n_envs=sampling.num_envs,
         vec_env_cls=DummyVecEnv,
     )
     model = SB3PPO(
@@ -143,12 +152,12 @@ def time_sb3(market: Market, env_cfg: EnvConfig, cfg: PPOConfig, updates: int) -
         max_grad_norm=cfg.max_grad_norm,
         target_kl=cfg.target_kl,
         policy_kwargs=dict(
-            net_arch=dict(pi=HIDDEN, vf=HIDDEN), activation_fn=torch.nn.Tanh, log_std_init=cfg.init_log_std
+            net_arch=dict(pi=HIDDEN, vf=HIDDEN), activation_fn=torch.nn.Tanh, log_std_init=INIT_LOG_STD
         ),
         device="cpu",
         seed=0,
     )
-    batch = env_cfg.num_envs * cfg.n_steps
+    batch = sampling.num_envs * cfg.n_steps
     with retained_freed_memory():  # the allocator settings PPO.learn runs under
         model.learn(total_timesteps=batch)
     rollout = Stopwatch()
@@ -171,17 +180,17 @@ def main() -> None:
 
     num_envs, n_steps, minibatch, epochs = (16, 64, 256, 2) if args.quick else (64, 128, 1024, 4)
     updates = args.updates or (2 if args.quick else 3)
-    env_cfg = EnvConfig(num_envs=num_envs)
+    rules, sampling = alpaca_rules(), EpisodeSampling(num_envs=num_envs)
     # SB3 has no LR annealing; its cost is nil anyway, but keep the two runs the same algorithm.
-    cfg = PPOConfig(n_steps=n_steps, minibatch_size=minibatch, update_epochs=epochs, target_kl=None, anneal_lr=False)
-    market = random_walk(n_bars=5000, n_assets=len(DEFAULT_SYMBOLS), seed=0)
+    cfg = PPOSettings(n_steps=n_steps, minibatch_size=minibatch, update_epochs=epochs, target_kl=None, anneal_lr=False)
+    market = random_walk(n_bars=5000, symbols=tuple(DEFAULT_SYMBOLS), seed=0)
     samples = num_envs * n_steps * updates
 
     sb3_name = "SB3 PPO (DummyVecEnv of PortfolioGymEnv)"
     contenders: dict[str, Callable[[], Timing]] = {
-        "cappuccino PPO (batched torch env), float32": lambda: time_ours(market, env_cfg, cfg, updates, "32"),
-        "cappuccino PPO, bf16-mixed": lambda: time_ours(market, env_cfg, cfg, updates, "bf16-mixed"),
-        sb3_name: lambda: time_sb3(market, env_cfg, cfg, updates),
+        "cappuccino PPO (batched torch env), float32": lambda: time_ours(market, rules, sampling, cfg, updates, "32"),
+        "cappuccino PPO, bf16-mixed": lambda: time_ours(market, rules, sampling, cfg, updates, "bf16-mixed"),
+        sb3_name: lambda: time_sb3(market, rules, sampling, cfg, updates),
     }
     repeats = [{name: measure() for name, measure in contenders.items()} for _ in range(args.repeats)]
     print(

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
+
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -10,8 +13,20 @@ from omegaconf import DictConfig
 
 from cappuccino.config import register_configs
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
 register_configs()
+
+
+def _entry_point(name: str) -> ModuleType:
+    """An entry point script (train.py, pretrain.py) imported as a module, to call its ``run``."""
+    spec = importlib.util.spec_from_file_location(f"{name}_entry", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_train = _entry_point("train").run  # what `python train.py` runs, minus Hydra's composition
 
 # Small enough for a 2-core CPU in seconds, big enough for every stage to do real work.
 TINY = [

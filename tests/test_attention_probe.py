@@ -8,12 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cappuccino.models import attention_probe
 from cappuccino.models.attention_probe import attention_maps, attention_stats, cls_attention, summarize_attention
 from cappuccino.models.ft_transformer import FTTransformerEncoder
-from cappuccino.tracking.plots import attention_figure
-from cappuccino.training import RunPaths, run
+from cappuccino.reporting.figures import attention_figure
+from cappuccino.config import validate
+from cappuccino.runtime import RunPaths
+from cappuccino.training import train
 
 from .conftest import TINY
 
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def encoder(tokens: str = "asset_time", **kwargs) -> FTTransformerEncoder:
     torch.manual_seed(0)
     sizes = dict(d_token=8, n_blocks=2, n_heads=2, out_dim=5)
-    return FTTransformerEncoder(L, A, F, tokens=tokens, **{**sizes, **kwargs})
+    return FTTransformerEncoder(lookback=L, n_assets=A, n_features=F, tokens=tokens, **{**sizes, **kwargs})
 
 
 def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +137,8 @@ def test_training_run_logs_attention_stats_parameter_counts_and_heat_map(compose
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    run(compose_config([*FT_TINY, f"logger.tracking_uri=sqlite:///{tmp_path}/s.db"]), RunPaths(run_dir, tmp_path))
+    cfg_dict = compose_config([*FT_TINY, f"logger.tracking_uri=sqlite:///{tmp_path}/s.db"])
+    train(validate(cfg_dict), OmegaConf.to_yaml(cfg_dict, resolve=True), RunPaths(run_dir, tmp_path))
     client = MlflowClient(f"sqlite:///{tmp_path}/s.db")
     (experiment,) = [e for e in client.search_experiments() if e.name == "cappuccino"]
     (mlflow_run,) = client.search_runs([experiment.experiment_id])

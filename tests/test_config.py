@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
+from cappuccino.agents import ppo
 from cappuccino.config import (
+    PRECISIONS,
     AlpacaDataConfig,
     ConfigError,
     CsvDataConfig,
@@ -56,7 +58,7 @@ def test_wrong_type_fails_naming_the_key(compose_config):
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("env.fee=0.5", "env.fee"),
+        ("rules.fee=0.5", "rules.fee"),
         ("agent.gamma=1.5", "agent.gamma"),
         ("window.lookback=0", "window.lookback"),
         ("data.signal_strength=1.0", "data.signal_strength"),
@@ -73,7 +75,7 @@ def test_out_of_range_values_fail_before_work_naming_the_key(compose_config, ove
 
 
 def test_symbol_without_minimum_order_size_is_rejected(compose_config):
-    with pytest.raises(ConfigError, match="env.min_order_size"):
+    with pytest.raises(ConfigError, match=r"rules\.min_order_size: has no entry for \['DOGE'\]"):
         validate(compose_config(["data.symbols=[BTC,DOGE]"]))
 
 
@@ -82,10 +84,14 @@ def test_csv_source_requires_a_path(compose_config):
         validate(compose_config(["data=csv"]))
 
 
+def test_config_and_ppo_accept_the_same_precisions():
+    assert PRECISIONS == ppo.PRECISIONS
+
+
 def test_help_lists_the_config_groups():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for group in ("data", "window", "env", "agent", "encoder", "cv", "logger", "trainer"):
+    for group in ("data", "window", "env", "rules", "agent", "encoder", "cv", "logger", "trainer"):
         assert f"{group}: " in out.stdout
     assert "alpaca_5m" in out.stdout
 

@@ -5,10 +5,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cappuccino.config import ConfigError, CPCVConfig, check_purge, record_reads, unread_leaves, validate
-from cappuccino.env.portfolio import Segment
+from cappuccino.config import ConfigError, CPCVConfig, build, check_purge, feature_reach, validate
+from cappuccino.data.features import feature_memory
+from cappuccino.data.tensors import Segment
+from cappuccino.errors import ArgumentError
 from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
-from cappuccino.evaluation.splits import Split, iter_splits
+from cappuccino.evaluation.splits import Split, select_splits
+
+from .config_reads import record_reads, unread_leaves
 
 
 def bars(segments: tuple[Segment, ...]) -> np.ndarray:
@@ -23,7 +27,8 @@ def cpcv_cases(draw: st.DrawFn) -> tuple[CombinatorialPurgedCV, int, int]:
     min_bars = (2 * purge + embargo + 1) * n_groups
     n_bars = draw(st.integers(min_bars, min_bars + 150))
     start = draw(st.integers(0, 50))
-    return CombinatorialPurgedCV(n_groups, n_test_groups, purge, embargo), start, start + n_bars
+    cv = CombinatorialPurgedCV(n_groups=n_groups, n_test_groups=n_test_groups, purge_bars=purge, embargo_bars=embargo)
+    return cv, start, start + n_bars
 
 
 @pytest.mark.parametrize(
@@ -33,7 +38,7 @@ def cpcv_cases(draw: st.DrawFn) -> tuple[CombinatorialPurgedCV, int, int]:
 def test_train_and_test_bars_match_skfolio(n_bars, n_groups, n_test_groups, purge, embargo):
     skfolio = pytest.importorskip("skfolio.model_selection")
     reference = skfolio.CombinatorialPurgedCV(n_groups, n_test_groups, purged_size=purge, embargo_size=embargo)
-    ours = CombinatorialPurgedCV(n_groups, n_test_groups, purge, embargo)
+    ours = CombinatorialPurgedCV(n_groups=n_groups, n_test_groups=n_test_groups, purge_bars=purge, embargo_bars=embargo)
     start = 37  # bars before ``start`` (feature warm-up) are not part of any group
     expected = list(reference.split(np.zeros((n_bars, 1))))
     got = list(ours.split(start, start + n_bars))
@@ -49,7 +54,7 @@ def test_train_and_test_bars_match_skfolio(n_bars, n_groups, n_test_groups, purg
 def test_paths_match_skfolio_path_ids(n_groups, n_test_groups):
     skfolio = pytest.importorskip("skfolio.model_selection")
     reference = skfolio.CombinatorialPurgedCV(n_groups, n_test_groups)
-    ours = CombinatorialPurgedCV(n_groups, n_test_groups)
+    ours = CombinatorialPurgedCV(n_groups=n_groups, n_test_groups=n_test_groups)
     path_ids = np.full((ours.get_n_splits(), n_test_groups), -1)
     for p, path in enumerate(ours.paths()):
         for i, j in path:
@@ -118,40 +123,60 @@ def test_every_path_covers_every_group_once_and_uses_every_test_once(case):
 
 
 def test_groups_follow_skfolio_sizes_when_bars_do_not_divide_evenly():
-    groups = CombinatorialPurgedCV(4, 2).groups(10, 33)  # 23 bars: 5, 5, 5 and the rest, 8
+    groups = CombinatorialPurgedCV(n_groups=4, n_test_groups=2).groups(10, 33)  # 23 bars: 5, 5, 5 and the rest, 8
     assert [s.stop - s.start for s in groups] == [5, 5, 5, 8]
 
 
 def test_groups_too_small_for_purge_and_embargo_are_rejected():
     with pytest.raises(ValueError, match=r"cv\.purge_bars"):
-        list(CombinatorialPurgedCV(6, 2, purge_bars=10, embargo_bars=5).split(0, 150))
+        list(CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=10, embargo_bars=5).split(0, 150))
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "key"),
+    ("argument", "value", "message"),
     [
-        ({"n_groups": 1}, "cv.n_groups"),
-        ({"n_test_groups": 6}, "cv.n_test_groups"),
-        ({"purge_bars": -1}, "cv.purge_bars"),
+        ("n_groups", 1, "must be >= 2, got 1"),
+        ("n_test_groups", 6, r"must be in \[1, n_groups=6\) to leave a training group, got 6"),
+        ("n_test_groups", 0, r"must be in \[1, n_groups=6\) to leave a training group, got 0"),
+        ("purge_bars", -1, "must be >= 0, got -1"),
+        ("embargo_bars", -1, "must be >= 0 or null, got -1"),
     ],
 )
-def test_constructor_rejects_bad_arguments_naming_the_key(kwargs, key):
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        CombinatorialPurgedCV(**kwargs)
+def test_bad_arguments_are_rejected_naming_them(compose_config, argument, value, message):
+    with pytest.raises(ArgumentError, match=rf"^{argument}: {message}$") as error:
+        CombinatorialPurgedCV(**{argument: value})
+    assert error.value.argument == argument
+    # the config names the key; purge and embargo fail the cross-group check (check_purge) first
+    with pytest.raises(ConfigError, match=rf"^cv\.{argument}: "):
+        validate(compose_config(["cv=cpcv", f"cv.{argument}={value}"]))
+
+
+def test_a_null_embargo_is_derived_from_the_first_bar_with_features():
+    cv = CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=60, embargo_bars=None)
+    assert cv.embargo_for(562) == 502 and cv.embargo_for(40) == 0
+    explicit = CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=60, embargo_bars=502)
+    assert list(cv.split(562, 9000)) == list(explicit.split(562, 9000))
+    assert CombinatorialPurgedCV(purge_bars=60, embargo_bars=7).embargo_for(562) == 7
+
+
+@pytest.mark.parametrize("zscore_window", [20, 50, 100, 500, 2000])
+def test_config_feature_reach_is_the_features_memory(zscore_window):
+    """check_purge (cappuccino.config, which imports no data code) must know how far features reach."""
+    assert feature_reach(zscore_window) == feature_memory(zscore_window)
 
 
 def test_cv_split_runs_only_the_chosen_split(compose_config):
     overrides = ["cv=cpcv", "cv.split=3", "cv.purge_bars=8", "cv.embargo_bars=100", "window.lookback=8", "window.zscore_window=40"]
     cfg = validate(compose_config(overrides))
     assert isinstance(cfg.cv, CPCVConfig)
-    every = list(CombinatorialPurgedCV(6, 2, 8, 100).split(100, 3000))
-    assert list(iter_splits(cfg.cv, 100, 3000)) == [(3, every[3])]
+    every = list(CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=8, embargo_bars=100).split(100, 3000))
+    assert select_splits(build(cfg.cv), cfg.cv.split, 100, 3000) == [(3, every[3])]
 
 
 def test_all_splits_are_run_by_default_and_every_cv_leaf_is_read(compose_config):
     cfg = validate(compose_config(["cv=cpcv", "window.lookback=20"]))
     with record_reads() as reads:
-        indexed = list(iter_splits(cfg.cv, 0, 10_000))
+        indexed = select_splits(build(cfg.cv), cfg.cv.split, 0, 10_000)
         check_purge(cfg.cv, cfg.window)
     assert [i for i, _ in indexed] == list(range(15))
     assert unread_leaves(cfg.cv, reads) == ["std_penalty"]  # read when scoring: tests/test_train_cv.py
@@ -162,11 +187,9 @@ def test_all_splits_are_run_by_default_and_every_cv_leaf_is_read(compose_config)
     [
         ("cv.split=15", "cv.split"),
         ("cv.split=-1", "cv.split"),
-        ("cv.n_test_groups=6", "cv.n_test_groups"),
-        ("cv.n_groups=1", "cv.n_groups"),
     ],
 )
-def test_config_rejects_out_of_range_values_naming_the_key(compose_config, override, key):
+def test_config_rejects_out_of_range_splits_naming_the_key(compose_config, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config(["cv=cpcv", override]))
 
@@ -181,12 +204,10 @@ def test_purge_shorter_than_the_lookback_is_rejected_before_work_naming_the_key(
 def test_no_training_bar_after_a_test_group_has_features_that_read_it(compose_config):
     """A test group is in the past of the training bars after it: their trailing z-scores must not
     reach back into it. The default (null) embargo is just enough; a shorter one is rejected."""
-    from cappuccino.data.features import feature_memory
-
     cfg = validate(compose_config(["cv=cpcv", "window.zscore_window=100"]))
     memory = feature_memory(100)
     gaps = []  # first bar a training segment's features read, minus the end of the test group before it
-    for _, split in iter_splits(cfg.cv, memory, 6000):
+    for _, split in select_splits(build(cfg.cv), cfg.cv.split, memory, 6000):
         for test in split.test:
             # the feature at a segment's first bar reads bars start - memory .. start
             gaps += [s.start - memory - test.stop for s in split.train if s.start >= test.stop]

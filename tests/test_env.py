@@ -2,40 +2,70 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from cappuccino.config import EnvConfig
 from cappuccino.data.market import MarketData
-from cappuccino.env import (
-    PortfolioEnv,
-    Segment,
-    equal_weight_buy_and_hold,
-    rebalance,
-    target_weights,
-)
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.env import EpisodeSampling, PortfolioEnv, equal_weight_buy_and_hold
+from cappuccino.errors import ArgumentError
+from cappuccino.trading.rules import TradingRules, fill_orders, plan_orders, target_weights
+
+RULES_YAML = Path(__file__).resolve().parents[1] / "conf" / "rules" / "default.yaml"
+RULE_KEYS = ("fee", "cash_reserve", "rebalance_band")
 
 
-def env_config(**overrides) -> EnvConfig:
+class EnvSetup(NamedTuple):
+    rules: TradingRules  # minimum sizes are filled in per env by make_env / from the market's symbols
+    sampling: EpisodeSampling
+
+
+def env_config(**overrides) -> EnvSetup:
+    """Rules and sampling of a small hand-checkable env; ``overrides`` may name fields of either."""
     base = dict(
         num_envs=1, fee=0.01, cash_reserve=0.0, initial_cash=1000.0, reward_scale=1.0,
         reward="log_return", rebalance_band=0.0,
     )  # fmt: skip
-    return EnvConfig(**{**base, **overrides})
+    merged = {**base, **overrides}
+    rules = TradingRules(**{key: merged.pop(key) for key in RULE_KEYS})
+    return EnvSetup(rules, EpisodeSampling(**merged))
 
 
-def hand_env(open_, close, cfg: EnvConfig, min_size, lookback: int = 1) -> PortfolioEnv:
+def symbols_of(n_assets: int) -> tuple[str, ...]:
+    return tuple(f"S{i}" for i in range(n_assets))
+
+
+def make_env(features, open_, close, segments, cfg: EnvSetup, lookback: int, min_size, **kwargs) -> PortfolioEnv:
+    """An env on raw tensors: assets are symbols S0..S{A-1} whose minimum sizes are ``min_size`` (A,)."""
+    symbols = symbols_of(features.shape[1])
+    market = MarketTensors(features, open_, close, lookback=lookback, symbols=symbols)
+    sizes = dict(zip(symbols, (float(size) for size in min_size), strict=True))
+    rules = dataclasses.replace(cfg.rules, min_order_size=sizes)
+    return PortfolioEnv(market, segments, rules=rules, sampling=cfg.sampling, **kwargs)
+
+
+def hand_env(open_, close, cfg: EnvSetup, min_size, lookback: int = 1) -> PortfolioEnv:
     """One env running the whole market once, zero features."""
     open_t = torch.tensor(open_, dtype=torch.float64)
     features = torch.zeros(*open_t.shape, 1)
-    return PortfolioEnv(
+    return make_env(
         features, open_t, torch.tensor(close, dtype=torch.float64), [Segment(0, len(open_))], cfg,
-        lookback, torch.tensor(min_size, dtype=torch.float64), num_envs=1, random_start=False, episode_length=None,
+        lookback, min_size, num_envs=1, random_start=False, episode_length=None,
     )  # fmt: skip
+
+
+def plan_and_fill(cash, holdings, weights, price, rules: TradingRules, symbols):
+    """One rebalance: the orders ``rules`` plan, filled at ``price``."""
+    orders = plan_orders(cash, holdings, weights, price, rules, rules.for_symbols(symbols))
+    return fill_orders(cash, holdings, orders, price, rules.fee)
 
 
 def random_market(n_bars: int, n_assets: int, n_features: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -148,17 +178,29 @@ def hand_market(symbols: tuple[str, ...], open_: np.ndarray, close: np.ndarray) 
     return market.with_features(np.zeros((T, A, 2), np.float32), ("a", "b"), first_valid=0)
 
 
+def alpaca_min_order_size() -> dict[str, float]:
+    """The per-symbol minimums of conf/rules/default.yaml, in the YAML's order."""
+    return dict(OmegaConf.to_container(OmegaConf.load(RULES_YAML).min_order_size))
+
+
+def market_env(market: MarketData, segments, cfg: EnvSetup, lookback: int = 1, **kwargs) -> PortfolioEnv:
+    """An env on ``market``'s tensors, its minimum sizes looked up by symbol in ``cfg.rules``."""
+    tensors = MarketTensors.from_market(market, lookback, "cpu")
+    return PortfolioEnv(tensors, segments, rules=cfg.rules, sampling=cfg.sampling, **kwargs)
+
+
 def test_from_market_matches_minimum_sizes_by_symbol() -> None:
     # LINK first although ETH precedes it in the config's mapping: a positional lookup would
     # give LINK the ETH minimum (0.0003) and ETH the LINK minimum (0.1).
     open_ = np.array([[10.0, 10.0], [10.0, 10.0], [10.02, 9.98], [10.0, 10.0]])
     market = hand_market(("LINK", "ETH"), open_, open_.copy())
     cfg = env_config(fee=0.0, cash_reserve=0.1)
-    assert list(cfg.min_order_size).index("ETH") < list(cfg.min_order_size).index("LINK")
-    env = PortfolioEnv.from_market(
-        market, [Segment(0, 4)], cfg, 1, "cpu", num_envs=1, random_start=False, episode_length=None
-    )
-    torch.testing.assert_close(env.min_order_size, torch.tensor([0.1, 0.0003], dtype=torch.float64))
+    cfg = cfg._replace(rules=dataclasses.replace(cfg.rules, min_order_size=alpaca_min_order_size()))
+    assert list(cfg.rules.min_order_size).index("ETH") < list(cfg.rules.min_order_size).index("LINK")
+    env = market_env(market, [Segment(0, 4)], cfg, num_envs=1, random_start=False, episode_length=None)
+    assert env.market.symbols == ("LINK", "ETH")
+    sizes = env.rules.for_symbols(env.market.symbols).min_order_size
+    torch.testing.assert_close(sizes, torch.tensor([0.1, 0.0003], dtype=torch.float64))
 
     env.reset()
     env.step(torch.zeros(1, 2))  # 45 units of each at 10, cash 100
@@ -169,13 +211,21 @@ def test_from_market_matches_minimum_sizes_by_symbol() -> None:
 
 def test_from_market_rejects_unknown_symbol_and_warmup() -> None:
     open_ = np.full((6, 2), 10.0)
+    cfg = env_config()
+    cfg = cfg._replace(rules=dataclasses.replace(cfg.rules, min_order_size=alpaca_min_order_size()))
     market = hand_market(("ETH", "DOGE"), open_, open_)
-    with pytest.raises(ValueError, match="DOGE"):
-        PortfolioEnv.from_market(market, [Segment(0, 6)], env_config(), 1, "cpu")
+    with pytest.raises(ArgumentError, match="DOGE") as error:
+        market_env(market, [Segment(0, 6)], cfg)
+    assert error.value.argument == "min_order_size"
+    # The warm-up rows before first_valid are NaN (as with_features builds them): a segment
+    # starting inside them is rejected, one starting at first_valid is not.
     warm = hand_market(("ETH", "BTC"), open_, open_)
-    warm = warm.with_features(warm.features, warm.feature_names, first_valid=3)
-    with pytest.raises(ValueError, match="first_valid=3"):
-        PortfolioEnv.from_market(warm, [Segment(1, 6)], env_config(), 1, "cpu")
+    features = warm.features.copy()
+    features[:3] = np.nan
+    warm = warm.with_features(features, warm.feature_names, first_valid=3)
+    with pytest.raises(ValueError, match=r"Segment\(start=1, stop=6\) has non-finite features"):
+        market_env(warm, [Segment(1, 6)], cfg)
+    market_env(warm, [Segment(3, 6)], cfg)
 
 
 # --------------------------------------------------------------------- conservation, bounds
@@ -189,7 +239,11 @@ def test_rebalance_conserves_value_and_never_goes_short() -> None:
     min_size = torch.tensor([0.0, 0.01, 0.1, 1.0, 5.0], dtype=torch.float64)
     weights = target_weights(2.0 * torch.randn(B, A, generator=g, dtype=torch.float64), cash_reserve=0.0)
 
-    fill = rebalance(cash, holdings, weights, price, min_size, fee)
+    symbols = symbols_of(A)
+    rules = TradingRules(
+        fee=fee, cash_reserve=0.0, rebalance_band=0.0, min_order_size=dict(zip(symbols, min_size.tolist()))
+    )
+    fill = plan_and_fill(cash, holdings, weights, price, rules, symbols)
     before = cash + (holdings * price).sum(-1)
     after = fill.cash + (fill.holdings * price).sum(-1)
     torch.testing.assert_close(after, before - fill.fees, rtol=1e-12, atol=1e-9)
@@ -203,7 +257,7 @@ def test_env_value_after_fill_is_value_before_minus_fees() -> None:
     features, open_, close = random_market(200, 3, 2, seed=1)
     n = 6
     cfg = env_config(num_envs=n, fee=0.0025, cash_reserve=0.02)
-    env = PortfolioEnv(
+    env = make_env(
         features, open_, close, [Segment(0, 200)] * n, cfg, 5, torch.tensor([0.01, 0.1, 1.0]),
         random_start=False, episode_length=None,
     )  # fmt: skip
@@ -221,7 +275,7 @@ def test_env_value_after_fill_is_value_before_minus_fees() -> None:
 def test_cash_and_holdings_never_negative_under_random_actions() -> None:
     features, open_, close = random_market(300, 4, 2, seed=3)
     cfg = env_config(num_envs=64, fee=0.0025, cash_reserve=0.0, episode_length=40)
-    env = PortfolioEnv(features, open_, close, [Segment(0, 300)], cfg, 8, torch.tensor([0.01, 0.5, 1.0, 3.0]))
+    env = make_env(features, open_, close, [Segment(0, 300)], cfg, 8, torch.tensor([0.01, 0.5, 1.0, 3.0]))
     env.reset()
     for action in actions(200, 64, 4, seed=4, spread=3.0):
         step = env.step(action)
@@ -235,7 +289,7 @@ def test_cash_and_holdings_never_negative_under_random_actions() -> None:
 # ---------------------------------------------------------------------------- no look-ahead
 def run_fixed(features, open_, close, acts) -> list[tuple[int, torch.Tensor, torch.Tensor, float]]:
     """(decision bar, weights, window, reward of the step taken there) for each step."""
-    env = PortfolioEnv(
+    env = make_env(
         features, open_, close, [Segment(0, len(open_))], env_config(fee=0.0025), 4, torch.full((2,), 0.01),
         random_start=False, episode_length=None,
     )  # fmt: skip
@@ -292,7 +346,7 @@ def test_episodes_never_cross_segment_boundaries() -> None:
     close[30:45] = float("nan")
     segments, L, E = [Segment(0, 30), Segment(45, 80)], 5, 8
     cfg = env_config(num_envs=16, episode_length=E, reward="excess_log_return")
-    env = PortfolioEnv(features, open_, close, segments, cfg, L, torch.full((2,), 0.01))
+    env = make_env(features, open_, close, segments, cfg, L, torch.full((2,), 0.01))
 
     def inside(bar: torch.Tensor, last: int) -> torch.Tensor:
         """Window start and ``bar + last`` both in one segment."""
@@ -318,7 +372,7 @@ def test_segment_choice_proportional_to_valid_starts() -> None:
     features, open_, close = random_market(300, 2, 1, seed=12)
     L, E = 4, 10
     segments = [Segment(0, 123), Segment(150, 173)]  # 123 - 4 - 10 + 1 = 110 and 10 valid starts
-    env = PortfolioEnv(features, open_, close, segments, env_config(num_envs=8192, episode_length=E), L, torch.zeros(2))
+    env = make_env(features, open_, close, segments, env_config(num_envs=8192, episode_length=E), L, torch.zeros(2))
     in_first = (env.reset().bar < 150).double().mean().item()
     assert in_first == pytest.approx(110 / 120, abs=0.015)
 
@@ -326,22 +380,25 @@ def test_segment_choice_proportional_to_valid_starts() -> None:
 def test_short_segment_runs_what_fits_and_too_short_is_rejected() -> None:
     features, open_, close = random_market(40, 2, 1, seed=13)
     cfg = env_config(num_envs=4, episode_length=20)
-    env = PortfolioEnv(features, open_, close, [Segment(0, 8)], cfg, 3, torch.zeros(2))  # 5 decision bars
+    env = make_env(features, open_, close, [Segment(0, 8)], cfg, 3, torch.zeros(2))  # 5 decision bars
     env.reset()
     done = [env.step(torch.zeros(4, 2)).done for _ in range(10)]
     assert torch.stack(done).nonzero()[:, 0].unique().tolist() == [4, 9]
     with pytest.raises(ValueError, match=r"Segment\(start=10, stop=13\).*lookback=3"):
-        PortfolioEnv(features, open_, close, [Segment(0, 8), Segment(10, 13)], cfg, 3, torch.zeros(2))
+        make_env(features, open_, close, [Segment(0, 8), Segment(10, 13)], cfg, 3, torch.zeros(2))
 
 
 def test_bad_inputs_are_rejected_with_a_reason() -> None:
     features, open_, close = random_market(40, 2, 1, seed=14)
     cfg = env_config(num_envs=3)
     with pytest.raises(ValueError, match="num_envs"):
-        PortfolioEnv(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2), random_start=False)
-    with pytest.raises(ValueError, match="min_order_size"):
-        PortfolioEnv(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(3))
-    env = PortfolioEnv(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2))
+        make_env(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2), random_start=False)
+    # Every asset needs a minimum order size: rules that lack one for S1 are rejected, naming it.
+    market = MarketTensors(features, open_, close, lookback=3, symbols=symbols_of(2))
+    rules = dataclasses.replace(cfg.rules, min_order_size={"S0": 0.0})
+    with pytest.raises(ArgumentError, match=r"min_order_size: .*\['S1'\]"):
+        PortfolioEnv(market, [Segment(0, 40)], rules=rules, sampling=cfg.sampling)
+    env = make_env(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2))
     with pytest.raises(RuntimeError, match="reset"):
         env.step(torch.zeros(3, 2))
     env.reset()
@@ -351,7 +408,7 @@ def test_bad_inputs_are_rejected_with_a_reason() -> None:
 
 def test_window_gathers_the_last_lookback_bars() -> None:
     features, open_, close = random_market(50, 3, 4, seed=15)
-    env = PortfolioEnv(features, open_, close, [Segment(0, 50)], env_config(), 6, torch.zeros(3))
+    env = make_env(features, open_, close, [Segment(0, 50)], env_config(), 6, torch.zeros(3))
     bars = torch.tensor([5, 17, 48])
     expected = torch.stack([features[b - 5 : b + 1] for b in bars.tolist()])
     torch.testing.assert_close(env.window(bars), expected)
@@ -376,7 +433,7 @@ def test_equal_weight_buy_and_hold_by_hand() -> None:
 def test_excess_rewards_sum_to_log_growth_over_benchmark() -> None:
     features, open_, close = random_market(120, 3, 2, seed=16)
     cfg = env_config(fee=0.0025, reward="excess_log_return", reward_scale=100.0)
-    env = PortfolioEnv(
+    env = make_env(
         features, open_, close, [Segment(10, 120)], cfg, 5, torch.full((3,), 0.01),
         num_envs=1, random_start=False, episode_length=None,
     )  # fmt: skip
@@ -389,8 +446,9 @@ def test_excess_rewards_sum_to_log_growth_over_benchmark() -> None:
             break
     last_fill = int(step.final_obs.bar)
     assert last_fill == 119 and first == 14
-    bench = equal_weight_buy_and_hold(open_[first + 1], close[first + 1 : last_fill + 1], cfg.initial_cash, cfg.fee)
-    expected = math.log(float(step.value) / cfg.initial_cash) - math.log(float(bench[-1]) / cfg.initial_cash)
+    cash = cfg.sampling.initial_cash
+    bench = equal_weight_buy_and_hold(open_[first + 1], close[first + 1 : last_fill + 1], cash, cfg.rules.fee)
+    expected = math.log(float(step.value) / cash) - math.log(float(bench[-1]) / cash)
     assert total / 100.0 == pytest.approx(expected, abs=1e-5)
 
 
@@ -398,11 +456,11 @@ def test_excess_rewards_sum_to_log_growth_over_benchmark() -> None:
 def test_reset_leaves_no_state_behind() -> None:
     features, open_, close = random_market(200, 3, 2, seed=18)
     cfg = env_config(num_envs=8, fee=0.0025, episode_length=30, reward="excess_log_return")
-    used = PortfolioEnv(features, open_, close, [Segment(0, 200)], cfg, 5, torch.full((3,), 0.01), seed=1)
+    used = make_env(features, open_, close, [Segment(0, 200)], cfg, 5, torch.full((3,), 0.01), seed=1)
     used.reset()
     for action in actions(47, 8, 3, seed=19):  # stop mid-episode, holdings and benchmark live
         used.step(action)
-    fresh = PortfolioEnv(features, open_, close, [Segment(0, 200)], cfg, 5, torch.full((3,), 0.01), seed=2)
+    fresh = make_env(features, open_, close, [Segment(0, 200)], cfg, 5, torch.full((3,), 0.01), seed=2)
     a, b = used.reset(seed=3), fresh.reset(seed=3)
     assert torch.equal(a.bar, b.bar) and torch.equal(a.weights, b.weights)
     for action in actions(70, 8, 3, seed=20):
@@ -416,7 +474,7 @@ def test_same_seed_same_numbers() -> None:
     cfg = env_config(num_envs=16, episode_length=25)
 
     def rollout(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        env = PortfolioEnv(features, open_, close, [Segment(0, 140), Segment(160, 300)], cfg, 5, torch.zeros(3), seed=seed)
+        env = make_env(features, open_, close, [Segment(0, 140), Segment(160, 300)], cfg, 5, torch.zeros(3), seed=seed)
         env.reset()
         steps = [env.step(action) for action in actions(60, 16, 3, seed=22)]
         return torch.stack([s.obs.bar for s in steps]), torch.stack([s.reward for s in steps])
@@ -433,8 +491,8 @@ def test_cuda_matches_cpu_without_host_syncs() -> None:
     cfg = env_config(num_envs=2, fee=0.0025, reward="excess_log_return")
     segments, min_size = [Segment(0, 200), Segment(50, 200)], torch.full((3,), 0.01)
     kwargs = dict(random_start=False, episode_length=None)
-    cpu = PortfolioEnv(features, open_, close, segments, cfg, 5, min_size, **kwargs)
-    gpu = PortfolioEnv(features.cuda(), open_.cuda(), close.cuda(), segments, cfg, 5, min_size.cuda(), **kwargs)
+    cpu = make_env(features, open_, close, segments, cfg, 5, min_size, **kwargs)
+    gpu = make_env(features.cuda(), open_.cuda(), close.cuda(), segments, cfg, 5, min_size, **kwargs)
     cpu.reset(), gpu.reset()
     for action in actions(100, 2, 3, seed=24):
         on_device = action.cuda()
@@ -451,9 +509,10 @@ def test_rebalance_band_skips_orders_smaller_than_the_band():
     holdings = torch.tensor([[0.5, 0.25]], dtype=torch.float64)  # worth 50 and 25 at price 100
     price = torch.tensor([[100.0, 100.0]], dtype=torch.float64)
     weights = torch.tensor([[0.42, 0.40]], dtype=torch.float64)  # value 125: +2.5 and +25 to trade
-    no_min = torch.zeros(2, dtype=torch.float64)
-    banded = rebalance(cash, holdings, weights, price, no_min, fee=0.0, band=0.05)
+    symbols = symbols_of(2)
+    no_min = TradingRules(fee=0.0, cash_reserve=0.0, rebalance_band=0.0, min_order_size=dict.fromkeys(symbols, 0.0))
+    banded = plan_and_fill(cash, holdings, weights, price, dataclasses.replace(no_min, rebalance_band=0.05), symbols)
     assert banded.holdings[0, 0] == 0.5  # a 2% order is inside the 5% band: not traded
     assert banded.holdings[0, 1] == pytest.approx(0.5)  # a 20% order is outside it: traded
-    unbanded = rebalance(cash, holdings, weights, price, no_min, fee=0.0)
+    unbanded = plan_and_fill(cash, holdings, weights, price, no_min, symbols)
     assert unbanded.holdings[0, 0] == pytest.approx(0.525)

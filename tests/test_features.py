@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,8 +16,11 @@ from cappuccino.data.features import (
     WARMUP_BARS,
     causal_zscore,
     compute_features,
+    feature_memory,
     raw_indicators,
+    with_features,
 )
+from cappuccino.data.market import MarketData
 
 
 def random_walk_ohlcv(n_bars: int, n_assets: int, seed: int) -> np.ndarray:
@@ -258,3 +262,14 @@ def test_same_input_gives_identical_features(bars: np.ndarray) -> None:
 def test_bad_input_is_rejected_with_a_clear_message(bars: np.ndarray, change, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compute_features(change(bars), zscore_window=30)
+
+
+def test_with_features_attaches_compute_features_to_the_market(bars: np.ndarray) -> None:
+    timestamps = pd.date_range("2023-01-05", periods=len(bars), freq="1h", tz="UTC")
+    market = MarketData(timestamps, ("A", "B", "C"), bars, pd.Timedelta("1h"), source="test")
+    featured = with_features(market, zscore_window=30)
+    features, first_valid = compute_features(bars, zscore_window=30)
+    assert np.array_equal(featured.features, features, equal_nan=True)
+    assert featured.feature_names == FEATURE_NAMES
+    assert featured.first_valid == first_valid == feature_memory(30)
+    assert featured.ohlcv is market.ohlcv and market.features is None  # the bars are shared, not changed

@@ -9,12 +9,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cappuccino.config import ConfigError, EnvConfig, FTTransformerEncoderConfig, record_reads, unread_leaves, validate
-from cappuccino.env import PortfolioEnv, Segment
+from cappuccino.config import FTTransformerEncoderConfig, validate
+from cappuccino.data.tensors import MarketTensors
+from cappuccino.errors import ArgumentError, ConfigError
 from cappuccino.models.ft_transformer import FTTransformerEncoder
-from cappuccino.models.policy import ActorCritic
-from cappuccino.training import RunPaths, run, train
+from cappuccino.models.loading import policy_from_config
+from cappuccino.runtime import RunPaths
+from cappuccino.training import train
 
+from .config_reads import record_reads, unread_leaves
 from .conftest import TINY
 
 A, F = 3, 4  # assets, features per asset
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def encoder(lookback: int, tokens: str, **kwargs) -> FTTransformerEncoder:
     torch.manual_seed(0)
     sizes = dict(d_token=8, n_blocks=2, n_heads=2, out_dim=5)
-    return FTTransformerEncoder(lookback, A, F, tokens=tokens, **{**sizes, **kwargs})
+    return FTTransformerEncoder(lookback=lookback, n_assets=A, n_features=F, tokens=tokens, **{**sizes, **kwargs})
 
 
 def inputs(n: int, lookback: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,12 +74,9 @@ def test_output_at_bar_t_does_not_depend_on_later_bars(tokens):
 
     def encode(feats: torch.Tensor) -> torch.Tensor:
         prices = torch.ones(n_bars, A, dtype=torch.float64)
-        env = PortfolioEnv(
-            feats, prices, prices, [Segment(0, n_bars)], EnvConfig(num_envs=1), lookback,
-            torch.zeros(A, dtype=torch.float64),
-        )  # fmt: skip
+        market = MarketTensors(feats, prices, prices, lookback=lookback)  # the env's windows come from here
         with torch.no_grad():
-            return model(env.window(bars), weights)
+            return model(market.window(bars), weights)
 
     before = encode(features)
     future_changed = features.clone()
@@ -186,18 +186,19 @@ def test_wrong_window_shape_names_the_expected_shape():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, argument, message",
     [
-        (dict(tokens="bar"), "tokens='bar'"),
-        (dict(activation="relu"), "activation='relu'"),
-        (dict(d_token=8, n_heads=3), "multiple of n_heads=3"),
-        (dict(n_blocks=0), "n_blocks=0"),
-        (dict(ffn_factor=0.01), "ffn_factor=0.01"),
+        (dict(tokens="bar"), "tokens", "got 'bar'"),
+        (dict(activation="relu"), "activation", "got 'relu'"),
+        (dict(d_token=8, n_heads=3), "d_token", "multiple of n_heads=3"),
+        (dict(n_blocks=0), "n_blocks", "got 0"),
+        (dict(ffn_factor=0.01), "ffn_factor", "got 0.01"),
     ],
 )
-def test_bad_constructor_arguments_are_named(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_constructor_arguments_are_named(kwargs, argument, message):
+    with pytest.raises(ArgumentError, match=f"^{argument}: .*{message}") as error:
         encoder(4, **{"tokens": "asset_time", **kwargs})
+    assert error.value.argument == argument
 
 
 @pytest.mark.parametrize(
@@ -226,7 +227,7 @@ def test_shipped_sizes_build_a_policy_reading_429_tokens_at_lookback_60(
     cfg = validate(compose_config([f"encoder={name}", "window.lookback=60"]))
     assert isinstance(cfg.encoder, FTTransformerEncoderConfig)
     assert (cfg.encoder.d_token, cfg.encoder.n_blocks, cfg.encoder.n_heads) == (d_token, n_blocks, n_heads)
-    policy = ActorCritic(cfg.encoder, cfg.window.lookback, 7, 14)
+    policy = policy_from_config(cfg.encoder, cfg.agent.init_log_std, cfg.window.lookback, 7, 14)
     assert isinstance(policy.actor_encoder, FTTransformerEncoder)
     assert policy.actor_encoder.n_tokens == 7 * 60 + 8 + 1
     assert len(policy.actor_encoder.blocks) == n_blocks
@@ -238,7 +239,8 @@ def _paths(tmp_path) -> RunPaths:
 
 
 def test_smoke_run_with_ft_small_returns_a_finite_objective(compose_config, tmp_path):
-    assert math.isfinite(run(compose_config(FT_TINY), _paths(tmp_path)))
+    cfg_dict = compose_config(FT_TINY)
+    assert math.isfinite(train(validate(cfg_dict), OmegaConf.to_yaml(cfg_dict, resolve=True), _paths(tmp_path)))
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from cappuccino.config import EnvConfig
-from cappuccino.env import PortfolioEnv, Segment
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.env import EpisodeSampling, PortfolioEnv
 from cappuccino.env.gym_adapter import PortfolioGymEnv
+from cappuccino.trading.rules import TradingRules
 
 T, A, F, L = 120, 3, 4, 6
 
@@ -22,8 +23,11 @@ def batched_env(num_envs: int = 1, episode_length: int = 10) -> PortfolioEnv:
     open_ = torch.cat([close[:1], close[:-1]])
     features = torch.randn(T, A, F, generator=g)
     features[:10] = float("nan")  # warm-up rows outside the segment
-    cfg = EnvConfig(num_envs=num_envs, episode_length=episode_length, fee=0.001)
-    return PortfolioEnv(features, open_, close, [Segment(10, T)], cfg, L, torch.full((A,), 0.01))
+    symbols = tuple(f"S{i}" for i in range(A))
+    market = MarketTensors(features, open_, close, lookback=L, symbols=symbols)
+    rules = TradingRules(fee=0.001, min_order_size=dict.fromkeys(symbols, 0.01))
+    sampling = EpisodeSampling(num_envs=num_envs, episode_length=episode_length)
+    return PortfolioEnv(market, [Segment(10, T)], rules=rules, sampling=sampling)
 
 
 def test_passes_gymnasium_env_checker_without_warnings() -> None:
@@ -40,7 +44,7 @@ def test_observation_is_window_then_weights() -> None:
     inner = env.env
     bar = int(inner.reset(seed=3).bar)  # same seed, same start
     assert obs.shape == (L * A * F + A + 1,) and obs.dtype == np.float32
-    np.testing.assert_array_equal(obs[: L * A * F], inner.features[bar - L + 1 : bar + 1].flatten().numpy())
+    np.testing.assert_array_equal(obs[: L * A * F], inner.market.features[bar - L + 1 : bar + 1].flatten().numpy())
     np.testing.assert_array_equal(obs[-(A + 1) :], [1.0, 0.0, 0.0, 0.0])
     assert env.observation_space.contains(obs)
 

@@ -8,13 +8,15 @@ costs; agent, benchmark and random policy are all scored on the same test bars.
 import json
 
 import pytest
-import torch
 
-from cappuccino.config import validate
-from cappuccino.evaluation.backtest import backtest, random_policy
+from cappuccino.config import build, validate
+from cappuccino.data import load_market
+from cappuccino.data.tensors import MarketTensors
+from cappuccino.evaluation.backtest import RandomPolicy, backtest
 from cappuccino.evaluation.metrics import periods_per_year
-from cappuccino.evaluation.splits import build_splitter
-from cappuccino.training import RunPaths, market_tensors, prepare_market, run
+from cappuccino.runtime import RunPaths
+
+from .conftest import run_train as run
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +29,8 @@ LEARNABLE = [
     "encoder.hidden_sizes=[64,64]",
     "env.num_envs=32",
     "env.episode_length=256",
-    "env.fee=0.0",
-    "env.rebalance_band=0.0",
+    "rules.fee=0.0",
+    "rules.rebalance_band=0.0",
     "env.reward=excess_log_return",
     "agent.n_steps=64",
     "agent.minibatch_size=512",
@@ -46,11 +48,10 @@ def _train(compose_config, tmp_path, strength: float, precision: str = "32") -> 
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
     cfg = validate(cfg_dict)
-    market = prepare_market(cfg)
-    split = next(iter(build_splitter(cfg.cv).split(market.first_valid, market.n_bars)))
-    tensors = market_tensors(market, torch.device("cpu"))
-    min_size = torch.tensor([cfg.env.min_order_size[s] for s in market.symbols])
-    random_run = backtest(random_policy(market.n_assets, seed=0), tensors["features"], tensors["open"], tensors["close"], split.test[0], cfg.env, cfg.window.lookback, min_size)
+    market, _ = load_market(cfg.data, cfg.window.zscore_window)
+    split = next(iter(build(cfg.cv).split(market.first_valid, market.n_bars)))
+    tensors = MarketTensors.from_market(market, cfg.window.lookback, "cpu")
+    (random_run,) = backtest(RandomPolicy(market.n_assets, seed=0), tensors, split.test, build(cfg.rules), cfg.env.initial_cash)
     return metrics, random_run.metrics(periods_per_year(market.interval))["sharpe"]
 
 

@@ -3,8 +3,12 @@ import math
 import pytest
 import torch
 
-from cappuccino.config import EncoderConfig, MLPEncoderConfig
-from cappuccino.models import ActorCritic, Encoder, MLPEncoder, build_encoder
+from hydra.errors import MissingConfigException
+
+from cappuccino.config import MLPEncoderConfig, build
+from cappuccino.errors import ArgumentError
+from cappuccino.models import ActorCritic, Encoder, MLPEncoder
+from cappuccino.models.loading import policy_from_config
 
 L, A, F = 5, 3, 4
 
@@ -16,7 +20,7 @@ def batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_mlp_encoder_output_shape_and_out_dim():
-    encoder = MLPEncoder(L, A, F, hidden_sizes=[32, 16], activation="relu")
+    encoder = MLPEncoder(lookback=L, n_assets=A, n_features=F, hidden_sizes=[32, 16], activation="relu")
     window, weights = batch(7)
     out = encoder(window, weights)
     assert encoder.out_dim == 16
@@ -26,7 +30,7 @@ def test_mlp_encoder_output_shape_and_out_dim():
 
 def test_mlp_encoder_sees_weights_and_every_window_cell():
     torch.manual_seed(0)
-    encoder = MLPEncoder(L, A, F, hidden_sizes=[8], activation="tanh")
+    encoder = MLPEncoder(lookback=L, n_assets=A, n_features=F, hidden_sizes=[8], activation="tanh")
     window, weights = batch(1)
     window.requires_grad_(True)
     weights.requires_grad_(True)
@@ -36,7 +40,7 @@ def test_mlp_encoder_sees_weights_and_every_window_cell():
 
 
 def test_mlp_encoder_hidden_layers_are_orthogonal_with_gain_sqrt2():
-    encoder = MLPEncoder(L, A, F, hidden_sizes=[16, 8], activation="tanh")
+    encoder = MLPEncoder(lookback=L, n_assets=A, n_features=F, hidden_sizes=[16, 8], activation="tanh")
     linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
     for layer in linears:
         w = layer.weight  # (out, in) with out <= in: rows are orthogonal
@@ -45,26 +49,29 @@ def test_mlp_encoder_hidden_layers_are_orthogonal_with_gain_sqrt2():
 
 
 def test_mlp_encoder_rejects_a_window_of_the_wrong_shape():
-    encoder = MLPEncoder(L, A, F, hidden_sizes=[8])
+    encoder = MLPEncoder(lookback=L, n_assets=A, n_features=F, hidden_sizes=[8])
     with pytest.raises(ValueError, match=r"window has shape \(2, 4, 3, 4\), expected"):
         encoder(torch.randn(2, L - 1, A, F), torch.randn(2, A + 1))
 
 
 def test_mlp_encoder_rejects_unknown_activation():
-    with pytest.raises(ValueError, match="unknown activation 'swish'.*gelu"):
-        MLPEncoder(L, A, F, hidden_sizes=[8], activation="swish")
+    with pytest.raises(ArgumentError, match=r"activation: must be one of \[.*'gelu'.*\], got 'swish'") as error:
+        MLPEncoder(lookback=L, n_assets=A, n_features=F, hidden_sizes=[8], activation="swish")
+    assert error.value.argument == "activation"
 
 
-def test_build_encoder_dispatches_on_name():
-    encoder = build_encoder(MLPEncoderConfig(hidden_sizes=[12, 10], activation="gelu"), L, A, F)
+def test_build_encoder_dispatches_on_target():
+    encoder = build(MLPEncoderConfig(hidden_sizes=[12, 10], activation="gelu"), lookback=L, n_assets=A, n_features=F)
     assert isinstance(encoder, MLPEncoder)
     assert encoder.out_dim == 10
     assert encoder(*batch(3)).shape == (3, 10)
 
 
-def test_build_encoder_unknown_name_lists_known_encoders():
-    with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*\['ft_transformer', 'mlp'\]"):
-        build_encoder(EncoderConfig(name="transformer"), L, A, F)
+def test_unknown_encoder_option_lists_known_encoders(compose_config):
+    # Encoders are chosen by config group option (conf/encoder/*.yaml): an unknown one fails to
+    # compose and Hydra lists the options there are.
+    with pytest.raises(MissingConfigException, match=r"(?s)encoder/transformer.*ft_default.*ft_large.*ft_small.*mlp"):
+        compose_config(["encoder=transformer"])
 
 
 def test_encoder_base_class_is_abstract():
@@ -73,7 +80,7 @@ def test_encoder_base_class_is_abstract():
 
 
 def policy(shared: bool = False, init_log_std: float = -0.5) -> ActorCritic:
-    return ActorCritic(MLPEncoderConfig(hidden_sizes=[32, 32], shared=shared), L, A, F, init_log_std)
+    return policy_from_config(MLPEncoderConfig(hidden_sizes=[32, 32], shared=shared), init_log_std, L, A, F)
 
 
 def test_log_prob_and_entropy_match_the_gaussian_formula_by_hand():

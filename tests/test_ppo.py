@@ -4,10 +4,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cappuccino.agents import PPO, approx_kl, clipped_surrogate, explained_variance, gae, value_loss
-from cappuccino.config import MLPEncoderConfig, PPOConfig
+from cappuccino.agents import PPO, PPOSettings, approx_kl, clipped_surrogate, explained_variance, gae, value_loss
+from cappuccino.config import MLPEncoderConfig
 from cappuccino.env.portfolio import Observation, StepResult
-from cappuccino.models import ActorCritic
+from cappuccino.models.loading import policy_from_config
 
 
 class TargetEnv:
@@ -70,12 +70,12 @@ class RecordingEnv(TargetEnv):
         return result
 
 
-SMALL = PPOConfig(n_steps=8, minibatch_size=32, update_epochs=2, target_kl=None, lr=1e-3)
+SMALL = PPOSettings(n_steps=8, minibatch_size=32, update_epochs=2, target_kl=None, lr=1e-3)
 
 
 def make_policy(env, hidden=(32, 32), shared=False, init_log_std=-0.5):
     cfg = MLPEncoderConfig(hidden_sizes=list(hidden), shared=shared)
-    return ActorCritic(cfg, env.lookback, env.n_assets, env.n_features, init_log_std)
+    return policy_from_config(cfg, init_log_std, env.lookback, env.n_assets, env.n_features)
 
 
 def comparable(history):
@@ -264,7 +264,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(precision):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 def test_ppo_learns_the_toy_task(precision):
-    cfg = PPOConfig(n_steps=16, minibatch_size=64, update_epochs=4, lr=3e-3, target_kl=None, gamma=0.9)
+    cfg = PPOSettings(n_steps=16, minibatch_size=64, update_epochs=4, lr=3e-3, target_kl=None, gamma=0.9)
     env = TargetEnv(num_envs=16, episode_length=8)
     history = run(cfg, total_steps=256 * 40, env=env, hidden=(64, 64), precision=precision)
     first = sum(m["episode_reward"] for m in history[:3]) / 3
@@ -306,7 +306,7 @@ def test_rejects_an_unknown_precision():
 
 def test_rejects_a_policy_built_for_other_sizes_and_an_oversized_minibatch():
     env = TargetEnv()
-    wrong = ActorCritic(MLPEncoderConfig(hidden_sizes=[8]), env.lookback + 1, env.n_assets, env.n_features)
+    wrong = policy_from_config(MLPEncoderConfig(hidden_sizes=[8]), -0.5, env.lookback + 1, env.n_assets, env.n_features)
     with pytest.raises(ValueError, match="built for .* but the env has"):
         PPO(wrong, env, SMALL, 512)
     with pytest.raises(ValueError, match="minibatch_size=4096 exceeds the rollout batch"):
@@ -314,8 +314,9 @@ def test_rejects_a_policy_built_for_other_sizes_and_an_oversized_minibatch():
 
 
 def test_ppo_trains_on_the_real_portfolio_env():
-    from cappuccino.config import EnvConfig
-    from cappuccino.env import PortfolioEnv, Segment
+    from cappuccino.data.tensors import MarketTensors, Segment
+    from cappuccino.env import EpisodeSampling, PortfolioEnv
+    from cappuccino.trading.rules import TradingRules
 
     def train_once():
         g = torch.Generator().manual_seed(0)
@@ -324,9 +325,11 @@ def test_ppo_trains_on_the_real_portfolio_env():
         close = 100.0 * torch.exp(torch.cumsum(returns, 0))
         open_ = torch.cat([close[:1], close[:-1]])
         features = torch.randn(n_bars, n_assets, 4, generator=g)
-        env_cfg = EnvConfig(num_envs=4, episode_length=12)
-        env = PortfolioEnv(features, open_, close, [Segment(0, n_bars)], env_cfg, lookback=5,
-                           min_order_size=torch.zeros(n_assets, dtype=torch.float64))  # fmt: skip
+        symbols = tuple(f"S{i}" for i in range(n_assets))
+        market = MarketTensors(features, open_, close, lookback=5, symbols=symbols)
+        rules = TradingRules(min_order_size=dict.fromkeys(symbols, 0.0))
+        sampling = EpisodeSampling(num_envs=4, episode_length=12)
+        env = PortfolioEnv(market, [Segment(0, n_bars)], rules=rules, sampling=sampling)
         return run(replace(SMALL, minibatch_size=16), total_steps=4 * 8 * 3, env=env)
 
     first, second = train_once(), train_once()

@@ -5,7 +5,7 @@ import resource
 import pytest
 import torch
 
-from cappuccino.agents.ppo import retained_freed_memory
+from cappuccino.agents.memory import retained_freed_memory
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's")
 

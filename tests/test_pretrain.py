@@ -11,9 +11,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cappuccino.config import ConfigError, EnvConfig, record_reads, unread_leaves
-from cappuccino.env import PortfolioEnv, Segment
-from cappuccino.evaluation.splits import build_splitter
+from cappuccino.config import build
+from cappuccino.data import load_market
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.env import EpisodeSampling, PortfolioEnv
+from cappuccino.errors import ConfigError
+from cappuccino.evaluation.splits import select_splits
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.pretrain import (
     masked_mse,
@@ -25,11 +28,13 @@ from cappuccino.pretrain import (
     token_values,
     validate,
 )
-from cappuccino.pretrain.trainer import gather_windows, training_segments
-from cappuccino.training import RunPaths, prepare_market
-from cappuccino.training import run as train_run
+from cappuccino.pretrain.trainer import training_segments, training_windows
+from cappuccino.runtime import RunPaths
+from cappuccino.trading.rules import TradingRules
 
+from .config_reads import record_reads, unread_leaves
 from .conftest import CONF_DIR, TINY
+from .conftest import run_train as train_run
 
 ENCODER = ["encoder=ft_small", "encoder.d_token=16", "encoder.out_dim=32"]
 PRETRAIN_TINY = [
@@ -61,6 +66,12 @@ def compose_pretrain(overrides=()):
 def paths(tmp_path, name="run"):
     (tmp_path / name).mkdir(parents=True, exist_ok=True)
     return RunPaths(run_dir=tmp_path / name, project_dir=tmp_path)
+
+
+def bar_tensors(n_bars, lookback):
+    """Market tensors of ``n_bars`` bars (values unused): what split_decision_bars reads is the
+    lookback and the bar range."""
+    return MarketTensors(torch.zeros(n_bars, A, F), torch.ones(n_bars, A), torch.ones(n_bars, A), lookback=lookback)
 
 
 # ----------------------------------------------------------------------------------- objectives
@@ -96,7 +107,7 @@ def test_rfd_replaces_about_p_of_values_from_the_same_feature_of_other_windows()
 @pytest.mark.parametrize("tokens", ["feature", "asset_time", "time"])
 def test_each_token_is_made_of_its_token_values_and_a_mask_keeps_its_position(tokens):
     torch.manual_seed(0)
-    model = FTTransformerEncoder(5, A, F, d_token=8, n_blocks=2, n_heads=2, out_dim=4, tokens=tokens)
+    model = FTTransformerEncoder(lookback=5, n_assets=A, n_features=F, d_token=8, n_blocks=2, n_heads=2, out_dim=4, tokens=tokens)
     window, weights = torch.randn(2, 5, A, F), torch.softmax(torch.randn(2, A + 1), -1)
     n = model.n_market_tokens
     k = n // 2
@@ -118,7 +129,7 @@ def test_each_token_is_made_of_its_token_values_and_a_mask_keeps_its_position(to
 @pytest.mark.parametrize("tokens", ["feature", "asset_time", "time"])
 def test_encode_tokens_cls_embedding_is_what_forward_reads(tokens):
     torch.manual_seed(0)
-    model = FTTransformerEncoder(4, A, F, d_token=8, n_blocks=2, n_heads=2, out_dim=4, tokens=tokens)
+    model = FTTransformerEncoder(lookback=4, n_assets=A, n_features=F, d_token=8, n_blocks=2, n_heads=2, out_dim=4, tokens=tokens)
     window, weights = torch.randn(3, 4, A, F), torch.softmax(torch.randn(3, A + 1), -1)
     tokens_out = model.encode_tokens(window, weights)
     assert tokens_out.shape == (3, model.n_tokens, 8)
@@ -128,11 +139,12 @@ def test_encode_tokens_cls_embedding_is_what_forward_reads(tokens):
 # -------------------------------------------------------------------------------------- windows
 def test_validation_windows_follow_training_windows_inside_the_training_segment():
     cfg = validate(compose_pretrain([*PRETRAIN_TINY, "logger=none"]))
-    market = prepare_market(cfg)
-    split = next(iter(build_splitter(cfg.cv).split(market.first_valid, market.n_bars)))
+    market, _ = load_market(cfg.data, cfg.window.zscore_window)
+    ((_, split),) = select_splits(build(cfg.cv), None, market.first_valid, market.n_bars)
     (segment,) = split.train
     lookback = cfg.window.lookback
-    bars = split_decision_bars(split.train, lookback, 0.2)
+    tensors = MarketTensors.from_market(market, lookback, "cpu")
+    bars = split_decision_bars(tensors, split.train, 0.2)
 
     def window_bars(decision_bars):
         return decision_bars.unsqueeze(-1) + torch.arange(1 - lookback, 1)  # (N, L)
@@ -146,13 +158,16 @@ def test_validation_windows_follow_training_windows_inside_the_training_segment(
     assert len(bars.train) + len(bars.validation) + lookback - 1 == n_decision
     assert val.max() < split.validation[0].start  # never a bar of the holdout validation or test split
 
-    features = torch.as_tensor(market.features)
-    env = PortfolioEnv(
-        features, torch.ones(market.n_bars, 7), torch.ones(market.n_bars, 7), split.train,
-        EnvConfig(), lookback, torch.zeros(7),
-    )  # fmt: skip
+    windows = training_windows(tensors, split.train, 0.2)  # what pre-training reads
+    assert torch.equal(windows.bars.train, bars.train) and torch.equal(windows.bars.validation, bars.validation)
+    agent_market = MarketTensors.from_market(market, lookback, "cpu")  # as train.py builds it
+    rules = TradingRules(min_order_size=dict.fromkeys(market.symbols, 0.0))  # trading plays no part here
+    env = PortfolioEnv(agent_market, split.train, rules=rules, sampling=EpisodeSampling(num_envs=8))
     some = torch.cat([bars.train[:3], bars.validation[-3:]])
-    assert torch.equal(gather_windows(features, some, lookback), env.window(some))  # the agent's windows
+    assert torch.equal(windows.market.window(some), env.window(some))  # the agent's windows
+    features = torch.as_tensor(market.features, dtype=torch.float32)
+    expected = torch.stack([features[bar - lookback + 1 : bar + 1] for bar in some.tolist()])
+    assert torch.equal(windows.market.window(some), expected)  # bars t-L+1..t
 
 
 def test_a_cv_scheme_with_several_splits_needs_cv_split(tmp_path):
@@ -163,13 +178,13 @@ def test_a_cv_scheme_with_several_splits_needs_cv_split(tmp_path):
     cfg = validate(compose_pretrain([*overrides, "cv.split=1"]))
     segments = training_segments(cfg.cv, 50, 1500)
     assert len(segments) == 2  # the groups before and after split 1's test group
-    bars = split_decision_bars(segments, 8, 0.2)
+    bars = split_decision_bars(bar_tensors(1500, 8), segments, 0.2)
     assert bars.validation.min() - bars.train.max() >= 8
 
 
 def test_too_short_a_training_segment_names_the_settings():
     with pytest.raises(ConfigError, match="pretrain.val_fraction"):
-        split_decision_bars((Segment(0, 30),), lookback=20, val_fraction=0.1)
+        split_decision_bars(bar_tensors(30, 20), (Segment(0, 30),), val_fraction=0.1)
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -219,10 +234,14 @@ def test_every_config_leaf_is_read_and_mlflow_gets_the_curves(tmp_path):
 
     store = f"sqlite:///{tmp_path}/store.db"
     cfg_dict = compose_pretrain([*PRETRAIN_TINY, "pretrain.max_steps=30", f"logger.tracking_uri={store}"])
-    cfg = validate(cfg_dict)
+    with record_reads() as validation_reads:
+        cfg = validate(cfg_dict)
     with record_reads() as reads:
         pretrain(cfg, OmegaConf.to_yaml(cfg_dict), paths(tmp_path))
-    assert unread_leaves(cfg, reads) == []
+    # How train.py uses the encoder is checked by validation only (PretrainJobConfig: both must be off).
+    checked_only = ["encoder.shared", "encoder.freeze"]
+    assert unread_leaves(cfg, reads) == checked_only
+    assert not set(checked_only) & set(unread_leaves(cfg, validation_reads))
 
     client = MlflowClient(store)
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("cappuccino").experiment_id])

@@ -14,9 +14,10 @@ import pandas as pd
 import psutil
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from mlflow import MlflowClient
 
-from cappuccino.config import MLflowLoggerConfig, NoLoggerConfig, PPOConfig
+from cappuccino.config import LoggerConfig, MLflowLoggerConfig, NoLoggerConfig, PPOConfig, validate
 from cappuccino.tracking import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_RUN_NAME_LENGTH,
@@ -25,7 +26,7 @@ from cappuccino.tracking import (
     flatten_config,
     run_name_from_overrides,
 )
-from cappuccino.tracking.plots import equity_figure
+from cappuccino.reporting.figures import equity_figure
 from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
 
 EXPERIMENT = "cappuccino-test"
@@ -193,9 +194,49 @@ def test_logger_none_does_not_import_mlflow(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_unknown_logger_names_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="logger=mlflow or logger=none"):
-        build_tracker(NoLoggerConfig(name="wandb"), "x", tmp_path)
+def test_unknown_logger_names_the_choices(compose_config) -> None:
+    with pytest.raises(ConfigCompositionException, match=r"logger/wandb(.|\n)*mlflow(.|\n)*none"):
+        compose_config(["logger=wandb"])
+
+
+class RecordingTracker(NullTracker):
+    """A tracker that keeps the arguments it was built with."""
+
+    def __init__(self, **arguments: object) -> None:
+        super().__init__()
+        self.arguments = arguments
+
+
+@dataclass
+class RecordingLoggerConfig(LoggerConfig):
+    _target_: str = f"{__name__}.RecordingTracker"
+    name: str = "recording"
+    level: int = 3
+
+
+def test_build_tracker_builds_the_configured_target_with_the_run_arguments(tmp_path: Path) -> None:
+    tracker = build_tracker(RecordingLoggerConfig(), "run", tmp_path, parent_run_id="parent", run_id="resumed")
+    assert type(tracker) is RecordingTracker
+    assert tracker.arguments == {
+        "level": 3, "run_name": "run", "project_dir": tmp_path, "parent_run_id": "parent", "run_id": "resumed"
+    }
+    # the name is a label, not a choice: the target is built whatever it says
+    assert type(build_tracker(NoLoggerConfig(name="wandb"), "x", tmp_path)) is NullTracker
+
+
+def test_composed_logger_none_builds_a_null_tracker(compose_config, tmp_path: Path) -> None:
+    cfg = validate(compose_config(["logger=none"]))
+    with build_tracker(cfg.logger, "x", tmp_path, parent_run_id="p") as tracker:
+        assert type(tracker) is NullTracker
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_null_tracker_accepts_and_ignores_run_arguments(tmp_path: Path) -> None:
+    tracker = NullTracker(run_name="x", project_dir=tmp_path, parent_run_id="p", run_id="r", anything=1)
+    assert tracker.ui_command is None and tracker.run_id is None
+    assert tracker.child("split0") is tracker
+    tracker.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_flatten_config_dots_keys_and_stringifies_values() -> None:

@@ -6,12 +6,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cappuccino.checkpoint import CheckpointMismatch, load_checkpoint
-from cappuccino.config import ConfigError, record_reads, unread_leaves, validate
-from cappuccino.models.policy import ActorCritic
-from cappuccino.training import RunPaths, run, train
+from cappuccino.config import validate
+from cappuccino.errors import ConfigError
+from cappuccino.models.checkpoint import CheckpointMismatch
+from cappuccino.models.loading import load_policy
+from cappuccino.runtime import RunPaths
+from cappuccino.training import train
 
+from .config_reads import record_reads, unread_leaves
 from .conftest import TINY
+from .conftest import run_train as run
 
 
 def _paths(tmp_path):
@@ -63,18 +67,22 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(compose_config, tmp_path)
     assert mlflow_run.data.tags["data.synthetic"] == "True"
 
 
-def test_checkpoint_loads_into_matching_config_and_names_a_mismatch(compose_config, tmp_path):
+def test_checkpoint_loads_into_the_trained_policy_and_names_a_mismatch(compose_config, tmp_path):
     run(compose_config([*TINY, "logger=none"]), _paths(tmp_path))
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     payload = torch.load(checkpoint, weights_only=True)
-    cfg = validate(compose_config(TINY))
-    policy = ActorCritic(cfg.encoder, cfg.window.lookback, 7, 14, cfg.agent.init_log_std)
-    load_checkpoint(checkpoint, policy, payload["schema"])
-    for name, tensor in policy.state_dict().items():
+    policy = load_policy(checkpoint)
+    for name, tensor in policy.module.state_dict().items():
         assert torch.equal(tensor, payload["state_dict"][name])
-    wrong = {**payload["schema"], "window.lookback": 60}
-    with pytest.raises(CheckpointMismatch, match=r"window\.lookback: checkpoint has 8, config asks for 60"):
-        load_checkpoint(checkpoint, policy, wrong)
+    assert policy.schema.lookback == 8 and policy.schema.zscore_window == 50
+    cfg = validate(compose_config(TINY))
+    from cappuccino.data import load_market
+
+    market, _ = load_market(cfg.data, cfg.window.zscore_window)
+    policy.schema.check(market, lookback=8, zscore_window=50)  # the market it was trained on fits
+    with pytest.raises(CheckpointMismatch, match=r"window\.lookback: checkpoint has 8, asked for 60") as error:
+        policy.schema.check(market, lookback=60, zscore_window=40)
+    assert "window.zscore_window: checkpoint has 50, asked for 40" in str(error.value)
 
 
 def test_unknown_objective_fails_before_any_work(compose_config, tmp_path):

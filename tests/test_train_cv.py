@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cappuccino.config import ConfigError, record_reads, unread_leaves, validate
+from cappuccino.config import validate
+from cappuccino.errors import ConfigError
 from cappuccino.evaluation.backtest import Backtest, stitch
-from cappuccino.evaluation.objective import cv_metrics, return_moments
-from cappuccino.training import RunPaths, run, train
+from cappuccino.evaluation.scoring import return_moments, score_cv
+from cappuccino.runtime import RunPaths
+from cappuccino.training import train
 
+from .config_reads import record_reads, unread_leaves
 from .conftest import TINY
+from .conftest import run_train as run
 
 CPCV = [*TINY, "logger=none", "cv=cpcv", "cv.n_groups=3", "cv.n_test_groups=1", "cv.purge_bars=8", "cv.embargo_bars=null"]
 
@@ -74,7 +78,7 @@ def test_stitch_chains_returns_across_pieces():
     assert list(joined.bars) == [0, 1, 2, 11] and joined.fees_paid == 2.0
 
 
-def test_cv_metrics_builds_each_path_from_its_split_pieces():
+def test_cv_scores_build_each_path_from_its_split_pieces():
     rng = np.random.default_rng(0)
 
     def piece():
@@ -82,7 +86,7 @@ def test_cv_metrics_builds_each_path_from_its_split_pieces():
 
     tests = {0: [piece()], 1: [piece()]}
     paths = [[(0, 0), (1, 0)]]
-    out = cv_metrics(tests, 8760.0, std_penalty=0.5, paths=paths)
+    out = score_cv(tests, 8760.0, std_penalty=0.5, paths=paths).metrics()
     expected_path = stitch([tests[0][0], tests[1][0]]).metrics(8760.0)["sharpe"]
     assert out["cv/path0/sharpe"] == pytest.approx(expected_path)
     sharpes = np.array([out["split0/test/sharpe"], out["split1/test/sharpe"]])
@@ -95,14 +99,14 @@ def test_return_moments_match_scipy_and_feed_the_deflated_sharpe_one_history_per
     equity = 100 * np.cumprod(1 + rng.standard_t(4, 400) * 0.01)
     returns = np.diff(equity) / equity[:-1]
     moments = return_moments(equity)
-    assert moments["skewness"] == pytest.approx(stats.skew(returns))
-    assert moments["kurtosis"] == pytest.approx(stats.kurtosis(returns, fisher=False))  # plain: normal = 3
-    assert moments["sharpe_per_period"] == pytest.approx(returns.mean() / returns.std(ddof=1))
-    assert moments["n_periods"] == 399
+    assert moments.skewness == pytest.approx(stats.skew(returns))
+    assert moments.kurtosis == pytest.approx(stats.kurtosis(returns, fisher=False))  # plain: normal = 3
+    assert moments.sharpe_per_period == pytest.approx(returns.mean() / returns.std(ddof=1))
+    assert moments.n_periods == 399
 
     def piece(n):
         return _backtest(100 * np.cumprod(1 + rng.normal(0, 0.01, n)), np.full(n, 100.0), 0)
 
     tests = {0: [piece(50)], 1: [piece(70)]}
-    out = cv_metrics(tests, 8760.0, std_penalty=0.1, paths=[[(0, 0), (1, 0)]])
+    out = score_cv(tests, 8760.0, std_penalty=0.1, paths=[[(0, 0), (1, 0)]]).metrics()
     assert out["cv/n_periods"] == 49 + 69  # the path's returns, not one split's

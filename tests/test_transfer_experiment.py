@@ -9,14 +9,20 @@ import torch
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+import cappuccino.evaluation.backtest as backtest_module
 from cappuccino import training
-from cappuccino.config import ConfigError, record_reads, unread_leaves, validate
-from cappuccino.evaluation.splits import iter_splits
-from cappuccino.experiments import run_experiment
+from cappuccino.config import build, validate
+from cappuccino.data import load_market
+from cappuccino.errors import ConfigError
+from cappuccino.evaluation.splits import select_splits
+from cappuccino.evaluation.validation import VALIDATION_CURVE
+from cappuccino.experiments import transfer
+from cappuccino.runtime import RunPaths
 from cappuccino.tracking import build_tracker
-from cappuccino.training import VALIDATION_CURVE, RunPaths, run
 
+from .config_reads import record_reads, unread_leaves
 from .conftest import TINY
+from .conftest import run_train as run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,13 +59,13 @@ def test_periodic_validation_logs_val_metrics_at_crossed_steps_and_never_backtes
     compose_config, tmp_path, monkeypatch
 ):
     segments = []
-    real_backtest = training.backtest
+    real_backtest = backtest_module._backtest_segment  # every backtest, periodic or final, runs each segment here
 
-    def spy(policy, features, open, close, segment, *args):
+    def spy(policy, market, segment, *args):
         segments.append(segment)
-        return real_backtest(policy, features, open, close, segment, *args)
+        return real_backtest(policy, market, segment, *args)
 
-    monkeypatch.setattr(training, "backtest", spy)
+    monkeypatch.setattr(backtest_module, "_backtest_segment", spy)
     store = tmp_path / "store.db"
     cfg = compose_config([*TINY, EVAL_EVERY, f"logger.tracking_uri=sqlite:///{store}"])
     run(cfg, _paths(tmp_path))
@@ -77,8 +83,8 @@ def test_periodic_validation_logs_val_metrics_at_crossed_steps_and_never_backtes
     assert curve[-1]["excess_sharpe"] == final["val/excess_sharpe"]  # the curve ends at the trained agent
 
     typed = validate(cfg)
-    market = training.prepare_market(typed)
-    ((_, split),) = iter_splits(typed.cv, market.first_valid, market.n_bars)
+    market, _ = load_market(typed.data, typed.window.zscore_window)
+    ((_, split),) = select_splits(build(typed.cv), None, market.first_valid, market.n_bars)
     assert [s for s in segments if s in split.validation] == list(split.validation) * 3  # 2 periodic + the final
     assert [s for s in segments if s in split.test] == list(split.test)  # only the final evaluation's
 
@@ -113,21 +119,23 @@ def test_transfer_experiment_runs_end_to_end(compose_config, tmp_path, monkeypat
     """Pre-training, then two nested training runs, one starting from the pre-trained encoder;
     both curves in one figure on the parent run; every config leaf is read."""
     initial = {}
-    real_build_policy = training.build_policy
+    real_build_policy = training.SplitJob.build_policy
 
-    def spy(cfg, market, config_yaml):
-        policy = real_build_policy(cfg, market, config_yaml)
-        arm = "pretrained" if cfg.encoder.pretrained else "scratch"
+    def spy(job):
+        policy = real_build_policy(job)
+        arm = "pretrained" if job.cfg.encoder.pretrained else "scratch"
         initial[arm] = {k: v.clone() for k, v in policy.actor_encoder.state_dict().items()}
         return policy
 
-    monkeypatch.setattr(training, "build_policy", spy)
+    monkeypatch.setattr(training.SplitJob, "build_policy", spy)
     store = tmp_path / "store.db"
     cfg_dict = compose_config([*EXPERIMENT_TINY, f"logger.tracking_uri=sqlite:///{store}"])
     cfg = validate(cfg_dict)
     with build_tracker(cfg.logger, "study", tmp_path) as study:  # as when a sweep runs the experiment
         with record_reads() as reads:
-            result = run_experiment(cfg, cfg_dict, _paths(tmp_path), ["experiment=transfer_1h_5m"], study.run_id)
+            result = transfer.run(
+                cfg=cfg, config=cfg_dict, paths=_paths(tmp_path), overrides=["experiment=transfer_1h_5m"], parent_run_id=study.run_id
+            )
     assert unread_leaves(cfg, reads) == []
 
     client, runs = _runs_by_name(store)
@@ -155,16 +163,15 @@ def test_transfer_experiment_runs_end_to_end(compose_config, tmp_path, monkeypat
 
 
 def test_a_sweep_job_nests_the_experiment_under_its_study_run(compose_config, tmp_path, monkeypatch):
-    import cappuccino.experiments as experiments
     from cappuccino.hparams_search import STUDY_RUN_ENV
 
     received = {}
 
-    def fake_experiment(cfg, config, paths, overrides, parent_run_id):
+    def fake_experiment(*, cfg, config, paths, overrides=(), parent_run_id=None):  # transfer.run's signature
         received["parent"] = parent_run_id
         return 0.0
 
-    monkeypatch.setattr(experiments, "run_experiment", fake_experiment)
+    monkeypatch.setattr(transfer, "run", fake_experiment)  # what experiment._target_ names
     monkeypatch.setenv(STUDY_RUN_ENV, "abc123")  # what the study sweeper sets for each of its jobs
     run(compose_config([*EXPERIMENT_TINY, "logger=none"]), _paths(tmp_path))
     assert received["parent"] == "abc123"

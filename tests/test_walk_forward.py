@@ -2,10 +2,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cappuccino.config import ConfigError, WalkForwardConfig, record_reads, unread_leaves, validate
-from cappuccino.env.portfolio import Segment
-from cappuccino.evaluation.splits import Split, iter_splits
+from cappuccino.config import ConfigError, WalkForwardConfig, build, validate
+from cappuccino.data.tensors import Segment
+from cappuccino.errors import ArgumentError
+from cappuccino.evaluation.splits import Split, select_splits
 from cappuccino.evaluation.walk_forward import WalkForwardSplitter
+
+from .config_reads import record_reads, unread_leaves
 
 
 @st.composite
@@ -53,39 +56,53 @@ def test_split_count_is_every_window_that_fits(case):
 
 def test_counting_splits_needs_the_bar_range():
     with pytest.raises(ValueError, match="get_n_splits"):
-        WalkForwardSplitter(100, 20, 20).get_n_splits()
+        WalkForwardSplitter(train_bars=100, test_bars=20, step_bars=20).get_n_splits()
 
 
 def test_data_shorter_than_one_window_is_rejected_naming_the_keys():
     with pytest.raises(ValueError, match=r"cv\.train_bars \+ cv\.embargo_bars \+ cv\.test_bars = 125"):
-        list(WalkForwardSplitter(100, 20, 20, embargo_bars=5).split(0, 124))
+        list(WalkForwardSplitter(train_bars=100, test_bars=20, step_bars=20, embargo_bars=5).split(0, 124))
 
 
-def test_constructor_rejects_an_empty_window_naming_the_key():
-    with pytest.raises(ValueError, match=r"cv\.step_bars"):
-        WalkForwardSplitter(100, 20, 0)
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("train_bars", 0, "must be >= 1, got 0"),
+        ("test_bars", 0, "must be >= 1, got 0"),
+        ("step_bars", 0, "must be >= 1, got 0"),
+        ("embargo_bars", -1, "must be >= 0, got -1"),
+    ],
+)
+def test_bad_arguments_are_rejected_naming_them(compose_config, argument, value, message):
+    arguments = {"train_bars": 100, "test_bars": 20, "step_bars": 20, "embargo_bars": 0, argument: value}
+    with pytest.raises(ArgumentError, match=rf"^{argument}: {message}$") as error:
+        WalkForwardSplitter(**arguments)
+    assert error.value.argument == argument
+    with pytest.raises(ConfigError, match=rf"^cv\.{argument}: {message}$"):
+        validate(compose_config(["cv=walk_forward", f"cv.{argument}={value}"]))
 
 
 def test_cv_split_selects_one_split_and_every_cv_leaf_is_read(compose_config):
     cfg = validate(compose_config(["cv=walk_forward", "cv.split=2"]))
     assert isinstance(cfg.cv, WalkForwardConfig)
     with record_reads() as reads:
-        ((index, split),) = iter_splits(cfg.cv, 500, 17_520)
+        ((index, split),) = select_splits(build(cfg.cv), cfg.cv.split, 500, 17_520)
     assert index == 2
-    assert split == list(WalkForwardSplitter(4320, 1440, 1440, 24).split(500, 17_520))[2]
+    expected = WalkForwardSplitter(train_bars=4320, test_bars=1440, step_bars=1440, embargo_bars=24)
+    assert split == list(expected.split(500, 17_520))[2]
     assert unread_leaves(cfg.cv, reads) == ["std_penalty"]  # read when scoring: tests/test_train_cv.py
 
 
 def test_cv_split_beyond_the_data_is_rejected_naming_the_key(compose_config):
     cfg = validate(compose_config(["cv=walk_forward", "cv.split=8"]))  # 17020 bars hold 8 splits: 0..7
     with pytest.raises(ConfigError, match=r"cv\.split: must be < 8"):
-        list(iter_splits(cfg.cv, 500, 17_520))
+        select_splits(build(cfg.cv), cfg.cv.split, 500, 17_520)
 
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("cv.test_bars=0", "cv.test_bars"), ("cv.split=-2", "cv.split"), ("cv.embargo_bars=-1", "cv.embargo_bars")],
+    [("cv.split=-2", "cv.split"), ("cv.std_penalty=-0.1", "cv.std_penalty")],
 )
-def test_config_rejects_out_of_range_values_naming_the_key(compose_config, override, key):
+def test_config_rejects_out_of_range_settings_naming_the_key(compose_config, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config(["cv=walk_forward", override]))

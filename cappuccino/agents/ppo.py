@@ -35,20 +35,53 @@ and losses are float32 too. bfloat16 has float32's exponent range: no loss scali
 
 from __future__ import annotations
 
-import ctypes
-import os
-import platform
 import time
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from cappuccino.config import PRECISIONS, PPOConfig
+from cappuccino.agents.memory import retained_freed_memory
 from cappuccino.env.portfolio import Observation, StepResult
+from cappuccino.errors import require
 from cappuccino.models.policy import ActorCritic
+
+PRECISIONS = ("32", "bf16-mixed")  # Lightning's names; see the module docstring
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOSettings:
+    """PPO's hyperparameters (the ``agent`` config group), checked once."""
+
+    lr: float = 3e-4
+    anneal_lr: bool = True  # linearly to lr / num_updates at the last update
+    n_steps: int = 128  # rollout length per environment
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    update_epochs: int = 4
+    minibatch_size: int = 1024
+    clip_coef: float = 0.2
+    clip_value_loss: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    target_kl: Optional[float] = 0.03  # stop the epoch loop once the approximate KL exceeds this
+    norm_adv: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}")
+        require(0.0 < self.gamma <= 1.0, "gamma", f"must be in (0, 1], got {self.gamma}")
+        require(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
+        require(self.update_epochs >= 1, "update_epochs", f"must be >= 1, got {self.update_epochs}")
+        require(self.minibatch_size >= 1, "minibatch_size", f"must be >= 1, got {self.minibatch_size}")
+        require(self.clip_coef > 0, "clip_coef", f"must be > 0, got {self.clip_coef}")
+        require(self.vf_coef >= 0, "vf_coef", f"must be >= 0, got {self.vf_coef}")
+        require(self.ent_coef >= 0, "ent_coef", f"must be >= 0, got {self.ent_coef}")
+        require(self.max_grad_norm > 0, "max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
+        require(self.target_kl is None or self.target_kl > 0, "target_kl", f"must be > 0 or null, got {self.target_kl}")
 
 
 class BatchedEnv(Protocol):
@@ -169,43 +202,6 @@ class Rollout:
         )
 
 
-# -------------------------------------------------------------------------- host memory
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (<malloc.h>)
-_MMAP_THRESHOLD_MAX = 32 * 2**20  # the highest value glibc's dynamic mmap threshold reaches (64-bit)
-
-
-@contextmanager
-def retained_freed_memory() -> Iterator[None]:
-    """Inside, freed heap memory stays mapped in the process (glibc; elsewhere a no-op).
-
-    glibc serves large allocations with fresh mmaps and hands freed memory at the top of the heap
-    back to the OS, so every minibatch's activations, casts and gradients (1-8 MiB each at
-    typical sizes) are page-faulted and zero-filled again: ~100k faults per PPO update at the
-    throughput benchmark's sizes, a quarter of a bfloat16 update on 2 cores. Inside, blocks up to
-    32 MiB come from the heap and the heap is never trimmed, so freed blocks are reused without
-    faults. PyTorch's CPU performance guide gets the same by preloading jemalloc or tcmalloc;
-    this does it in-process. The arithmetic is untouched and the peak resident memory too (each
-    minibatch reaches the same peak anyway). On exit the thresholds are those glibc's dynamic
-    rule reaches after freeing a 32 MiB block (mmap 32 MiB, trim 64 MiB) and ``malloc_trim``
-    returns the retained memory to the OS. A process that configures malloc through its
-    environment (``MALLOC_*`` variables, ``GLIBC_TUNABLES``) is left as configured.
-    """
-    configured = any(k.startswith("MALLOC_") for k in os.environ) or "glibc.malloc" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    )
-    if platform.libc_ver()[0] != "glibc" or configured:
-        yield
-        return
-    libc = ctypes.CDLL(None)  # the process's own C library
-    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # never trim
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
-        libc.malloc_trim(0)
-
-
 # ---------------------------------------------------------------------------------- PPO
 class PPO:
     """Train ``policy`` on ``env`` for ``total_steps`` env steps (summed over envs).
@@ -218,30 +214,30 @@ class PPO:
     """
 
     def __init__(
-        self, policy: ActorCritic, env: BatchedEnv, cfg: PPOConfig, total_steps: int, precision: str = "32"
+        self, policy: ActorCritic, env: BatchedEnv, settings: PPOSettings, total_steps: int, precision: str = "32"
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is not supported; choose one of {list(PRECISIONS)}")
         _check_compatible(policy, env)
         self.policy = policy.to(env.device)
         self.env = env
-        self.cfg = cfg
+        self.settings = settings
         self.precision = precision
         # bf16-mixed: windows are gathered in bfloat16, the dtype the first layer computes in anyway,
         # by rollout and update alike (both must compute the same function).
         self._window_dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
-        self.batch_size = env.num_envs * cfg.n_steps
-        if cfg.minibatch_size > self.batch_size:
+        self.batch_size = env.num_envs * settings.n_steps
+        if settings.minibatch_size > self.batch_size:
             raise ValueError(
-                f"agent.minibatch_size={cfg.minibatch_size} exceeds the rollout batch "
-                f"env.num_envs * agent.n_steps = {env.num_envs} * {cfg.n_steps} = {self.batch_size}; "
+                f"agent.minibatch_size={settings.minibatch_size} exceeds the rollout batch "
+                f"env.num_envs * agent.n_steps = {env.num_envs} * {settings.n_steps} = {self.batch_size}; "
                 "lower agent.minibatch_size or raise agent.n_steps / env.num_envs"
             )
         self.num_updates = max(1, total_steps // self.batch_size)
         self.total_steps = self.num_updates * self.batch_size
         # fused: the whole Adam step in one pass over the parameters (CPU and GPU), ~5x faster on
         # CPU than the per-operation foreach kernels; the same update up to float rounding.
-        self.optimizer = torch.optim.Adam(trainable(self.policy), lr=cfg.lr, eps=1e-5, fused=True)
+        self.optimizer = torch.optim.Adam(trainable(self.policy), lr=settings.lr, eps=1e-5, fused=True)
         self.global_step = 0
 
     @retained_freed_memory()
@@ -261,8 +257,8 @@ class PPO:
         episode_return = torch.zeros(self.env.num_envs, device=self.env.device)
         for update in range(1, self.num_updates + 1):
             start = time.perf_counter()
-            learning_rate = self.cfg.lr
-            if self.cfg.anneal_lr:
+            learning_rate = self.settings.lr
+            if self.settings.anneal_lr:
                 learning_rate *= 1.0 - (update - 1) / self.num_updates
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate
@@ -298,13 +294,13 @@ class PPO:
         episodes that ended in this rollout (a 0-d tensor, NaN if none ended)."""
         env, policy = self.env, self.policy
         policy.eval()  # no dropout while acting: the stored log-probs are the policy's own
-        rollout = Rollout.empty(self.cfg.n_steps, env.num_envs, env.n_assets, env.device)
+        rollout = Rollout.empty(self.settings.n_steps, env.num_envs, env.n_assets, env.device)
         finished_sum = torch.zeros((), device=env.device)
         finished_count = torch.zeros((), device=env.device)
         # One autocast context for the whole rollout: it caches the low-precision copies of the
         # parameters (unchanged while acting), so they are cast once per rollout, not per step.
         with self._autocast():
-            for t in range(self.cfg.n_steps):
+            for t in range(self.settings.n_steps):
                 action, log_prob, value = policy.act(env.window(obs.bar, dtype=self._window_dtype), obs.weights)
                 with torch.autocast(env.device.type, enabled=False):
                     step = env.step(action)  # the env clamps the action to [-1, 1]
@@ -324,59 +320,59 @@ class PPO:
     def _bootstrap_truncations(self, rollout: Rollout) -> None:
         """rewards += gamma * V(final_obs) where the episode was cut by the time limit."""
         steps, envs = rollout.dones.nonzero(as_tuple=True)  # the one host sync of the rollout
-        for chunk in torch.arange(len(steps), device=steps.device).split(self.cfg.minibatch_size):
+        for chunk in torch.arange(len(steps), device=steps.device).split(self.settings.minibatch_size):
             t, b = steps[chunk], envs[chunk]
             with self._autocast():
                 final_value = self.policy.value(self.env.window(rollout.final_bars[t, b], dtype=self._window_dtype), rollout.final_weights[t, b])
-            rollout.rewards[t, b] += self.cfg.gamma * final_value
+            rollout.rewards[t, b] += self.settings.gamma * final_value
 
     @torch.no_grad()
     def _advantages(self, rollout: Rollout, next_obs: Observation) -> tuple[Tensor, Tensor]:
         """(advantages, returns), each (T, B); returns = advantages + values (the value targets)."""
         with self._autocast():
             next_value = self.policy.value(self.env.window(next_obs.bar, dtype=self._window_dtype), next_obs.weights)
-        cfg = self.cfg
-        advantages = gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda)
+        hp = self.settings
+        advantages = gae(rollout.rewards, rollout.values, rollout.dones, next_value, hp.gamma, hp.gae_lambda)
         return advantages, advantages + rollout.values
 
     def _optimise(self, rollout: Rollout, advantages: Tensor, returns: Tensor) -> dict[str, float]:
         """``update_epochs`` passes of minibatch gradient steps; returns the loss metrics."""
-        cfg, policy = self.cfg, self.policy
+        hp, policy = self.settings, self.policy
         policy.train()
         bars, weights = rollout.bars.flatten(), rollout.weights.flatten(0, 1)  # (N,), (N, A + 1)
         actions, old_log_probs = rollout.actions.flatten(0, 1), rollout.log_probs.flatten()
         old_values, advantages, returns = rollout.values.flatten(), advantages.flatten(), returns.flatten()
-        value_clip = cfg.clip_coef if cfg.clip_value_loss else None
+        value_clip = hp.clip_coef if hp.clip_value_loss else None
 
         # Summed over minibatches on the device: policy, value, entropy, clip fraction, grad norm.
         totals = torch.zeros(5, device=bars.device)
         n_minibatches, epochs_run = 0, 0
         kl = torch.zeros((), device=bars.device)
-        for _ in range(cfg.update_epochs):
+        for _ in range(hp.update_epochs):
             epochs_run += 1
-            for idx in torch.randperm(self.batch_size, device=bars.device).split(cfg.minibatch_size):
+            for idx in torch.randperm(self.batch_size, device=bars.device).split(hp.minibatch_size):
                 with self._autocast():  # the forward only: backward and losses run in float32
                     log_prob, entropy, value = policy.evaluate(self.env.window(bars[idx], dtype=self._window_dtype), weights[idx], actions[idx])
                 log_ratio = log_prob - old_log_probs[idx]
                 ratio = log_ratio.exp()
-                adv = normalize(advantages[idx]) if cfg.norm_adv else advantages[idx]
+                adv = normalize(advantages[idx]) if hp.norm_adv else advantages[idx]
 
-                pg_loss = clipped_surrogate(ratio, adv, cfg.clip_coef)
+                pg_loss = clipped_surrogate(ratio, adv, hp.clip_coef)
                 v_loss = value_loss(value, old_values[idx], returns[idx], value_clip)
                 mean_entropy = entropy.mean()
-                loss = pg_loss - cfg.ent_coef * mean_entropy + cfg.vf_coef * v_loss
+                loss = pg_loss - hp.ent_coef * mean_entropy + hp.vf_coef * v_loss
 
                 self.optimizer.zero_grad()
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(trainable(policy), cfg.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(trainable(policy), hp.max_grad_norm)
                 self.optimizer.step()
 
                 with torch.no_grad():
                     kl = approx_kl(log_ratio)
-                    clip_fraction = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+                    clip_fraction = ((ratio - 1.0).abs() > hp.clip_coef).float().mean()
                     totals += torch.stack([pg_loss, v_loss, mean_entropy, clip_fraction, grad_norm])
                 n_minibatches += 1
-            if cfg.target_kl is not None and kl > cfg.target_kl:
+            if hp.target_kl is not None and kl > hp.target_kl:
                 break
 
         policy_loss, v_loss_mean, entropy_mean, clip_fraction_mean, grad_norm_mean = (totals / n_minibatches).tolist()
@@ -393,9 +389,9 @@ class PPO:
 
 def _check_compatible(policy: ActorCritic, env: BatchedEnv) -> None:
     expected = (env.lookback, env.n_assets, env.n_features)
-    got = (policy.lookback, policy.n_assets, policy.n_features)
-    if got != expected:
-        raise ValueError(
-            f"policy was built for (lookback, n_assets, n_features) = {got} but the env has {expected}; "
-            "build the ActorCritic with the env's sizes"
-        )
+    for got in {encoder.input_shape for encoder in policy.encoders()}:
+        if got != expected:
+            raise ValueError(
+                f"policy was built for (lookback, n_assets, n_features) = {got} but the env has {expected}; "
+                "build the ActorCritic with the env's sizes"
+            )

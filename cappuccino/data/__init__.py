@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-from cappuccino.config import AlpacaDataConfig, CsvDataConfig, DataConfig, SyntheticDataConfig
-from cappuccino.data.alpaca_source import alpaca_market
+from cappuccino.config import DataConfig, build
 from cappuccino.data.cleaning import DataError, DataReport, clean_bars
-from cappuccino.data.csv_source import csv_market
+from cappuccino.data.features import with_features
 from cappuccino.data.market import OHLCV, MarketData
-from cappuccino.data.synthetic import synthetic_market
+from cappuccino.data.source import BarSource
 
-__all__ = [
-    "OHLCV",
-    "DataError",
-    "DataReport",
-    "MarketData",
-    "alpaca_market",
-    "clean_bars",
-    "csv_market",
-    "load_market",
-    "synthetic_market",
-]
-
-_SCHEMAS: dict[str, type[DataConfig]] = {
-    "synthetic": SyntheticDataConfig,
-    "csv": CsvDataConfig,
-    "alpaca": AlpacaDataConfig,
-}
+__all__ = ["OHLCV", "BarSource", "DataError", "DataReport", "MarketData", "clean_bars", "load_market"]
 
 
-def load_market(cfg: DataConfig) -> tuple[MarketData, DataReport]:
-    """The bars ``cfg`` describes and the repairs made to them (synthetic data needs none)."""
-    schema = _SCHEMAS.get(cfg.source)
-    if schema is None:
-        raise DataError(f"data.source={cfg.source!r} is unknown; use one of {sorted(_SCHEMAS)}")
-    if not isinstance(cfg, schema):
-        raise DataError(f"data.source={cfg.source!r} needs a {schema.__name__}, got {type(cfg).__name__}")
-    if isinstance(cfg, SyntheticDataConfig):
-        return synthetic_market(cfg), DataReport()
-    if isinstance(cfg, CsvDataConfig):
-        return csv_market(cfg)
-    return alpaca_market(cfg)
+def load_market(cfg: DataConfig, zscore_window: int) -> tuple[MarketData, DataReport]:
+    """The bars the ``data`` group describes, with their causal features, and the repairs made."""
+    market, report = build(cfg).load()
+    return with_features(market, zscore_window), report

@@ -22,14 +22,39 @@ from alpaca.data.historical import CryptoHistoricalDataClient
 from alpaca.data.requests import CryptoBarsRequest
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 
-from cappuccino.config import AlpacaDataConfig
+from dataclasses import dataclass
+from typing import Optional
+
 from cappuccino.data.cleaning import DataError, DataReport, clean_bars, format_delta, parse_interval, to_utc
 from cappuccino.data.market import MarketData
+from cappuccino.data.source import BarSource
+from cappuccino.errors import require
 
 _BAR_FIELDS = {"t": "time", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
 
 
-def alpaca_market(cfg: AlpacaDataConfig) -> tuple[MarketData, DataReport]:
+@dataclass(frozen=True, kw_only=True)
+class AlpacaSource(BarSource):
+    """Bars of ``symbols`` quoted in ``quote`` from ``start`` to ``end`` (UTC), cached under
+    ``cache_dir``; ``url_override`` points the client at another server (tests: a local one)."""
+
+    quote: str = "USD"
+    start: str = "2023-01-01"
+    end: str = "2024-12-31"
+    cache_dir: str = "~/.cache/cappuccino/alpaca"
+    url_override: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_time("start")
+        self._check_time("end")
+        require(to_utc(self.start) < to_utc(self.end), "start", f"must be before end ({self.start} >= {self.end})")
+
+    def load(self) -> tuple[MarketData, DataReport]:
+        return alpaca_market(self)
+
+
+def alpaca_market(cfg: AlpacaSource) -> tuple[MarketData, DataReport]:
     """Bars of ``cfg.symbols`` quoted in ``cfg.quote`` from ``cfg.start`` to ``cfg.end`` (UTC).
 
     A date without a time means its midnight UTC, so ``end: 2024-12-31`` stops at that day's first bar.
@@ -66,12 +91,12 @@ def alpaca_timeframe(interval: pd.Timedelta) -> TimeFrame:
     )
 
 
-def _cache_key(cfg: AlpacaDataConfig, timeframe: TimeFrame, start: pd.Timestamp, end: pd.Timestamp) -> str:
+def _cache_key(cfg: AlpacaSource, timeframe: TimeFrame, start: pd.Timestamp, end: pd.Timestamp) -> str:
     request = [sorted(cfg.symbols), cfg.quote, timeframe.value, start.isoformat(), end.isoformat()]
     return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
 
 
-def _download(cfg: AlpacaDataConfig, timeframe: TimeFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+def _download(cfg: AlpacaSource, timeframe: TimeFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     """Long table (symbol, time, open, high, low, close, volume) of every page of bars."""
     pairs = {f"{symbol}/{cfg.quote}": symbol for symbol in cfg.symbols}
     client = CryptoHistoricalDataClient(url_override=cfg.url_override, raw_data=True)

@@ -24,16 +24,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cappuccino.config import CsvDataConfig
+from dataclasses import dataclass
+
 from cappuccino.data.cleaning import DataError, DataReport, clean_bars, format_delta, parse_interval
 from cappuccino.data.market import MarketData
+from cappuccino.data.source import BarSource
 
 TIME_COLUMNS = ("time", "timestamp", "datetime", "date", "unix")
 QUOTE_CURRENCIES = ("USDT", "USDC", "BUSD", "USD", "EUR", "GBP")  # longest first: USDT before USD
 _HOUR_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2} \d{1,2}-[AP]M$")  # CryptoDataDownload: "2019-10-17 09-AM"
 
 
-def csv_market(cfg: CsvDataConfig) -> tuple[MarketData, DataReport]:
+@dataclass(frozen=True, kw_only=True)
+class CsvSource(BarSource):
+    """``path``: a long-format file, or a pattern with "{symbol}" for one file per symbol."""
+
+    path: str
+
+    def load(self) -> tuple[MarketData, DataReport]:
+        return csv_market(self)
+
+
+def csv_market(cfg: CsvSource) -> tuple[MarketData, DataReport]:
     """Load ``cfg.symbols`` from ``cfg.path``, check the bar length against ``cfg.interval`` and clean."""
     interval = parse_interval(cfg.interval)
     if "{symbol}" in cfg.path:
@@ -59,7 +71,7 @@ def canonical_symbol(name: str) -> str:
     return name
 
 
-def _long_file(path: str, symbols: list[str]) -> dict[str, pd.DataFrame]:
+def _long_file(path: str, symbols: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     table = _read_table(path)
     if "symbol" not in table.columns:
         raise DataError(

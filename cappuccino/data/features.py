@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cappuccino.data.market import MarketData
+
 FEATURE_NAMES: tuple[str, ...] = (
     "open",
     "high",
@@ -40,6 +42,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "breakout_volume",
     "trend_reacceleration",
 )
+
+# Bumped whenever a feature's definition changes: a checkpoint trained on other features is refused.
+FEATURE_VERSION = 1
 
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 PERIOD = 14  # RSI, CCI, DX, ADX and ATR
@@ -78,6 +83,12 @@ def compute_features(ohlcv: np.ndarray, zscore_window: int) -> tuple[np.ndarray,
     features = causal_zscore(raw_indicators(ohlcv), zscore_window).astype(np.float32)
     features[:first_valid] = np.nan  # faster indicators are defined earlier; keep one warm-up for all
     return features, first_valid
+
+
+def with_features(market: MarketData, zscore_window: int) -> MarketData:
+    """``market`` with its causal features attached (``compute_features``)."""
+    features, first_valid = compute_features(market.ohlcv, zscore_window)
+    return market.with_features(features, FEATURE_NAMES, first_valid)
 
 
 def feature_memory(zscore_window: int) -> int:

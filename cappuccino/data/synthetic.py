@@ -21,9 +21,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cappuccino.config import SyntheticDataConfig
-from cappuccino.data.cleaning import clean_bars, parse_interval, to_utc
+from dataclasses import dataclass
+
+from cappuccino.data.cleaning import DataReport, clean_bars, parse_interval, to_utc
 from cappuccino.data.market import MarketData
+from cappuccino.data.source import BarSource
+from cappuccino.errors import require
 
 # Rough price levels of early 2023; other symbols get a level drawn between 1 and 1000.
 START_PRICES = {"AAVE": 80.0, "AVAX": 15.0, "BTC": 30_000.0, "ETH": 2_000.0, "LINK": 7.0, "LTC": 80.0, "UNI": 6.0}
@@ -35,7 +38,30 @@ WICK_SCALE = 0.5  # high/low extend beyond open/close by ~this many bar volatili
 HOURLY_DOLLAR_VOLUME = (2e6, 2e7)  # range of each asset's average traded notional per hour
 
 
-def synthetic_market(cfg: SyntheticDataConfig) -> MarketData:
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSource(BarSource):
+    """``n_bars`` bars from ``start`` (UTC), deterministic in ``seed``. ``signal_strength`` is the
+    correlation of each bar's standardised shock with an exponential average of past shocks of
+    half-life ``signal_half_life`` bars (module docstring): 0 is a pure random walk."""
+
+    seed: int = 7
+    start: str = "2022-01-01"
+    n_bars: int = 17520
+    signal_strength: float = 0.1
+    signal_half_life: float = 6.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_time("start")
+        require(self.n_bars >= 100, "n_bars", f"must be >= 100, got {self.n_bars}")
+        require(0.0 <= self.signal_strength < 1.0, "signal_strength", f"must be in [0, 1), got {self.signal_strength}")
+        require(self.signal_half_life >= 0, "signal_half_life", f"must be >= 0, got {self.signal_half_life}")
+
+    def load(self) -> tuple[MarketData, DataReport]:
+        return synthetic_market(self), DataReport()
+
+
+def synthetic_market(cfg: SyntheticSource) -> MarketData:
     """``cfg.n_bars`` bars of ``cfg.symbols`` from ``cfg.start`` (UTC), deterministic in ``cfg.seed``.
 
     Open is the previous close (continuous trading); high/low add a wick beyond open/close scaled

@@ -31,7 +31,7 @@ class PortfolioGymEnv(gym.Env):
         # The box is the range of the features actually present (warm-up NaNs excluded, they are
         # never observed) followed by [0, 1] for the weights, which rounding cannot leave: each
         # share is a non-negative term divided by a float sum that includes it.
-        features = env.features[torch.isfinite(env.features)]
+        features = env.market.features[torch.isfinite(env.market.features)]
         low = np.concatenate([np.full(window_size, float(features.min())), np.zeros(env.n_assets + 1)])
         high = np.concatenate([np.full(window_size, float(features.max())), np.ones(env.n_assets + 1)])
         self.observation_space = gym.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)

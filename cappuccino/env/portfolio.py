@@ -7,18 +7,11 @@ Timing (no look-ahead)
     ``reward_scale * log(V[t+1] / V[t])`` with V[t] the value at close[t]. Nothing trades at a
     price the agent has seen, and the step taken at t reads no bar after t+1.
 
-Action -> target weights (``target_weights``)
-    a = clamp(action, -1, 1); raw = (a + 1) / 2 in [0, 1] per asset; if sum(raw) > 1 then
-    raw /= sum(raw); w = raw * (1 - cash_reserve), cash holds the rest. So -1 everywhere is all
-    cash, 0 everywhere is equal weight fully invested (less the reserve), and each asset can go to
-    zero on its own, which a softmax cannot do.
-
-Fills at open[t+1] (``rebalance``)
-    V_open = cash + q.open; target q* = w V_open / open; delta = q* - q, and any |delta| below the
-    asset's minimum order size is skipped. Sells go first (cash += notional * (1 - fee)); buys
-    cost notional * (1 + fee) and are scaled down together when they would overdraw the cash.
-    Long-only and unlevered: q >= 0 and cash >= 0 always, and the value right after the fill is
-    V_open minus the fees.
+Actions and fills
+    An action becomes target weights and the target weights orders by the trading rules
+    (``cappuccino.trading.rules``: ``target_weights``, ``plan_orders``, ``fill_orders``), the
+    same functions a live broker's orders come from. Long-only and unlevered: q >= 0 and
+    cash >= 0 always, and the value right after the fill is its value at open[t+1] minus the fees.
 
 Rewards
     "log_return" is the above; "excess_log_return" subtracts the log return of an equal-weight
@@ -27,9 +20,9 @@ Rewards
     ``reward_scale * (log(V_end / V_0) - log(B_end / B_0))``.
 
 Episodes
-    A segment [start, stop) gives decision bars t in [start + L - 1, stop - 2]: the window and the
-    fill bar t + 1 stay inside it, so episodes never cross a segment boundary and training sets
-    with gaps (CPCV) work. With ``random_start`` each new episode picks a (segment, first bar) pair
+    A segment [start, stop) gives decision bars t in [start + L - 1, stop - 2]
+    (``MarketTensors.decision_bars``): the window and the fill bar t + 1 stay inside it, so
+    episodes never cross a segment boundary and training sets with gaps (CPCV) work. With ``random_start`` each new episode picks a (segment, first bar) pair
     uniformly among all valid ones, i.e. a segment with probability proportional to its number of
     valid starts; a segment shorter than ``episode_length`` gives an episode of what fits.
     Without it, env b always starts at the first decision bar of segments[b] (evaluation). Every
@@ -53,18 +46,33 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from cappuccino.config import EnvConfig
-from cappuccino.data.market import MarketData
+from cappuccino.data.tensors import LEDGER_DTYPE, MarketTensors, Segment
+from cappuccino.errors import require
+from cappuccino.trading.rules import TradingRules, fill_orders, plan_orders, target_weights
 
-LEDGER_DTYPE = torch.float64
+REWARDS = ("log_return", "excess_log_return")
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A contiguous range of bars [start, stop) that episodes may use; episodes never cross it."""
+@dataclass(frozen=True, kw_only=True)
+class EpisodeSampling:
+    """How training episodes are drawn and rewarded (the ``env`` config group).
 
-    start: int
-    stop: int
+    ``reward``: "excess_log_return" (over equal-weight buy-and-hold) removes the market's common
+    moves from the reward and matches the objective; "log_return" is the plain log return.
+    """
+
+    num_envs: int = 64
+    episode_length: int = 720  # decision steps per training episode
+    initial_cash: float = 100_000.0
+    reward: str = "excess_log_return"
+    reward_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        require(self.num_envs >= 1, "num_envs", f"must be >= 1, got {self.num_envs}")
+        require(self.episode_length >= 2, "episode_length", f"must be >= 2, got {self.episode_length}")
+        require(self.initial_cash > 0, "initial_cash", f"must be > 0, got {self.initial_cash}")
+        require(self.reward in REWARDS, "reward", f"must be one of {list(REWARDS)}, got {self.reward!r}")
+        require(self.reward_scale > 0, "reward_scale", f"must be > 0, got {self.reward_scale}")
 
 
 class Observation(NamedTuple):
@@ -74,65 +82,12 @@ class Observation(NamedTuple):
 
 class StepResult(NamedTuple):
     obs: Observation  # next observation (already reset where ``done``)
-    reward: Tensor  # (B,) float32, scaled by env.reward_scale
+    reward: Tensor  # (B,) float32, scaled by reward_scale
     done: Tensor  # (B,) bool: the episode ended (always a time-limit truncation)
     final_obs: Observation  # the observation an ended episode stopped at (== obs where not done)
     value: Tensor  # (B,) portfolio value at close[t+1] (before any reset)
     fees: Tensor  # (B,) fees paid in this step, in cash units
     turnover: Tensor  # (B,) traded notional / portfolio value at the fill
-
-
-class Fill(NamedTuple):
-    cash: Tensor  # (B,) after the fill
-    holdings: Tensor  # (B, A) asset units after the fill
-    fees: Tensor  # (B,) fee * traded notional
-    turnover: Tensor  # (B,) traded notional / value before the fill
-
-
-def decision_steps(segment: Segment, lookback: int) -> int:
-    """Decision bars an episode can use in ``segment``: t in [start + L - 1, stop - 2]."""
-    return segment.stop - segment.start - lookback
-
-
-def target_weights(action: Tensor, cash_reserve: float) -> Tensor:
-    """(..., A) actions -> (..., A) long-only target weights summing to at most 1 - cash_reserve."""
-    raw = (action.clamp(-1.0, 1.0) + 1.0) / 2.0
-    raw = raw / raw.sum(-1, keepdim=True).clamp(min=1.0)
-    return raw * (1.0 - cash_reserve)
-
-
-def rebalance(
-    cash: Tensor,
-    holdings: Tensor,
-    weights: Tensor,
-    price: Tensor,
-    min_order_size: Tensor,
-    fee: float,
-    band: float = 0.0,
-) -> Fill:
-    """Trade ``holdings`` (B, A) towards target ``weights`` (B, A) at ``price`` (B, A).
-
-    Orders smaller than ``min_order_size`` (A,) units are skipped, also after buys were scaled
-    down to the available cash, so every order sent is one the exchange accepts. Orders worth
-    less than ``band`` of the portfolio value are skipped too: a no-trade band keeps a policy
-    whose targets drift a little every bar from paying fees on every drift.
-    """
-    value = cash + (holdings * price).sum(-1)  # (B,)
-    delta = weights * value.unsqueeze(-1) / price - holdings  # (B, A)
-    too_small = (delta.abs() < min_order_size) | (delta.abs() * price < band * value.unsqueeze(-1))
-    delta = delta.masked_fill(too_small, 0.0)
-    sell = (-delta).clamp(min=0.0)
-    buy = delta.clamp(min=0.0)
-    cash = cash + (1.0 - fee) * (sell * price).sum(-1)
-    cost = (1.0 + fee) * (buy * price).sum(-1)
-    # Fees make a fully invested target cost more than the cash freed; shrink all buys alike.
-    scale = torch.where(cost > cash, cash / cost, torch.ones_like(cash))
-    buy = buy * scale.unsqueeze(-1)
-    buy = buy.masked_fill(buy < min_order_size, 0.0)
-    cash = (cash - (1.0 + fee) * (buy * price).sum(-1)).clamp(min=0.0)
-    holdings = (holdings - sell + buy).clamp(min=0.0)  # clamp only absorbs rounding of q* - q + q
-    notional = ((sell + buy) * price).sum(-1)
-    return Fill(cash, holdings, fee * notional, notional / value)
 
 
 def equal_weight_quantities(open_first: Tensor, initial_cash: float, fee: float) -> Tensor:
@@ -166,117 +121,69 @@ class _State(NamedTuple):
 class PortfolioEnv:
     """B long-only portfolio episodes over the same market, stepped together (see module docstring).
 
-    features:       (T, A, F) float32, causally normalised (row t uses bars <= t); its device is
-                    the env's device.
-    open, close:    (T, A) prices, > 0 inside the segments.
-    segments:       bar ranges episodes may use; each needs at least ``lookback + 1`` bars.
-    min_order_size: (A,) smallest order per asset in asset units, in the column order of ``open``.
-    episode_length: decision steps per episode; ``...`` takes cfg.episode_length; None runs each
-                    episode to the end of its segment.
+    market:         features (causally normalised: row t uses bars <= t) and prices, on the env's
+                    device; prices > 0 inside the segments.
+    segments:       bar ranges episodes may use; each needs at least ``lookback + 1`` bars and
+                    must lie after the features' warm-up.
+    rules:          fees, cash reserve, no-trade band and per-symbol order sizes.
+    sampling:       number of envs, episode length, starting cash and reward.
+    num_envs:       overrides ``sampling.num_envs``.
+    episode_length: decision steps per episode; ``...`` takes sampling.episode_length; None runs
+                    each episode to the end of its segment.
     random_start:   sample each episode's segment and first bar; False pins env b to the start
                     of segments[b] (then num_envs must equal len(segments)).
     """
 
     def __init__(
         self,
-        features: Tensor,
-        open: Tensor,
-        close: Tensor,
+        market: MarketTensors,
         segments: Sequence[Segment],
-        cfg: EnvConfig,
-        lookback: int,
-        min_order_size: Tensor,
+        *,
+        rules: TradingRules,
+        sampling: EpisodeSampling,
         num_envs: int | None = None,
         random_start: bool = True,
         episode_length: int | None | EllipsisType = ...,
         seed: int = 0,
     ) -> None:
-        device = features.device
-        self._cfg = cfg
-        self._num_envs = cfg.num_envs if num_envs is None else num_envs
-        self._lookback = lookback
+        device = market.device
+        self.market = market
+        self.rules = rules
+        self.sampling = sampling
+        self._num_envs = sampling.num_envs if num_envs is None else num_envs
         self._random_start = random_start
-        self._features = features.to(torch.float32)
-        self._features_as = {torch.float32: self._features.flatten(1)}  # (T, A * F) per dtype that window() gathers
-        self._min_order_size = min_order_size.to(device, LEDGER_DTYPE)
+        if len(market.symbols) != market.n_assets:
+            raise ValueError(
+                f"market has {len(market.symbols)} symbols for {market.n_assets} assets: build it with "
+                "MarketTensors(..., symbols=...) or MarketTensors.from_market, so the rules find each "
+                "asset's minimum order size"
+            )
+        self._symbol_rules = rules.for_symbols(market.symbols, device)
         self._segments = tuple(segments)
-        length = cfg.episode_length if episode_length is ... else episode_length
-        open, close = open.to(device, LEDGER_DTYPE), close.to(device, LEDGER_DTYPE)
-        self._check_inputs(open, close, length)
-        self._prices = torch.stack([open, close], 1)  # (T, 2, A): one gather per step
+        length = sampling.episode_length if episode_length is ... else episode_length
+        self._check_inputs(length)
+        self._prices = torch.stack([market.open, market.close], 1)  # (T, 2, A): one gather per step
         # Benchmark units of an episode whose first decision bar is t (bought at open[t+1]).
-        self._bench_units = equal_weight_quantities(open[1:], cfg.initial_cash, cfg.fee)  # (T - 1, A)
+        self._bench_units = equal_weight_quantities(market.open[1:], sampling.initial_cash, rules.fee)  # (T - 1, A)
 
         # One row per segment: first decision bar, steps per episode, valid starts before it.
-        steps = [decision_steps(s, lookback) for s in self._segments]
+        steps = [market.decision_steps(s) for s in self._segments]
         lengths = steps if length is None else [min(length, n) for n in steps]
         n_starts = [n - e + 1 for n, e in zip(steps, lengths)]
         ends = list(itertools.accumulate(n_starts))
-        first_bars = [s.start + lookback - 1 for s in self._segments]
+        first_bars = [market.first_decision_bar(s) for s in self._segments]
         rows = list(zip(first_bars, lengths, [end - n for end, n in zip(ends, n_starts)]))
         self._segment_table = torch.tensor(rows, device=device)  # (S, 3)
         self._start_ends = torch.tensor(ends, device=device)  # (S,) cumulative valid starts
         self._total_starts = ends[-1]
 
-        self._window_offsets = torch.arange(1 - lookback, 1, device=device)  # (L,)
         self._all_cash = torch.zeros(self.n_assets + 1, dtype=torch.float32, device=device)
         self._all_cash[0] = 1.0
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(seed)
         self._state: _State | None = None
 
-    # ------------------------------------------------------------------------------ build
-    @classmethod
-    def from_market(
-        cls,
-        market: MarketData,
-        segments: Sequence[Segment],
-        cfg: EnvConfig,
-        lookback: int,
-        device: torch.device | str,
-        **kwargs,
-    ) -> "PortfolioEnv":
-        """Build the tensors from ``market`` (which needs features) on ``device``.
-
-        Minimum order sizes are looked up by symbol in ``cfg.min_order_size``, never by position.
-        """
-        if market.features is None:
-            raise ValueError("market has no features: build them first and attach them with market.with_features(...)")
-        missing = [symbol for symbol in market.symbols if symbol not in cfg.min_order_size]
-        if missing:
-            raise ValueError(
-                f"env.min_order_size has no entry for symbol(s) {missing}; add one per symbol, "
-                f"e.g. env.min_order_size.{missing[0]}=0.01"
-            )
-        for segment in segments:
-            if segment.start < market.first_valid:
-                raise ValueError(
-                    f"{segment} starts before market.first_valid={market.first_valid}, inside the "
-                    f"feature warm-up; start segments at or after first_valid"
-                )
-        min_order_size = torch.tensor([cfg.min_order_size[s] for s in market.symbols], dtype=LEDGER_DTYPE)
-        return cls(
-            torch.as_tensor(market.features, dtype=torch.float32, device=device),
-            torch.as_tensor(market.field("open"), dtype=LEDGER_DTYPE, device=device),
-            torch.as_tensor(market.field("close"), dtype=LEDGER_DTYPE, device=device),
-            segments,
-            cfg,
-            lookback,
-            min_order_size.to(device),
-            **kwargs,
-        )
-
-    def _check_inputs(self, open: Tensor, close: Tensor, episode_length: int | None) -> None:
-        if self._features.dim() != 3:
-            raise ValueError(f"features must be (T, A, F), got shape {tuple(self._features.shape)}")
-        T, A, _ = self._features.shape
-        for name, prices in (("open", open), ("close", close)):
-            if prices.shape != (T, A):
-                raise ValueError(f"{name} has shape {tuple(prices.shape)}, expected (T={T}, A={A}) like features")
-        if self._min_order_size.shape != (A,):
-            raise ValueError(f"min_order_size has shape {tuple(self._min_order_size.shape)}, expected (A={A},)")
-        if self._lookback < 1:
-            raise ValueError(f"lookback must be >= 1, got {self._lookback}")
+    def _check_inputs(self, episode_length: int | None) -> None:
         if self._num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {self._num_envs}")
         if episode_length is not None and episode_length < 1:
@@ -289,21 +196,21 @@ class PortfolioEnv:
                 f"equal len(segments) ({len(self._segments)})"
             )
         for segment in self._segments:
-            self._check_segment(segment, open, close)
+            self._check_segment(segment)
 
-    def _check_segment(self, segment: Segment, open: Tensor, close: Tensor) -> None:
-        n_bars = len(open)
-        if not 0 <= segment.start < segment.stop <= n_bars:
-            raise ValueError(f"{segment} is not a bar range inside [0, {n_bars})")
-        if decision_steps(segment, self._lookback) < 1:
+    def _check_segment(self, segment: Segment) -> None:
+        market = self.market
+        if not 0 <= segment.start < segment.stop <= market.n_bars:
+            raise ValueError(f"{segment} is not a bar range inside [0, {market.n_bars})")
+        if market.decision_steps(segment) < 1:
             raise ValueError(
                 f"{segment} has {segment.stop - segment.start} bars, too few for lookback="
-                f"{self._lookback}: one step needs lookback + 1 = {self._lookback + 1} bars"
+                f"{market.lookback}: one step needs lookback + 1 = {market.lookback + 1} bars"
             )
         bars = slice(segment.start, segment.stop)
-        if not torch.isfinite(self._features[bars]).all():
+        if not torch.isfinite(market.features[bars]).all():
             raise ValueError(f"{segment} has non-finite features (warm-up rows?); start it after them")
-        prices = torch.stack([open[bars], close[bars]])
+        prices = torch.stack([market.open[bars], market.close[bars]])
         if not (torch.isfinite(prices).all() and (prices > 0).all()):
             raise ValueError(f"{segment} has non-finite or non-positive open/close prices")
 
@@ -314,33 +221,23 @@ class PortfolioEnv:
 
     @property
     def n_assets(self) -> int:
-        return self._features.shape[1]
+        return self.market.n_assets
 
     @property
     def n_features(self) -> int:
-        return self._features.shape[2]
+        return self.market.n_features
 
     @property
     def lookback(self) -> int:
-        return self._lookback
+        return self.market.lookback
 
     @property
     def device(self) -> torch.device:
-        return self._features.device
-
-    @property
-    def features(self) -> Tensor:
-        """(T, A, F) float32 features that ``window`` gathers from."""
-        return self._features
+        return self.market.device
 
     @property
     def reward_scale(self) -> float:
-        return self._cfg.reward_scale
-
-    @property
-    def min_order_size(self) -> Tensor:
-        """(A,) float64 minimum order size per asset, in asset units."""
-        return self._min_order_size
+        return self.sampling.reward_scale
 
     @property
     def cash(self) -> Tensor:
@@ -354,22 +251,8 @@ class PortfolioEnv:
 
     # ---------------------------------------------------------------------------- dynamics
     def window(self, bar: Tensor, out: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-        """(N,) decision bars -> (N, L, A, F) features of bars bar-L+1..bar (a gather).
-
-        ``out``, a contiguous (N, L, A, F) tensor of ``dtype``, receives the result: reusing one
-        buffer across steps saves allocating (on CPU, page-faulting) N * L * A * F values per step.
-        ``dtype=torch.bfloat16`` gathers from a bfloat16 copy of the features, made once: the same
-        numbers as gathering in float32 and casting, with a quarter of the memory traffic.
-        """
-        shape = (bar.shape[0], self._lookback, self.n_assets, self.n_features)
-        if out is not None and (out.shape != shape or out.dtype != dtype):
-            raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected (N, L, A, F) = {shape} and {dtype}")
-        if dtype not in self._features_as:
-            self._features_as[dtype] = self._features.to(dtype).flatten(1)  # (T, A * F)
-        bars = (bar.unsqueeze(-1) + self._window_offsets).flatten()  # (N * L,)
-        flat_out = None if out is None else out.view(-1, self.n_assets * self.n_features)
-        flat = torch.index_select(self._features_as[dtype], 0, bars, out=flat_out)  # (N * L, A * F)
-        return flat.view(shape)
+        """(N,) decision bars -> (N, L, A, F) observation windows (``MarketTensors.window``)."""
+        return self.market.window(bar, out, dtype)
 
     def reset(self, seed: int | None = None) -> Observation:
         """Start a fresh episode in every env, all cash; ``seed`` re-seeds the start sampler."""
@@ -381,22 +264,24 @@ class PortfolioEnv:
 
     def step(self, action: Tensor) -> StepResult:
         """Fill ``action`` (B, A) at open[t+1], value at close[t+1]; auto-reset ended episodes."""
-        state = self._require_state()
         if action.shape != (self._num_envs, self.n_assets):
             raise ValueError(f"action has shape {tuple(action.shape)}, expected (B={self._num_envs}, A={self.n_assets})")
-        cfg = self._cfg
+        return self.step_to(target_weights(action.to(LEDGER_DTYPE), self.rules.cash_reserve))
+
+    def step_to(self, weights: Tensor) -> StepResult:
+        """Trade towards target ``weights`` (B, A) (float64, summing to at most 1 - cash reserve)
+        at open[t+1], value at close[t+1]; auto-reset ended episodes."""
+        state = self._require_state()
         bar = state.bar + 1  # the fill bar, and the next decision bar
         price_open, price_close = self._prices[bar].unbind(1)  # (B, A) each
-        weights = target_weights(action.to(LEDGER_DTYPE), cfg.cash_reserve)
-        fill = rebalance(
-            state.cash, state.holdings, weights, price_open, self._min_order_size, cfg.fee, cfg.rebalance_band
-        )
+        orders = plan_orders(state.cash, state.holdings, weights, price_open, self.rules, self._symbol_rules)
+        fill = fill_orders(state.cash, state.holdings, orders, price_open, self.rules.fee)
         value = fill.cash + (fill.holdings * price_close).sum(-1)  # (B,)
         log_return = torch.log(value / state.value)
         bench_value = (state.bench_holdings * price_close).sum(-1)
-        if cfg.reward == "excess_log_return":
+        if self.sampling.reward == "excess_log_return":
             log_return = log_return - torch.log(bench_value / state.bench_value)
-        reward = (cfg.reward_scale * log_return).float()
+        reward = (self.sampling.reward_scale * log_return).float()
         done = bar > state.last_bar
         final_obs = Observation(bar, _weights(fill.cash, fill.holdings, price_close, value))
 
@@ -424,7 +309,7 @@ class PortfolioEnv:
     def _fresh_state(self, first: Tensor, last: Tensor) -> _State:
         """Every env all cash at ``first``; the only constructor of episode state."""
         B, A = self._num_envs, self.n_assets
-        cash = torch.full((B,), self._cfg.initial_cash, dtype=LEDGER_DTYPE, device=self.device)
+        cash = torch.full((B,), self.sampling.initial_cash, dtype=LEDGER_DTYPE, device=self.device)
         zeros = torch.zeros(B, A, dtype=LEDGER_DTYPE, device=self.device)
         return _State(first, last, cash, zeros, cash, self._bench_units[first], cash)
 

@@ -1,21 +1,21 @@
 """Deterministic backtests of a policy, and of the equal-weight buy-and-hold benchmark, on the
-same bars with the same fees and fill rules (both go through the environment's code)."""
+same bars with the same fees and fill rules: both go through the environment and the trading
+rules, the decision path a live trader takes too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from cappuccino.config import EnvConfig
-from cappuccino.env.portfolio import PortfolioEnv, Segment, equal_weight_buy_and_hold
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.env.portfolio import EpisodeSampling, PortfolioEnv, equal_weight_buy_and_hold
 from cappuccino.evaluation.metrics import performance_metrics
-
-# (window (N, L, A, F), weights (N, A + 1)) -> action (N, A)
-Policy = Callable[[Tensor, Tensor], Tensor]
+from cappuccino.models.loading import Policy
+from cappuccino.trading.rules import TradingRules, target_weights
 
 
 @dataclass(frozen=True)
@@ -41,25 +41,20 @@ class Backtest:
 
 @torch.no_grad()
 def backtest(
-    policy: Policy,
-    features: Tensor,
-    open: Tensor,
-    close: Tensor,
-    segment: Segment,
-    cfg: EnvConfig,
-    lookback: int,
-    min_order_size: Tensor,
-) -> Backtest:
-    """Run ``policy`` through the whole of ``segment`` once, from its first observable bar."""
-    env = PortfolioEnv(
-        features, open, close, [segment], cfg, lookback, min_order_size,
-        num_envs=1, random_start=False, episode_length=None,
-    )
+    policy: Policy, market: MarketTensors, segments: Sequence[Segment], rules: TradingRules, initial_cash: float
+) -> list[Backtest]:
+    """Run ``policy`` through each of ``segments`` once, from its first decision bar, all cash."""
+    return [_backtest_segment(policy, market, segment, rules, initial_cash) for segment in segments]
+
+
+def _backtest_segment(policy: Policy, market: MarketTensors, segment: Segment, rules: TradingRules, initial_cash: float) -> Backtest:
+    sampling = EpisodeSampling(num_envs=1, initial_cash=initial_cash)
+    env = PortfolioEnv(market, [segment], rules=rules, sampling=sampling, random_start=False, episode_length=None)
     obs = env.reset()
     first_bar = int(obs.bar[0])
-    values, fees, turnover = [cfg.initial_cash], 0.0, 0.0
+    values, fees, turnover = [initial_cash], 0.0, 0.0
     while True:
-        step = env.step(policy(env.window(obs.bar), obs.weights))
+        step = env.step_to(policy.target_weights(env.window(obs.bar), obs.weights, rules.cash_reserve))
         values.append(float(step.value[0]))
         fees += float(step.fees[0])
         turnover += float(step.turnover[0])
@@ -67,20 +62,21 @@ def backtest(
             break
         obs = step.obs
     bars = np.arange(first_bar, first_bar + len(values))
-    held = equal_weight_buy_and_hold(open[first_bar + 1], close[first_bar + 1 : bars[-1] + 1], cfg.initial_cash, cfg.fee)
-    benchmark = np.concatenate([[cfg.initial_cash], held.cpu().numpy().astype(np.float64)])
+    held = equal_weight_buy_and_hold(market.open[first_bar + 1], market.close[first_bar + 1 : bars[-1] + 1], initial_cash, rules.fee)
+    benchmark = np.concatenate([[initial_cash], held.cpu().numpy()])
     return Backtest(bars, np.asarray(values, dtype=np.float64), benchmark, fees, turnover)
 
 
-def random_policy(n_assets: int, seed: int) -> Policy:
+class RandomPolicy:
     """Uniform actions in [-1, 1]: the baseline a learned policy must clearly beat."""
-    generator = torch.Generator().manual_seed(seed)
 
-    def act(window: Tensor, weights: Tensor) -> Tensor:
-        action = torch.rand(window.shape[0], n_assets, generator=generator) * 2 - 1
-        return action.to(window.device)
+    def __init__(self, n_assets: int, seed: int) -> None:
+        self.n_assets = n_assets
+        self.generator = torch.Generator().manual_seed(seed)
 
-    return act
+    def target_weights(self, window: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
+        action = torch.rand(window.shape[0], self.n_assets, generator=self.generator) * 2 - 1
+        return target_weights(action.to(window.device, torch.float64), cash_reserve)
 
 
 def stitch(backtests: Sequence[Backtest]) -> Backtest:

@@ -32,7 +32,8 @@ from itertools import combinations
 
 import numpy as np
 
-from cappuccino.env.portfolio import Segment
+from cappuccino.data.tensors import Segment
+from cappuccino.errors import require
 from cappuccino.evaluation.splits import Split
 
 
@@ -41,22 +42,26 @@ class CombinatorialPurgedCV:
     and the purge and embargo around each of them."""
 
     def __init__(
-        self, n_groups: int = 6, n_test_groups: int = 2, purge_bars: int = 0, embargo_bars: int = 0
+        self, *, n_groups: int = 6, n_test_groups: int = 2, purge_bars: int = 0, embargo_bars: int | None = 0
     ) -> None:
-        if n_groups < 2:
-            raise ValueError(f"cv.n_groups must be >= 2, got {n_groups}")
-        if not 1 <= n_test_groups < n_groups:
-            raise ValueError(
-                f"cv.n_test_groups must be in [1, cv.n_groups={n_groups}) to leave a training group, got {n_test_groups}"
-            )
-        if purge_bars < 0:
-            raise ValueError(f"cv.purge_bars must be >= 0, got {purge_bars}")
-        if embargo_bars < 0:
-            raise ValueError(f"cv.embargo_bars must be >= 0, got {embargo_bars}")
+        require(n_groups >= 2, "n_groups", f"must be >= 2, got {n_groups}")
+        require(
+            1 <= n_test_groups < n_groups,
+            "n_test_groups",
+            f"must be in [1, n_groups={n_groups}) to leave a training group, got {n_test_groups}",
+        )
+        require(purge_bars >= 0, "purge_bars", f"must be >= 0, got {purge_bars}")
+        require(embargo_bars is None or embargo_bars >= 0, "embargo_bars", f"must be >= 0 or null, got {embargo_bars}")
         self.n_groups = n_groups
         self.n_test_groups = n_test_groups
         self.purge_bars = purge_bars
         self.embargo_bars = embargo_bars
+
+    def embargo_for(self, start: int) -> int:
+        """The embargo used when the usable bars begin at ``start`` (the first bar with features,
+        hence how far back features reach): ``embargo_bars``, or if null just enough that purge +
+        embargo covers the features' reach."""
+        return max(0, start - self.purge_bars) if self.embargo_bars is None else self.embargo_bars
 
     def get_n_splits(self, start: int | None = None, stop: int | None = None) -> int:
         """C(N, k); ``start`` and ``stop`` are ignored (they exist so every splitter takes them)."""
@@ -74,7 +79,7 @@ class CombinatorialPurgedCV:
     def groups(self, start: int, stop: int) -> list[Segment]:
         """The N contiguous groups of [start, stop): ``n // N`` bars each, the last one takes the rest."""
         size = (stop - start) // self.n_groups
-        blocked = 2 * self.purge_bars + self.embargo_bars
+        blocked = 2 * self.purge_bars + self.embargo_for(start)
         if size <= blocked:
             raise ValueError(
                 f"{stop - start} bars make groups of {size} bars, which a training group between two test "
@@ -89,7 +94,7 @@ class CombinatorialPurgedCV:
         ``validation`` is empty (the objective is measured on the test groups)."""
         groups = self.groups(start, stop)
         bar = np.arange(start, stop)[:, None]  # (n, 1)
-        after = self.purge_bars + self.embargo_bars
+        after = self.purge_bars + self.embargo_for(start)
         for tested in self.test_groups():
             test = tuple(groups[g] for g in tested)
             starts = np.array([s.start for s in test])  # (k,)

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from cappuccino.config import ConfigError, CPCVConfig, CVConfig, HoldoutConfig, WalkForwardConfig
-from cappuccino.env.portfolio import Segment
+from cappuccino.data.tensors import Segment
+from cappuccino.errors import ConfigError, require
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,15 @@ class HoldoutSplitter:
     """One split by time: train, then validation, then test, with ``embargo_bars`` dropped
     between consecutive parts so that autocorrelated bars near a boundary don't leak."""
 
-    def __init__(self, train_fraction: float, val_fraction: float, embargo_bars: int) -> None:
+    def __init__(self, *, train_fraction: float = 0.7, val_fraction: float = 0.15, embargo_bars: int = 24) -> None:
+        require(0 < train_fraction < 1, "train_fraction", f"must be in (0, 1), got {train_fraction}")
+        require(0 < val_fraction < 1, "val_fraction", f"must be in (0, 1), got {val_fraction}")
+        require(
+            train_fraction + val_fraction < 1,
+            "val_fraction",
+            f"train_fraction + val_fraction must be < 1 to leave a test split, got {train_fraction} + {val_fraction}",
+        )
+        require(embargo_bars >= 0, "embargo_bars", f"must be >= 0, got {embargo_bars}")
         self.train_fraction = train_fraction
         self.val_fraction = val_fraction
         self.embargo_bars = embargo_bars
@@ -60,44 +68,13 @@ class HoldoutSplitter:
         )
 
 
-def build_splitter(cfg: CVConfig, feature_memory: int | None = None) -> Splitter:
-    """The configured splitter. CPCV's null ``embargo_bars`` becomes ``feature_memory`` (how many
-    bars back a feature reaches, ``cappuccino.data.features.feature_memory``) minus the purge."""
-    # cpcv and walk_forward import Split from this module, so they are imported on use.
-    if cfg.name == "holdout":
-        assert isinstance(cfg, HoldoutConfig)
-        return HoldoutSplitter(cfg.train_fraction, cfg.val_fraction, cfg.embargo_bars)
-    if cfg.name == "cpcv":
-        from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
-
-        assert isinstance(cfg, CPCVConfig)
-        embargo = cfg.embargo_bars
-        if embargo is None:
-            if feature_memory is None:
-                raise ValueError("cv.embargo_bars is null: build_splitter needs feature_memory to derive it")
-            embargo = max(0, feature_memory - cfg.purge_bars)
-        return CombinatorialPurgedCV(cfg.n_groups, cfg.n_test_groups, cfg.purge_bars, embargo)
-    if cfg.name == "walk_forward":
-        from cappuccino.evaluation.walk_forward import WalkForwardSplitter
-
-        assert isinstance(cfg, WalkForwardConfig)
-        return WalkForwardSplitter(cfg.train_bars, cfg.test_bars, cfg.step_bars, cfg.embargo_bars)
-    raise ValueError(f"cv={cfg.name!r} is not known; choose one of: holdout, cpcv, walk_forward")
-
-
-def iter_splits(cfg: CVConfig, start: int, stop: int) -> Iterator[tuple[int, Split]]:
+def select_splits(splitter: Splitter, only: int | None, start: int, stop: int) -> list[tuple[int, Split]]:
     """(index, split) for every split of the usable bars [start, stop), or only for split
-    ``cv.split`` when it is set, so a launcher can run the splits of one configuration in
-    separate processes. Holdout has a single split, index 0, and no ``split`` key.
-
-    ``start`` is the first bar with features, which is also how far back features reach."""
-    splits = list(build_splitter(cfg, feature_memory=start).split(start, stop))
-    only = getattr(cfg, "split", None)
+    ``only`` (``cv.split``), so a launcher can run the splits of one configuration in separate
+    processes. ``start`` is the first bar with features."""
+    splits = list(splitter.split(start, stop))
     if only is None:
-        yield from enumerate(splits)
-        return
+        return list(enumerate(splits))
     if only >= len(splits):
-        raise ConfigError(
-            f"cv.split: must be < {len(splits)}, the number of {cfg.name} splits of this data, got {only}"
-        )
-    yield only, splits[only]
+        raise ConfigError(f"cv.split: must be < {len(splits)}, the number of splits of this data, got {only}")
+    return [(only, splits[only])]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cappuccino.env.portfolio import Segment
+from cappuccino.data.tensors import Segment
+from cappuccino.errors import require
 from cappuccino.evaluation.splits import Split
 
 
@@ -17,12 +18,10 @@ class WalkForwardSplitter:
     """Split i trains on [start + i * step, + train_bars), drops ``embargo_bars``, then tests on the
     next ``test_bars``; splits continue while the test window fits before ``stop``."""
 
-    def __init__(self, train_bars: int, test_bars: int, step_bars: int, embargo_bars: int = 0) -> None:
+    def __init__(self, *, train_bars: int, test_bars: int, step_bars: int, embargo_bars: int = 0) -> None:
         for key, value in (("train_bars", train_bars), ("test_bars", test_bars), ("step_bars", step_bars)):
-            if value < 1:
-                raise ValueError(f"cv.{key} must be >= 1, got {value}")
-        if embargo_bars < 0:
-            raise ValueError(f"cv.embargo_bars must be >= 0, got {embargo_bars}")
+            require(value >= 1, key, f"must be >= 1, got {value}")
+        require(embargo_bars >= 0, "embargo_bars", f"must be >= 0, got {embargo_bars}")
         self.train_bars = train_bars
         self.test_bars = test_bars
         self.step_bars = step_bars

@@ -28,16 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
 from omegaconf import DictConfig, OmegaConf
-from rich.table import Table
 
-from cappuccino.config import ConfigError, PretrainJobConfig, TrainConfig, TransferExperimentConfig
+from cappuccino.config import PretrainJobConfig, TrainConfig, TransferExperimentConfig
+from cappuccino.errors import ConfigError
+from cappuccino.evaluation.scoring import objective_key
+from cappuccino.evaluation.validation import VALIDATION_CURVE
 from cappuccino.pretrain import pretrain
 from cappuccino.progress import console
+from cappuccino.reporting.console import print_outputs, transfer_table
+from cappuccino.reporting.figures import transfer_figure
+from cappuccino.runtime import RunPaths
 from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
-from cappuccino.training import VALIDATION_CURVE, RunPaths, objective_key, train
+from cappuccino.training import train
 
 ARMS = {"scratch": "from scratch", "pretrained": "pre-trained encoder"}  # run name: legend label
 ENCODER_FILE = "best_encoder.pt"  # pretrain.py's best encoder by validation loss
@@ -48,6 +51,7 @@ Curve = list[dict[str, float]]  # one record per validation: "step" and the val 
 
 
 def run(
+    *,
     cfg: TrainConfig,
     config: DictConfig,
     paths: RunPaths,
@@ -67,11 +71,11 @@ def run(
     with build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir, parent_run_id) as tracker:
         tracker.set_tags({"experiment": experiment.name})
         tracker.log_params(flatten_config(plain))
-        pretrain_dir = job_paths(paths, "pretrain")
+        pretrain_dir = paths.job("pretrain")
         pretrain(job, job_yaml, pretrain_dir, ("pretrain",), tracker.run_id)
         encoder_file = pretrain_dir.run_dir / ENCODER_FILE
         curves = {
-            arm: train_arm(cfg, plain, encoder_file if arm == "pretrained" else None, job_paths(paths, arm), tracker.run_id)
+            arm: train_arm(cfg, plain, encoder_file if arm == "pretrained" else None, paths.job(arm), tracker.run_id)
             for arm in ARMS
         }
         summary = compare(curves, metric)
@@ -80,10 +84,8 @@ def run(
             f"{experiment.source.interval} bars (seed {cfg.trainer.seed})"
         )
         log_comparison(curves, summary, metric, title, encoder_file, paths.run_dir, tracker)
-    console.print(comparison_table(summary, metric))
-    console.print(f"outputs: {paths.run_dir}")
-    if tracker.ui_command:
-        console.print(f"browse runs: {tracker.ui_command}")
+    console.print(transfer_table(summary, metric, ARMS))
+    print_outputs(paths.run_dir, tracker.ui_command)
     return summary["pretrained"]["final"]
 
 
@@ -133,13 +135,6 @@ def pretrain_job(
     source, settings = plain["experiment"]["source"], plain["experiment"]["pretrain"]
     parts = {"window": plain["window"], "encoder": {**plain["encoder"], "shared": False}, "cv": plain["cv"], "logger": plain["logger"]}
     return job, OmegaConf.to_yaml({"data": source, **parts, "pretrain": settings})
-
-
-def job_paths(paths: RunPaths, name: str) -> RunPaths:
-    """A job's own folder inside the experiment's run folder; the same MLflow store."""
-    run_dir = paths.run_dir / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return RunPaths(run_dir=run_dir, project_dir=paths.project_dir)
 
 
 def train_arm(
@@ -195,36 +190,6 @@ def log_comparison(
     record = {"metric": f"val/{metric}", "encoder_file": str(encoder_file), "summary": summary, "curves": curves}
     curves_file.write_text(json.dumps(record, indent=2))
     tracker.log_artifact(curves_file)
-    figure = curves_figure(curves, metric, title)
+    figure = transfer_figure(curves, metric, title, ARMS)
     figure.savefig(run_dir / FIGURE_FILE, dpi=110, bbox_inches="tight")
     tracker.log_figure(figure, FIGURE_FILE)
-
-
-def curves_figure(curves: dict[str, Curve], metric: str, title: str) -> Figure:
-    """Validation ``metric`` against environment steps, one labelled line per arm."""
-    figure = Figure(figsize=(8, 4.5))
-    ax = figure.subplots()
-    for arm, curve in curves.items():
-        ax.plot([r["step"] for r in curve], [r[metric] for r in curve], marker="o", markersize=3, label=ARMS[arm])
-    ax.set_xlabel("environment steps (summed over environments)")
-    ax.set_ylabel(f"validation {metric}")
-    ax.xaxis.set_major_formatter(EngFormatter())
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return figure
-
-
-def comparison_table(summary: dict[str, dict[str, float]], metric: str) -> Table:
-    table = Table(title=f"validation {metric}: pre-trained vs from scratch")
-    for column in ("arm", "final", "best (at step)", "steps to scratch's final"):
-        table.add_column(column, justify="left" if column == "arm" else "right")
-    for arm, values in summary.items():
-        reached = values["steps_to_scratch_final"]
-        table.add_row(
-            ARMS[arm],
-            f"{values['final']:+.3f}",
-            f"{values['best']:+.3f} ({values['best_step']:,.0f})",
-            "not reached" if math.isnan(reached) else f"{reached:,.0f}",
-        )
-    return table

@@ -134,7 +134,7 @@ def plot_study(study: optuna.Study, sweep_dir: Path) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
-    from cappuccino.tracking.plots import close_figure
+    from cappuccino.reporting.figures import close_figure
 
     plots = {
         "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),

@@ -19,6 +19,8 @@ Only single-objective studies are supported (``direction: maximize`` or ``minimi
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import logging
 import math
@@ -34,9 +36,10 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from cappuccino.config import ConfigError
+from cappuccino.config import TrainConfig, validate
+from cappuccino.errors import ConfigError
 from cappuccino.hparams_search import STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.hparams_search.config import register_sweeper_config
 
@@ -50,7 +53,6 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 2  # re-runs of a trial whose process was killed
 SKIPPED_ATTR = "skipped"  # user attribute of a trial pruned unrun: the study was already full
-MOMENTS = ("sharpe_per_period", "n_periods", "skewness", "kurtosis")  # cv/* metrics the deflated Sharpe takes
 
 
 class StudySweeper(Sweeper):
@@ -68,6 +70,9 @@ class StudySweeper(Sweeper):
         heartbeat_interval: int,
         grace_period: int,
     ) -> None:
+        # hydra-optuna-sweeper has no public API for its search-space parsing and trial-to-override
+        # conversion, only its whole optimisation loop, which is not resumable: we reuse
+        # OptunaSweeperImpl and its helpers (tests/test_sweep.py pins them) and run our own loop.
         from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl  # imports optuna: only when sweeping
 
         sampler = instantiate(
@@ -99,7 +104,6 @@ class StudySweeper(Sweeper):
         from sqlalchemy.engine import make_url
 
         from cappuccino.hparams_search.report import finish_study, study_tracker
-        from cappuccino.training import base_config
 
         search = self.search
         base = base_config(self.config)
@@ -286,21 +290,29 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> BaseExc
 
 
 def trial_results(result: JobReturn) -> dict[str, Any]:
-    """The job's output folder and, from its metrics.json, the per-split excess Sharpe ratios and
-    the moments of its out-of-sample returns: what the overfitting statistics need."""
-    import json
+    """The job's output folder and, from its result, the per-split excess Sharpe ratios and the
+    moments of its out-of-sample returns: what the overfitting statistics need."""
+    from cappuccino.evaluation.results import RESULT_FILE, CVResult, load_result
 
     output_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
     out: dict[str, Any] = {"output_dir": str(output_dir)}
-    metrics_file = output_dir / "metrics.json"
-    if not metrics_file.is_file():
+    result_file = output_dir / RESULT_FILE
+    if not result_file.is_file():
         return out
-    metrics = json.loads(metrics_file.read_text())
-    splits = sorted(int(k.split("/")[0][5:]) for k in metrics if k.startswith("split") and k.endswith("/test/excess_sharpe"))
-    if splits:
-        out["split_excess_sharpe"] = [metrics[f"split{i}/test/excess_sharpe"] for i in splits]
-    out.update({key: metrics[f"cv/{key}"] for key in MOMENTS if f"cv/{key}" in metrics})
+    scores = load_result(result_file)
+    if isinstance(scores, CVResult):
+        out["split_excess_sharpe"] = scores.split_excess_sharpes()
+        out.update(dataclasses.asdict(scores.moments))
     return out
+
+
+def base_config(config: DictConfig) -> TrainConfig:
+    """The typed config of a sweep before its trials' overrides (``config`` holds ``hydra``):
+    a sweep whose every trial would fail on a bad config fails here, before any work."""
+    task = copy.deepcopy(config)  # keeps the structured type that validate builds on
+    with open_dict(task):
+        del task["hydra"]
+    return validate(task)
 
 
 def check_failure_rate(failures: list[BaseException], returns: Sequence[JobReturn], max_rate: float) -> None:

@@ -2,21 +2,21 @@
 
 Every encoder maps ``window (N, L, A, F)`` and ``weights (N, A + 1)`` to ``(N, out_dim)``; the
 actor and critic heads in :mod:`cappuccino.models.policy` only see that vector, so a new
-architecture (e.g. an FT-Transformer) plugs in by subclassing :class:`Encoder` and adding one
-entry to ``ENCODERS``.
+architecture plugs in by subclassing :class:`Encoder` and naming it in a config group option's
+``_target_`` (see ``conf/encoder/``).
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from cappuccino.config import EncoderConfig, FTTransformerEncoderConfig, MLPEncoderConfig
+from cappuccino.errors import require
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -51,17 +51,17 @@ class MLPEncoder(Encoder):
 
     def __init__(
         self,
+        *,
         lookback: int,
         n_assets: int,
         n_features: int,
-        hidden_sizes: Sequence[int],
+        hidden_sizes: Sequence[int] = (256, 256),
         activation: str = "tanh",
     ) -> None:
         super().__init__()
-        if not hidden_sizes:
-            raise ValueError("MLPEncoder needs at least one hidden layer, got hidden_sizes=[]")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        require(len(hidden_sizes) >= 1, "hidden_sizes", "needs at least one layer")
+        require(all(h >= 1 for h in hidden_sizes), "hidden_sizes", f"sizes must be >= 1, got {list(hidden_sizes)}")
+        require(activation in ACTIVATIONS, "activation", f"must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.input_shape = (lookback, n_assets, n_features)
         in_dim = lookback * n_assets * n_features + n_assets + 1
         layers: list[nn.Module] = []
@@ -94,45 +94,3 @@ class MLPEncoder(Encoder):
         """``flat_input``: :meth:`flat_input` of these arguments when the caller has built it already
         (:class:`~cappuccino.models.policy.ActorCritic` builds it once for its actor and critic)."""
         return self.mlp(self.flat_input(window, weights) if flat_input is None else flat_input)  # (N, out_dim)
-
-
-def _build_mlp(cfg: EncoderConfig, lookback: int, n_assets: int, n_features: int) -> Encoder:
-    if not isinstance(cfg, MLPEncoderConfig):
-        raise TypeError(f"encoder 'mlp' needs an MLPEncoderConfig, got {type(cfg).__name__}")
-    return MLPEncoder(lookback, n_assets, n_features, cfg.hidden_sizes, cfg.activation)
-
-
-def _build_ft_transformer(cfg: EncoderConfig, lookback: int, n_assets: int, n_features: int) -> Encoder:
-    # Imported here: ft_transformer subclasses Encoder, defined in this module.
-    from cappuccino.models.ft_transformer import FTTransformerEncoder
-
-    if not isinstance(cfg, FTTransformerEncoderConfig):
-        raise TypeError(f"encoder 'ft_transformer' needs an FTTransformerEncoderConfig, got {type(cfg).__name__}")
-    return FTTransformerEncoder(
-        lookback,
-        n_assets,
-        n_features,
-        d_token=cfg.d_token,
-        n_blocks=cfg.n_blocks,
-        n_heads=cfg.n_heads,
-        ffn_factor=cfg.ffn_factor,
-        attention_dropout=cfg.attention_dropout,
-        ffn_dropout=cfg.ffn_dropout,
-        residual_dropout=cfg.residual_dropout,
-        activation=cfg.activation,
-        tokens=cfg.tokens,
-        out_dim=cfg.out_dim,
-    )
-
-
-ENCODERS: dict[str, Callable[[EncoderConfig, int, int, int], Encoder]] = {
-    "mlp": _build_mlp,
-    "ft_transformer": _build_ft_transformer,
-}
-
-
-def build_encoder(cfg: EncoderConfig, lookback: int, n_assets: int, n_features: int) -> Encoder:
-    """Build the encoder named by ``cfg.name`` for windows of shape (L, A, F)."""
-    if cfg.name not in ENCODERS:
-        raise ValueError(f"unknown encoder {cfg.name!r}; known encoders: {sorted(ENCODERS)}")
-    return ENCODERS[cfg.name](cfg, lookback, n_assets, n_features)

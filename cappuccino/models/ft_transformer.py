@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from cappuccino.errors import require
 from cappuccino.models.encoders import Encoder
 
 
@@ -258,6 +259,7 @@ class FTTransformerEncoder(Encoder):
 
     def __init__(
         self,
+        *,
         lookback: int,
         n_assets: int,
         n_features: int,
@@ -273,7 +275,8 @@ class FTTransformerEncoder(Encoder):
         out_dim: int = 128,
     ) -> None:
         super().__init__()
-        _check_arguments(d_token, n_blocks, n_heads, ffn_factor, activation, tokens, out_dim)
+        dropouts = {"attention_dropout": attention_dropout, "ffn_dropout": ffn_dropout, "residual_dropout": residual_dropout}
+        _check_arguments(d_token, n_blocks, n_heads, ffn_factor, activation, tokens, out_dim, dropouts)
         self.input_shape = (lookback, n_assets, n_features)
         self.tokenizer = TOKENIZERS[tokens](lookback, n_assets, n_features, d_token)
         self.n_tokens: int = self.tokenizer.n_tokens + 1  # + [CLS]
@@ -336,17 +339,20 @@ class FTTransformerEncoder(Encoder):
 
 
 def _check_arguments(
-    d_token: int, n_blocks: int, n_heads: int, ffn_factor: float, activation: str, tokens: str, out_dim: int
+    d_token: int, n_blocks: int, n_heads: int, ffn_factor: float, activation: str, tokens: str, out_dim: int,
+    dropouts: dict[str, float],
 ) -> None:
-    if tokens not in TOKENIZERS:
-        raise ValueError(f"unknown tokens={tokens!r}; choose one of {sorted(TOKENIZERS)}")
-    if activation not in ("reglu", "gelu"):
-        raise ValueError(f"unknown activation={activation!r}; choose 'reglu' or 'gelu'")
-    if n_heads < 1 or d_token % n_heads:
-        raise ValueError(f"d_token={d_token} must be a positive multiple of n_heads={n_heads}")
-    if n_blocks < 1 or out_dim < 1:
-        raise ValueError(f"n_blocks={n_blocks} and out_dim={out_dim} must be >= 1")
-    if int(d_token * ffn_factor) < 1:
-        raise ValueError(
-            f"ffn_factor={ffn_factor} gives an empty FFN for d_token={d_token}; use ffn_factor >= 1 / d_token"
-        )
+    require(tokens in TOKENIZERS, "tokens", f"must be one of {sorted(TOKENIZERS)}, got {tokens!r}")
+    require(activation in ("reglu", "gelu"), "activation", f"must be reglu or gelu, got {activation!r}")
+    require(d_token >= 1, "d_token", f"must be >= 1, got {d_token}")
+    require(n_blocks >= 1, "n_blocks", f"must be >= 1, got {n_blocks}")
+    require(n_heads >= 1, "n_heads", f"must be >= 1, got {n_heads}")
+    require(d_token % n_heads == 0, "d_token", f"must be a multiple of n_heads={n_heads}, got {d_token}")
+    require(
+        int(d_token * ffn_factor) >= 1,
+        "ffn_factor",
+        f"must give an FFN hidden size int(d_token * ffn_factor) >= 1, got {ffn_factor}",
+    )
+    for name, value in dropouts.items():
+        require(0.0 <= value < 1.0, name, f"must be in [0, 1), got {value}")
+    require(out_dim >= 1, "out_dim", f"must be >= 1, got {out_dim}")

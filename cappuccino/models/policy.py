@@ -9,23 +9,19 @@ a plain Gaussian whose ratio the PPO update can compute exactly.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from cappuccino.checkpoint import load_checkpoint
-from cappuccino.config import EncoderConfig
-from cappuccino.models.encoders import Encoder, MLPEncoder, build_encoder, layer_init
+from cappuccino.models.encoders import Encoder, MLPEncoder, layer_init
 
 
 class ActorCritic(nn.Module):
     """Encoder(s) + linear actor head (Gaussian mean) + linear critic head.
 
-    ``cfg.shared``: one encoder feeds both heads (computed once per call); otherwise actor and
-    critic each get their own, so value-loss gradients never reach the actor's features.
+    ``critic_encoder=None``: the actor's encoder feeds both heads (computed once per call);
+    otherwise actor and critic each have their own, so value-loss gradients never reach the
+    actor's features.
     The log-std is a state-independent learnable parameter per asset, started at
     ``init_log_std``. Head inits follow CleanRL: actor std 0.01 (near-zero initial means),
     critic std 1.0.
@@ -36,32 +32,20 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(
-        self,
-        cfg: EncoderConfig,
-        lookback: int,
-        n_assets: int,
-        n_features: int,
-        init_log_std: float = -0.5,
+        self, *, actor_encoder: Encoder, critic_encoder: Encoder | None, n_assets: int, init_log_std: float = -0.5
     ) -> None:
         super().__init__()
-        self.lookback, self.n_assets, self.n_features = lookback, n_assets, n_features
-        self.shared = cfg.shared
-        self.actor_encoder: Encoder = build_encoder(cfg, lookback, n_assets, n_features)
-        self.critic_encoder: Encoder = (
-            self.actor_encoder if cfg.shared else build_encoder(cfg, lookback, n_assets, n_features)
-        )
+        self.n_assets = n_assets
+        self.shared = critic_encoder is None
+        self.actor_encoder = actor_encoder
+        self.critic_encoder = actor_encoder if critic_encoder is None else critic_encoder
         self.actor_head = layer_init(nn.Linear(self.actor_encoder.out_dim, n_assets), std=0.01)
         self.critic_head = layer_init(nn.Linear(self.critic_encoder.out_dim, 1), std=1.0)
         self.log_std = nn.Parameter(torch.full((n_assets,), float(init_log_std)))
 
-    def load_pretrained_encoder(self, path: Path, schema: dict[str, Any], freeze: bool) -> None:
-        """Load pre-trained encoder weights into the actor's and the critic's encoder (after
-        checking ``schema``, see :func:`cappuccino.checkpoint.encoder_schema`); ``freeze`` keeps
-        what pre-training learned fixed (see ``Encoder.freeze_pretrained``)."""
-        for encoder in {id(e): e for e in (self.actor_encoder, self.critic_encoder)}.values():
-            load_checkpoint(path, encoder, schema)
-            if freeze:
-                encoder.freeze_pretrained()
+    def encoders(self) -> list[Encoder]:
+        """The distinct encoders: one when shared, else the actor's and the critic's."""
+        return [self.actor_encoder] if self.shared else [self.actor_encoder, self.critic_encoder]
 
     def _features(self, window: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """(actor features, critic features), each (N, out_dim); one pass when shared.

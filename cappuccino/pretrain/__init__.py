@@ -15,7 +15,7 @@ from cappuccino.pretrain.objectives import (
     replace_features,
     token_values,
 )
-from cappuccino.pretrain.trainer import WindowBars, gather_windows, pretrain, run, split_decision_bars, validate
+from cappuccino.pretrain.trainer import WindowBars, pretrain, run, split_decision_bars, validate
 
 __all__ = [
     "Corruption",
@@ -24,7 +24,6 @@ __all__ = [
     "ReplacedFeatureDetection",
     "WindowBars",
     "build_pretext",
-    "gather_windows",
     "masked_mse",
     "pretrain",
     "random_token_mask",

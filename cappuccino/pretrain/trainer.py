@@ -40,22 +40,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from cappuccino.checkpoint import encoder_schema, load_checkpoint, save_checkpoint
-from cappuccino.config import ConfigError, CVConfig, EncoderConfig, PretrainConfig, PretrainJobConfig
-from cappuccino.env.portfolio import Segment
-from cappuccino.evaluation.splits import iter_splits
-from cappuccino.models.encoders import build_encoder
+from cappuccino.config import CVConfig, PretrainConfig, PretrainJobConfig, build, check_buildable, check_encoder, to_typed
+from cappuccino.data import load_market
+from cappuccino.data.features import FEATURE_VERSION
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.errors import ConfigError
+from cappuccino.evaluation.splits import select_splits
+from cappuccino.models.checkpoint import encoder_schema, load_encoder_weights, read_checkpoint, save_checkpoint
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.pretrain.objectives import Corruption, PretextModel, build_pretext
-from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
+from cappuccino.progress import console, progress_bar
+from cappuccino.reporting.console import print_data_report, print_outputs
+from cappuccino.runtime import RunPaths, resolve_device, seed_everything
+from cappuccino.tracking import Tracker, run_name_from_overrides
+from cappuccino.tracking.job import tracked_job
 from cappuccino.tracking.resources import peak_rss_mb
-from cappuccino.progress import progress_bar
-from cappuccino.training import RunPaths, console, encoder_config, prepare_market, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,8 @@ class WindowBars:
 class Windows:
     """Where pre-training windows come from."""
 
-    features: Tensor  # (T, A, F) float32, the market's features
+    market: MarketTensors
     bars: WindowBars
-    lookback: int
     feature_mean: Tensor  # (A, F) mean over the bars the training windows cover
 
 
@@ -80,12 +82,10 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> floa
 
 
 def validate(cfg: DictConfig) -> PretrainJobConfig:
-    """Build the typed config, running every range check; raises ConfigError naming the key."""
-    typed = OmegaConf.to_object(cfg)
-    if not isinstance(typed, PretrainJobConfig):
-        raise ConfigError(
-            "the composed config is not a PretrainJobConfig: conf/pretrain.yaml must list pretrain_schema first"
-        )
+    """Build the typed config and every object that needs no data: all checks run before any work."""
+    typed: PretrainJobConfig = to_typed(cfg, PretrainJobConfig)
+    check_buildable(typed.data, typed.cv)
+    check_encoder(typed.encoder, typed.window, len(typed.data.symbols))
     return typed
 
 
@@ -98,34 +98,31 @@ def pretrain(
 ) -> float:
     """Pre-train, write the encoder files to ``paths.run_dir``, and return the best validation
     loss. ``parent_run_id`` nests the run under another tracked run (an experiment)."""
-    check_encoder_usage(cfg.encoder)
     device = resolve_device(cfg.pretrain.device, key="pretrain.device")
     seed_everything(cfg.pretrain.seed, None)
+    if cfg.encoder.pretrained is not None:  # a wrong file fails before any data is loaded
+        read_checkpoint(cfg.encoder.pretrained, "encoder", "encoder.pretrained")
 
-    market = prepare_market(cfg)  # type: ignore[arg-type]  # reads only the data and window groups
+    market, report = load_market(cfg.data, cfg.window.zscore_window)
+    print_data_report(report)
     segments = training_segments(cfg.cv, market.first_valid, market.n_bars)
     lookback = cfg.window.lookback
-    windows = training_windows(market.features, segments, lookback, cfg.pretrain.val_fraction, device)
-    schema = encoder_schema(encoder_config(config_yaml), market.symbols, market.feature_names, lookback)
+    tensors = MarketTensors.from_market(market, lookback, device)
+    windows = training_windows(tensors, segments, cfg.pretrain.val_fraction)
+    encoder_settings = OmegaConf.to_container(OmegaConf.create(config_yaml).encoder)
+    schema = encoder_schema(encoder_settings, market.symbols, market.feature_names, FEATURE_VERSION, lookback, cfg.window.zscore_window)
     model = build_model(cfg, market.n_assets, len(market.feature_names), schema).to(device)
 
     run_dir = paths.run_dir
-    tracker = build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir, parent_run_id)
-    try:
-        tags = {"data.source": market.source, "data.synthetic": str(market.synthetic), "data.hash": market.content_hash}
-        tracker.set_tags({"job": "pretrain", **tags})
-        tracker.log_params(flatten_config(OmegaConf.to_container(OmegaConf.create(config_yaml))))
+    run_name = run_name_from_overrides(overrides)
+    with tracked_job(cfg.logger, run_name, paths.project_dir, market, config_yaml, {"job": "pretrain"}, parent_run_id) as tracker:
 
         def save_best() -> None:
-            save_checkpoint(run_dir / "best_encoder.pt", model.encoder, config_yaml, schema)
+            save_checkpoint(run_dir / "best_encoder.pt", model.encoder, "encoder", config_yaml, schema)
 
         history = {"objective": cfg.pretrain.objective, **fit(model, windows, cfg.pretrain, tracker, save_best)}
-        save_checkpoint(run_dir / "final_encoder.pt", model.encoder, config_yaml, schema)
+        save_checkpoint(run_dir / "final_encoder.pt", model.encoder, "encoder", config_yaml, schema)
         best = write_outputs(history, model.ratio_name, config_yaml, run_dir, tracker)
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    tracker.close()
     print_summary(history, model.ratio_name, run_dir, tracker)
     return best["val_loss"]
 
@@ -133,10 +130,10 @@ def pretrain(
 def build_model(cfg: PretrainJobConfig, n_assets: int, n_features: int, schema: dict[str, Any]) -> PretextModel:
     """The configured encoder (from ``encoder.pretrained`` weights if set, checked against
     ``schema``) inside the configured pretext task."""
-    encoder = build_encoder(cfg.encoder, cfg.window.lookback, n_assets, n_features)
+    encoder = build(cfg.encoder, lookback=cfg.window.lookback, n_assets=n_assets, n_features=n_features)
     assert isinstance(encoder, FTTransformerEncoder)  # PretrainJobConfig accepts no other encoder
     if cfg.encoder.pretrained is not None:  # continue from earlier pre-trained weights
-        load_checkpoint(Path(cfg.encoder.pretrained).expanduser(), encoder, schema)
+        load_encoder_weights(cfg.encoder.pretrained, encoder, schema)
     return build_pretext(cfg.pretrain.objective, encoder, cfg.pretrain.mask_ratio)
 
 
@@ -161,21 +158,10 @@ def write_outputs(
     return best
 
 
-def check_encoder_usage(cfg: EncoderConfig) -> None:
-    """``freeze`` and ``shared`` say how train.py uses an encoder; pre-training would ignore them."""
-    if cfg.freeze:
-        raise ConfigError("encoder.freeze: pre-training trains the encoder; freeze it in train.py instead")
-    if cfg.shared:
-        raise ConfigError(
-            "encoder.shared: pre-training makes one encoder, which train.py loads into the actor and "
-            "the critic alike; set encoder.shared in train.py instead"
-        )
-
-
 # ------------------------------------------------------------------------------------ windows
 def training_segments(cv: CVConfig, first_valid: int, n_bars: int) -> tuple[Segment, ...]:
     """The training part of the one cv split to pre-train for: holdout's, or split ``cv.split``."""
-    splits = list(iter_splits(cv, first_valid, n_bars))
+    splits = select_splits(build(cv), getattr(cv, "split", None), first_valid, n_bars)
     if len(splits) > 1:
         raise ConfigError(
             f"cv.split: cv={cv.name} has {len(splits)} splits, and an encoder pre-trained on the training "
@@ -185,9 +171,10 @@ def training_segments(cv: CVConfig, first_valid: int, n_bars: int) -> tuple[Segm
     return splits[0][1].train
 
 
-def split_decision_bars(segments: Sequence[Segment], lookback: int, val_fraction: float) -> WindowBars:
+def split_decision_bars(tensors: MarketTensors, segments: Sequence[Segment], val_fraction: float) -> WindowBars:
     """Time-ordered train / validation decision bars with no bar in windows of both (module docstring)."""
-    bars = torch.cat([torch.arange(s.start + lookback - 1, s.stop - 1) for s in segments])  # (n,)
+    lookback = tensors.lookback
+    bars = torch.cat([tensors.decision_bars(s) for s in segments])  # (n,)
     n_val = int(len(bars) * val_fraction)
     train = bars[bars <= bars[-max(n_val, 1)] - lookback]  # windows end before the first validation window starts
     if n_val < 1 or len(train) < 1:
@@ -199,21 +186,11 @@ def split_decision_bars(segments: Sequence[Segment], lookback: int, val_fraction
     return WindowBars(train, bars[-n_val:])
 
 
-def gather_windows(features: Tensor, bars: Tensor, lookback: int) -> Tensor:
-    """(T, A, F) features, (N,) decision bars -> (N, L, A, F) features of bars t-L+1..t."""
-    offsets = torch.arange(1 - lookback, 1, device=features.device)  # (L,)
-    return features[bars.unsqueeze(-1) + offsets]
-
-
-def training_windows(
-    features: np.ndarray, segments: Sequence[Segment], lookback: int, val_fraction: float, device: torch.device
-) -> Windows:
-    """The windows of ``segments`` (the cv training part), split for validation, on ``device``."""
-    bars = split_decision_bars(segments, lookback, val_fraction)
-    bars = WindowBars(bars.train.to(device), bars.validation.to(device))
-    features = torch.as_tensor(features, dtype=torch.float32, device=device)
-    covered = torch.unique(bars.train.unsqueeze(-1) + torch.arange(1 - lookback, 1, device=device))
-    return Windows(features, bars, lookback, features[covered].mean(0))
+def training_windows(tensors: MarketTensors, segments: Sequence[Segment], val_fraction: float) -> Windows:
+    """The windows of ``segments`` (the cv training part), split for validation."""
+    bars = split_decision_bars(tensors, segments, val_fraction)
+    covered = torch.unique(tensors.window_bars(bars.train))
+    return Windows(tensors, bars, tensors.features[covered].mean(0))
 
 
 def random_weights(n: int, size: int, generator: torch.Generator) -> Tensor:
@@ -244,7 +221,7 @@ def fit(
     Returns the history: every evaluation's record, the baseline's validation loss, whether the
     run stopped early.
     """
-    device = windows.features.device
+    device = windows.market.device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     validation = validation_batches(model, windows, cfg.batch_size, generator)
     baseline = mean_loss(lambda corruption, _: model.baseline_losses(corruption, windows.feature_mean), validation)
@@ -298,8 +275,8 @@ def train_step(
 ) -> Tensor:
     """One optimizer step on the windows of decision ``bars`` (B,); returns the detached batch loss."""
     model.train()
-    window = gather_windows(windows.features, bars, windows.lookback)  # (B, L, A, F)
-    weights = random_weights(len(bars), windows.features.shape[1] + 1, generator)  # (B, A + 1)
+    window = windows.market.window(bars)  # (B, L, A, F)
+    weights = random_weights(len(bars), windows.market.n_assets + 1, generator)  # (B, A + 1)
     loss = model.value_losses(model.corrupt(window, generator), weights).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -311,10 +288,10 @@ def validation_batches(
     model: PretextModel, windows: Windows, batch_size: int, generator: torch.Generator
 ) -> list[tuple[Corruption, Tensor]]:
     """The validation windows, corrupted once, with their portfolio weights: (corruption, (B, A + 1))."""
-    n_weights = windows.features.shape[1] + 1
+    n_weights = windows.market.n_assets + 1
     batches = []
     for bars in windows.bars.validation.split(batch_size):
-        window = gather_windows(windows.features, bars, windows.lookback)
+        window = windows.market.window(bars)
         batches.append((model.corrupt(window, generator), random_weights(len(bars), n_weights, generator)))
     return batches
 
@@ -370,8 +347,6 @@ def print_summary(history: dict[str, Any], ratio_name: str, run_dir: Path, track
         f"at step {best['step']:,} (baseline {history['baseline_val_loss']:.4f})"
     )
     console.print(f"{ratio_name} = {best[ratio_name]:.4f} (validation loss / baseline loss, on held-out windows)")
-    console.print(f"outputs: {run_dir}")
     encoder_file = run_dir / "best_encoder.pt"
     console.print(f"fine-tune with the same encoder and window settings: python train.py encoder.pretrained={encoder_file}")
-    if tracker.ui_command:
-        console.print(f"browse runs: {tracker.ui_command}")
+    print_outputs(run_dir, tracker.ui_command)

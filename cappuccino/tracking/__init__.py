@@ -1,7 +1,7 @@
 """Experiment tracking: one small ``Tracker`` interface, an MLflow implementation and a no-op one.
 
-The training loop only talks to ``Tracker``; ``build_tracker`` picks the implementation from the
-``logger`` config group. ``logger=none`` never imports MLflow, so runs without tracking neither pay
+The training loop only talks to ``Tracker``; ``build_tracker`` builds the implementation the
+``logger`` config group names in its ``_target_``. ``logger=none`` never imports MLflow, so runs without tracking neither pay
 for the import nor need a working MLflow install.
 
 Both trackers are context managers: leaving the block closes the run as ``FINISHED``, ``KILLED``
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cappuccino.config import LoggerConfig, MLflowLoggerConfig
+from cappuccino.config import LoggerConfig, build
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -80,7 +80,7 @@ class Tracker(Protocol):
 class NullTracker(Tracker):
     """Tracks nothing and writes nothing (``logger=none``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **_: Any) -> None:  # takes build_tracker's run arguments, and needs none
         self.ui_command: str | None = None
         self.run_id: str | None = None
 
@@ -94,7 +94,7 @@ class NullTracker(Tracker):
         pass
 
     def log_figure(self, figure: Figure, name: str) -> None:
-        from cappuccino.tracking.plots import close_figure
+        from cappuccino.reporting.figures import close_figure
 
         close_figure(figure)  # as MLflowTracker does, so no logger leaks figures
 
@@ -118,20 +118,10 @@ def build_tracker(
     """Start a run for the configured logger.
 
     ``project_dir`` is where the default MLflow store lives (``mlflow.db`` and ``mlartifacts/``)
-    when ``cfg.tracking_uri`` is null. ``parent_run_id`` nests the run under another one (sweeps);
+    when ``logger.tracking_uri`` is null. ``parent_run_id`` nests the run under another one (sweeps);
     ``run_id`` reopens an existing run instead of starting one.
     """
-    if cfg.name == "none":
-        return NullTracker()
-    if cfg.name == "mlflow":
-        if not isinstance(cfg, MLflowLoggerConfig):
-            raise TypeError(f"logger=mlflow needs an MLflowLoggerConfig, got {type(cfg).__name__}")
-        from cappuccino.tracking.mlflow_tracker import MLflowTracker  # lazy: keeps MLflow optional
-
-        return MLflowTracker(
-            cfg.tracking_uri, cfg.experiment_name, run_name, project_dir, parent_run_id=parent_run_id, run_id=run_id
-        )
-    raise ValueError(f"logger.name: unknown logger {cfg.name!r}; use logger=mlflow or logger=none")
+    return build(cfg, run_name=run_name, project_dir=project_dir, parent_run_id=parent_run_id, run_id=run_id)
 
 
 def flatten_config(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, str]:

@@ -36,7 +36,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from cappuccino.sqlite_lock import opening_lock, sqlite_file
 from cappuccino.tracking import Tracker, flatten_config
-from cappuccino.tracking.plots import close_figure
+from cappuccino.reporting.figures import close_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

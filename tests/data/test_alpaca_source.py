@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cappuccino.config import AlpacaDataConfig
-from cappuccino.data.alpaca_source import alpaca_market, alpaca_timeframe
+from cappuccino.config import ConfigError, validate
+from cappuccino.data.alpaca_source import AlpacaSource, alpaca_market, alpaca_timeframe
 from cappuccino.data.cleaning import DataError
+from cappuccino.errors import ArgumentError
 
 BARS_PATH = "/v1beta3/crypto/us/bars"  # alpaca-py: base_url + "/" + api_version + "/crypto/{feed}/bars"
 TIMES = pd.date_range("2023-01-05", periods=6, freq="1h", tz="UTC")
@@ -79,9 +80,9 @@ def serve(monkeypatch):
         fake.server.server_close()
 
 
-def config(url: str, cache_dir: Path, **overrides) -> AlpacaDataConfig:
+def config(url: str, cache_dir: Path, **overrides) -> AlpacaSource:
     fields = dict(symbols=["ETH", "BTC"], start="2023-01-05", end="2023-01-05T06:00", cache_dir=str(cache_dir))
-    return AlpacaDataConfig(url_override=url, **{**fields, **overrides})
+    return AlpacaSource(url_override=url, **{**fields, **overrides})
 
 
 def test_fetches_every_page_with_utc_times_and_exact_values(serve, tmp_path: Path):
@@ -139,3 +140,25 @@ def test_timeframes(interval: str, value: str):
 def test_unsupported_timeframe_is_an_error(interval: str):
     with pytest.raises(DataError, match="Alpaca has no"):
         alpaca_timeframe(pd.Timedelta(interval))
+
+
+def test_load_is_alpaca_market(serve, tmp_path: Path):
+    fake = serve(PAGES)
+    source = config(fake.url, tmp_path / "cache")
+    market, report = source.load()
+    again, _ = alpaca_market(source)  # from the cache the first call wrote
+    assert len(fake.queries) == 3 and len(report) == 0
+    np.testing.assert_array_equal(market.ohlcv, again.ohlcv)
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("2024-01-01", "2023-01-01"), ("2023-01-05", "2023-01-05"), ("2023-01-05T06:00", "2023-01-05T05:00")],
+)
+def test_start_not_before_end_is_rejected_naming_both(compose_config, start: str, end: str):
+    message = rf"must be before end \({start} >= {end}\)"
+    with pytest.raises(ArgumentError, match=rf"^start: {message}$") as error:
+        AlpacaSource(start=start, end=end)
+    assert error.value.argument == "start"
+    with pytest.raises(ConfigError, match=rf"^data\.start: {message}$"):
+        validate(compose_config(["data=alpaca_1h", f"data.start='{start}'", f"data.end='{end}'"]))

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cappuccino.config import CsvDataConfig
 from cappuccino.data.cleaning import DataError
-from cappuccino.data.csv_source import canonical_symbol, csv_market
+from cappuccino.data.csv_source import CsvSource, canonical_symbol, csv_market
 
 TIMES = pd.date_range("2023-01-05", periods=4, freq="1h", tz="UTC")
 
@@ -29,7 +28,7 @@ def long_file(path: Path, names: list[str], freq: str = "1h") -> Path:
 
 def test_long_file_maps_pair_names_and_keeps_only_requested_symbols(tmp_path: Path):
     path = long_file(tmp_path / "bars.csv", ["BTC/USD", "ETHUSDT", "LTC-USD"])
-    market, report = csv_market(CsvDataConfig(path=str(path), symbols=["LTC", "BTC"]))
+    market, report = csv_market(CsvSource(path=str(path), symbols=["LTC", "BTC"]))
     assert market.symbols == ("LTC", "BTC")
     assert market.source == "csv" and not market.synthetic
     assert (market.timestamps == TIMES).all()
@@ -46,26 +45,26 @@ def test_times_with_offsets_are_converted_to_utc(tmp_path: Path):
         "2023-01-05T02:00:00+02:00,BTC,1,2,1,2,3\n"
         "2023-01-05T03:00:00+02:00,BTC,2,3,2,3,3\n"
     )
-    market, _ = csv_market(CsvDataConfig(path=str(path), symbols=["BTC"]))
+    market, _ = csv_market(CsvSource(path=str(path), symbols=["BTC"]))
     assert list(market.timestamps) == list(TIMES[:2])
 
 
 def test_missing_symbol_is_an_error_naming_it(tmp_path: Path):
     path = long_file(tmp_path / "bars.csv", ["BTC/USD"])
     with pytest.raises(DataError, match=r"no bars for \['ETH'\] \(it holds \['BTC'\]\)"):
-        csv_market(CsvDataConfig(path=str(path), symbols=["BTC", "ETH"]))
+        csv_market(CsvSource(path=str(path), symbols=["BTC", "ETH"]))
 
 
 def test_two_markets_of_one_symbol_are_an_error(tmp_path: Path):
     path = long_file(tmp_path / "bars.csv", ["BTC/USD", "BTCUSDT"])
     with pytest.raises(DataError, match="several names map to the same symbol"):
-        csv_market(CsvDataConfig(path=str(path), symbols=["BTC"]))
+        csv_market(CsvSource(path=str(path), symbols=["BTC"]))
 
 
 def test_interval_mismatch_names_both_and_the_fix(tmp_path: Path):
     path = long_file(tmp_path / "bars.csv", ["BTC"], freq="5min")
     with pytest.raises(DataError, match=r"BTC bars are 5min apart, but data.interval=1h; set data.interval=5min"):
-        csv_market(CsvDataConfig(path=str(path), symbols=["BTC"]))
+        csv_market(CsvSource(path=str(path), symbols=["BTC"]))
 
 
 def test_one_file_per_symbol(tmp_path: Path):
@@ -74,11 +73,11 @@ def test_one_file_per_symbol(tmp_path: Path):
         frame = pd.DataFrame({"date": TIMES.strftime("%Y-%m-%d %H:%M:%S"), "open": close, "high": close,
                               "low": close, "close": close, "volume": 1.0})
         frame.to_csv(tmp_path / f"{symbol}_1h.csv", index=False)
-    market, _ = csv_market(CsvDataConfig(path=str(tmp_path / "{symbol}_1h.csv"), symbols=["ETH", "BTC"]))
+    market, _ = csv_market(CsvSource(path=str(tmp_path / "{symbol}_1h.csv"), symbols=["ETH", "BTC"]))
     assert market.symbols == ("ETH", "BTC")
     np.testing.assert_array_equal(market.field("close")[0], [20.0, 10.0])
     with pytest.raises(DataError, match="LTC_1h.csv not found"):
-        csv_market(CsvDataConfig(path=str(tmp_path / "{symbol}_1h.csv"), symbols=["LTC"]))
+        csv_market(CsvSource(path=str(tmp_path / "{symbol}_1h.csv"), symbols=["LTC"]))
 
 
 CDD_NEW = """https://www.CryptoDataDownload.com
@@ -102,7 +101,7 @@ date,symbol,open,high,low,close,volume_eth,volume_usd
 def test_cryptodatadownload_files(tmp_path: Path):
     (tmp_path / "Bitstamp_BTCUSD_1h.csv").write_text(CDD_NEW)
     (tmp_path / "Bitstamp_ETHUSD_1h.csv").write_text(CDD_OLD)
-    cfg = CsvDataConfig(path=str(tmp_path / "Bitstamp_{symbol}USD_1h.csv"), symbols=["BTC", "ETH"])
+    cfg = CsvSource(path=str(tmp_path / "Bitstamp_{symbol}USD_1h.csv"), symbols=["BTC", "ETH"])
     market, report = csv_market(cfg)
     assert (market.timestamps == pd.date_range("2023-01-05", periods=5, freq="1h", tz="UTC")).all()
     # base-asset volume, oldest first; BTC's missing 02:00 bar is filled flat at the 01:00 close
@@ -119,7 +118,7 @@ def test_cryptodatadownload_files(tmp_path: Path):
 def test_file_holding_another_symbol_is_an_error(tmp_path: Path):
     (tmp_path / "BTC.csv").write_text(CDD_OLD)
     with pytest.raises(DataError, match=r"should hold BTC bars but holds \['ETH'\]"):
-        csv_market(CsvDataConfig(path=str(tmp_path / "{symbol}.csv"), symbols=["BTC"]))
+        csv_market(CsvSource(path=str(tmp_path / "{symbol}.csv"), symbols=["BTC"]))
 
 
 @pytest.mark.parametrize("scale", [1, 1000])  # epoch seconds and milliseconds
@@ -128,7 +127,7 @@ def test_unix_epoch_times(tmp_path: Path, scale: int):
     epochs = TIMES.as_unit("s").asi8 * scale
     pd.DataFrame({"unix": epochs, "symbol": "BTC", "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0,
                   "volume": 1.0}).to_csv(path, index=False)
-    market, _ = csv_market(CsvDataConfig(path=str(path), symbols=["BTC"]))
+    market, _ = csv_market(CsvSource(path=str(path), symbols=["BTC"]))
     assert (market.timestamps == TIMES).all()
 
 
@@ -136,7 +135,7 @@ def test_unreadable_times_are_an_error(tmp_path: Path):
     path = tmp_path / "bars.csv"
     path.write_text("time,symbol,open,high,low,close,volume\nyesterday,BTC,1,1,1,1,1\ntoday,BTC,1,1,1,1,1\n")
     with pytest.raises(DataError, match="cannot read column 'time' as times"):
-        csv_market(CsvDataConfig(path=str(path), symbols=["BTC"]))
+        csv_market(CsvSource(path=str(path), symbols=["BTC"]))
 
 
 @pytest.mark.parametrize(

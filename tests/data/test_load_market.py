@@ -1,37 +1,104 @@
-"""load_market dispatches on data.source."""
+"""Each ``data`` option builds its source class; load_market gives those bars with their features."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from hydra.errors import ConfigCompositionException
 
-from cappuccino.config import CsvDataConfig, SyntheticDataConfig
-from cappuccino.data import DataError, load_market
-from cappuccino.data.synthetic import synthetic_market
+from cappuccino.config import CsvDataConfig, SyntheticDataConfig, build, validate
+from cappuccino.data import BarSource, load_market
+from cappuccino.data.alpaca_source import AlpacaSource
+from cappuccino.data.csv_source import CsvSource
+from cappuccino.data.features import FEATURE_NAMES, feature_memory, with_features
+from cappuccino.data.synthetic import SyntheticSource, synthetic_market
+from cappuccino.errors import ArgumentError, ConfigError
+
+CONF_DATA = Path(__file__).resolve().parents[2] / "conf" / "data"
+
+# Every option of the data group, the source it must build, and the overrides it needs to compose.
+OPTIONS = {
+    "synthetic": (SyntheticSource, []),
+    "csv": (CsvSource, ["data.path=bars.csv"]),
+    "alpaca_1h": (AlpacaSource, []),
+    "alpaca_5m": (AlpacaSource, []),
+}
 
 
-def test_synthetic_source():
+def test_every_data_option_is_listed_here():
+    """A new conf/data/*.yaml must be added to OPTIONS, so the test below checks what it builds."""
+    assert sorted(path.stem for path in CONF_DATA.glob("*.yaml")) == sorted(OPTIONS)
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_each_data_option_composes_and_builds_its_source(compose_config, option: str):
+    source_class, extra = OPTIONS[option]
+    cfg = validate(compose_config([f"data={option}", *extra]))
+    source = build(cfg.data)
+    assert type(source) is source_class and isinstance(source, BarSource)
+    # every setting of the group reaches the source, none is dropped or renamed on the way
+    settings = {f.name: getattr(cfg.data, f.name) for f in fields(cfg.data) if f.name != "_target_"}
+    assert {name: getattr(source, name) for name in settings} == {**settings, "symbols": tuple(cfg.data.symbols)}
+
+
+def test_alpaca_options_differ_in_bar_length_and_period(compose_config):
+    hourly = build(validate(compose_config(["data=alpaca_1h"])).data)
+    five_minute = build(validate(compose_config(["data=alpaca_5m"])).data)
+    assert (hourly.interval, five_minute.interval) == ("1h", "5min")
+    assert (five_minute.start, five_minute.end) == ("2024-07-01", "2024-12-31")
+
+
+def test_default_config_builds_the_default_synthetic_source(compose_config):
+    assert build(validate(compose_config()).data) == SyntheticSource()
+
+
+def test_unknown_data_option_fails_naming_the_choices(compose_config):
+    with pytest.raises(ConfigCompositionException, match=r"data/parquet(.|\n)*alpaca_1h(.|\n)*csv(.|\n)*synthetic"):
+        compose_config(["data=parquet"])
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "override", "message"),
+    [
+        ("symbols", [], "[]", "needs at least one symbol"),
+        ("symbols", ["BTC", "BTC"], "[BTC,BTC]", r"has duplicates: \['BTC', 'BTC'\]"),
+        ("max_gap_bars", -1, "-1", "must be >= 0, got -1"),
+    ],
+)
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_every_source_checks_the_shared_arguments(compose_config, option, argument, value, override, message):
+    source_class, extra = OPTIONS[option]
+    required = {"path": "bars.csv"} if source_class is CsvSource else {}
+    with pytest.raises(ArgumentError, match=rf"^{argument}: {message}$") as error:
+        source_class(**required, **{argument: value})
+    assert error.value.argument == argument
+    with pytest.raises(ConfigError, match=rf"^data\.{argument}: {message}$"):
+        validate(compose_config([f"data={option}", *extra, f"data.{argument}={override}"]))
+
+
+def test_synthetic_market_with_features():
     cfg = SyntheticDataConfig(n_bars=200, symbols=["BTC", "ETH"])
-    market, report = load_market(cfg)
+    market, report = load_market(cfg, zscore_window=50)
+    bars = synthetic_market(SyntheticSource(n_bars=200, symbols=["BTC", "ETH"]))
     assert market.synthetic and market.n_bars == 200 and len(report) == 0
-    np.testing.assert_array_equal(market.ohlcv, synthetic_market(cfg).ohlcv)
+    np.testing.assert_array_equal(market.ohlcv, bars.ohlcv)
+    assert market.feature_names == FEATURE_NAMES and market.first_valid == feature_memory(50)
+    np.testing.assert_array_equal(market.features, with_features(bars, 50).features)
 
 
-def test_csv_source(tmp_path: Path):
+def test_csv_market_with_features(tmp_path: Path):
+    times = pd.date_range("2023-01-05", periods=120, freq="1h")
+    close = 100.0 + np.arange(120.0)
     path = tmp_path / "bars.csv"
-    path.write_text(
-        "date,symbol,open,high,low,close,volume\n"
-        "2023-01-05 00:00,BTC/USD,1,2,1,2,3\n2023-01-05 01:00,BTC/USD,2,3,2,3,3\n2023-01-05 02:00,BTC/USD,3,4,3,4,3\n"
-    )
-    market, _ = load_market(CsvDataConfig(path=str(path), symbols=["BTC"]))
-    assert market.source == "csv" and market.field("close")[:, 0].tolist() == [2.0, 3.0, 4.0]
-
-
-def test_unknown_or_mismatched_source_is_an_error():
-    with pytest.raises(DataError, match=r"source='parquet' is unknown; use one of \['alpaca', 'csv', 'synthetic'\]"):
-        load_market(replace(SyntheticDataConfig(), source="parquet"))
-    with pytest.raises(DataError, match="needs a CsvDataConfig"):
-        load_market(replace(SyntheticDataConfig(), source="csv"))
+    frame = pd.DataFrame({"date": times.strftime("%Y-%m-%d %H:%M"), "symbol": "BTC/USD", "open": close - 1,
+                          "high": close + 1, "low": close - 2, "close": close, "volume": 3.0})
+    frame.to_csv(path, index=False)
+    market, report = load_market(CsvDataConfig(path=str(path), symbols=["BTC"]), zscore_window=20)
+    assert market.source == "csv" and not market.synthetic and len(report) == 0
+    assert market.field("close")[:, 0].tolist() == close.tolist()
+    assert market.features.shape == (120, 1, len(FEATURE_NAMES)) and market.first_valid == feature_memory(20)
+    assert np.isfinite(market.features[market.first_valid :]).all()

@@ -8,14 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cappuccino.config import DEFAULT_SYMBOLS, SyntheticDataConfig
-from cappuccino.data.synthetic import garch_variance, standardised_shocks, synthetic_market
+from cappuccino.config import ConfigError, validate
+from cappuccino.data.cleaning import DataReport
+from cappuccino.data.source import DEFAULT_SYMBOLS
+from cappuccino.data.synthetic import SyntheticSource, garch_variance, standardised_shocks, synthetic_market
+from cappuccino.errors import ArgumentError
 
 
 @pytest.fixture(scope="module")
 def market():
     start = time.perf_counter()
-    data = synthetic_market(SyntheticDataConfig())  # two years of hourly bars, 7 assets
+    data = synthetic_market(SyntheticSource())  # two years of hourly bars, 7 assets
     print(f"\n17520 x 7 synthetic bars in {time.perf_counter() - start:.3f} s")
     return data
 
@@ -40,10 +43,10 @@ def test_layout_and_flags(market):
 
 
 def test_same_seed_same_market_other_seed_differs(market):
-    again = synthetic_market(SyntheticDataConfig())
+    again = synthetic_market(SyntheticSource())
     np.testing.assert_array_equal(again.ohlcv, market.ohlcv)
     assert again.content_hash == market.content_hash
-    other = synthetic_market(SyntheticDataConfig(seed=8))
+    other = synthetic_market(SyntheticSource(seed=8))
     assert not np.allclose(other.field("close"), market.field("close"))
 
 
@@ -89,8 +92,8 @@ def test_zero_half_life_gives_lag1_autocorrelation_of_standardised_returns():
 
 def test_planted_signal_shows_in_prices_and_vanishes_at_zero_strength():
     # Signs are unaffected by the volatility scaling, so their autocorrelation isolates the signal.
-    signal = synthetic_market(SyntheticDataConfig(signal_strength=0.3, signal_half_life=0))
-    noise = synthetic_market(SyntheticDataConfig(signal_strength=0.0))
+    signal = synthetic_market(SyntheticSource(signal_strength=0.3, signal_half_life=0))
+    noise = synthetic_market(SyntheticSource(signal_strength=0.0))
     assert lag1_autocorr(np.sign(log_returns(signal))) > 0.15
     assert abs(lag1_autocorr(np.sign(log_returns(noise)))) < 0.02
     assert abs(lag1_autocorr(log_returns(noise))) < 0.02
@@ -103,9 +106,34 @@ def test_garch_variance_has_mean_one():
 
 
 def test_five_minute_bars():
-    market = synthetic_market(SyntheticDataConfig(interval="5min", n_bars=20_000, symbols=["BTC", "XYZ"]))
+    market = synthetic_market(SyntheticSource(interval="5min", n_bars=20_000, symbols=["BTC", "XYZ"]))
     assert market.interval == pd.Timedelta("5min")
     assert (np.diff(market.timestamps) == pd.Timedelta("5min")).all()
     annual_vol = log_returns(market).std(axis=0) * np.sqrt(365 * 24 * 12)
     assert ((annual_vol > 0.4) & (annual_vol < 1.2)).all(), annual_vol
     assert market.symbols == ("BTC", "XYZ") and (market.ohlcv[..., :4] > 0).all()
+
+
+def test_load_gives_the_market_and_an_empty_report():
+    source = SyntheticSource(n_bars=300, symbols=["BTC", "ETH"])
+    market, report = source.load()
+    assert isinstance(report, DataReport) and len(report) == 0
+    assert market.symbols == ("BTC", "ETH") and market.n_bars == 300
+    np.testing.assert_array_equal(market.ohlcv, synthetic_market(source).ohlcv)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("n_bars", 10, "must be >= 100, got 10"),
+        ("signal_strength", 1.0, r"must be in \[0, 1\), got 1.0"),
+        ("signal_strength", -0.1, r"must be in \[0, 1\), got -0.1"),
+        ("signal_half_life", -1.0, "must be >= 0, got -1.0"),
+    ],
+)
+def test_out_of_range_arguments_are_rejected_naming_them(compose_config, argument: str, value, message: str):
+    with pytest.raises(ArgumentError, match=rf"^{argument}: {message}$") as error:
+        SyntheticSource(**{argument: value})
+    assert error.value.argument == argument
+    with pytest.raises(ConfigError, match=rf"^data\.{argument}: {message}$"):
+        validate(compose_config([f"data.{argument}={value}"]))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import EngFormatter, PercentFormatter
 
 _AGENT_COLOR = "tab:blue"
 _BENCHMARK_COLOR = "tab:gray"
@@ -160,3 +160,18 @@ def _utc_datetime64(timestamps: pd.DatetimeIndex) -> np.ndarray:
         raise TypeError(f"timestamps must be a pandas DatetimeIndex, got {type(timestamps).__name__}")
     utc = timestamps.tz_localize("UTC") if timestamps.tz is None else timestamps.tz_convert("UTC")
     return utc.tz_localize(None).to_numpy()  # matplotlib reads naive datetime64 as UTC
+
+
+def transfer_figure(curves: dict[str, list[dict[str, float]]], metric: str, title: str, labels: dict[str, str]) -> Figure:
+    """Validation ``metric`` against environment steps, one labelled line per arm."""
+    figure = Figure(figsize=(8, 4.5))
+    ax = figure.subplots()
+    for arm, curve in curves.items():
+        ax.plot([r["step"] for r in curve], [r[metric] for r in curve], marker="o", markersize=3, label=labels[arm])
+    ax.set_xlabel("environment steps (summed over environments)")
+    ax.set_ylabel(f"validation {metric}")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return figure

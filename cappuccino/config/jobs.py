@@ -1,0 +1,261 @@
+"""The top-level schemas of train.py and pretrain.py, their registration with Hydra, and
+``validate``, which runs every check before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from cappuccino.config.base import PRECISIONS, Node, _require, build
+from cappuccino.config.groups import (
+    AlpacaDataConfig,
+    CPCVConfig,
+    CsvDataConfig,
+    CVConfig,
+    DataConfig,
+    EncoderConfig,
+    EnvConfig,
+    FTTransformerEncoderConfig,
+    HoldoutConfig,
+    LoggerConfig,
+    MLflowLoggerConfig,
+    MLPEncoderConfig,
+    NoLoggerConfig,
+    PPOConfig,
+    RulesConfig,
+    SyntheticDataConfig,
+    WalkForwardConfig,
+    WindowConfig,
+    check_purge,
+)
+from cappuccino.errors import ConfigError
+
+
+# -------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainerConfig(Node):
+    """How train.py runs (cappuccino/training.py); no library object of its own."""
+
+    group: ClassVar[str] = "trainer"
+    total_steps: int = 300_000
+    seed: int = 0
+    device: str = "cpu"
+    torch_threads: Optional[int] = None
+    precision: str = "32"
+    objective: Optional[str] = None
+    eval_every: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.total_steps >= 1, "trainer.total_steps", "must be >= 1")
+        _require(self.eval_every >= 0, "trainer.eval_every", f"must be >= 0 (0: off), got {self.eval_every}")
+        _require_device(self.device, "trainer.device")
+        _require(self.torch_threads is None or self.torch_threads >= 1, "trainer.torch_threads", "must be >= 1")
+        _require(
+            self.precision in PRECISIONS,
+            "trainer.precision",
+            f"must be one of {list(PRECISIONS)}, got {self.precision!r}",
+        )
+
+
+def _require_device(device: str, key: str) -> None:
+    _require(
+        device == "auto" or device == "cpu" or device.startswith("cuda"),
+        key,
+        f"must be cpu, cuda[:N] or auto, got {device!r}",
+    )
+
+
+@dataclass
+class TrainConfig(Node):
+    data: DataConfig = MISSING
+    window: WindowConfig = MISSING
+    env: EnvConfig = MISSING
+    rules: RulesConfig = MISSING
+    agent: PPOConfig = MISSING
+    encoder: EncoderConfig = MISSING
+    cv: CVConfig = MISSING
+    logger: LoggerConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    experiment: Optional[ExperimentConfig] = None  # null: train one agent
+
+    def __post_init__(self) -> None:
+        check_symbols(self.data, self.rules)
+        check_purge(self.cv, self.window)
+        _require(
+            self.trainer.eval_every == 0 or isinstance(self.cv, HoldoutConfig),
+            "trainer.eval_every",
+            f"periodic validation needs validation segments, and cv={self.cv.name} has none "
+            "(its held-out parts are test data): use cv=holdout, or trainer.eval_every=0",
+        )
+
+
+def check_symbols(data: DataConfig, rules: RulesConfig) -> None:
+    """Every traded symbol needs its exchange's minimum order size."""
+    missing = [s for s in data.symbols if s not in rules.min_order_size]
+    _require(
+        not missing,
+        "rules.min_order_size",
+        f"has no entry for {missing}; add one per symbol, e.g. +rules.min_order_size.{missing[0] if missing else 'X'}=0.01",
+    )
+
+
+# ------------------------------------------------------------------------------- pretrain
+PRETRAIN_OBJECTIVES = ("mfm", "rfd")
+
+
+@dataclass
+class PretrainConfig(Node):
+    """Self-supervised pre-training of the encoder (pretrain.py; see cappuccino.pretrain)."""
+
+    group: ClassVar[str] = "pretrain"
+    objective: str = "mfm"
+    mask_ratio: float = 0.15
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 256
+    max_steps: int = 20_000
+    warmup_steps: int = 500
+    eval_every: int = 500
+    patience: int = 5
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(
+            self.objective in PRETRAIN_OBJECTIVES,
+            "pretrain.objective",
+            f"must be one of {list(PRETRAIN_OBJECTIVES)}, got {self.objective!r}",
+        )
+        _require(0.0 < self.mask_ratio < 1.0, "pretrain.mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
+        _require(self.lr > 0, "pretrain.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "pretrain.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        # rfd draws replacement values from the other samples of the batch.
+        _require(self.batch_size >= 2, "pretrain.batch_size", f"must be >= 2, got {self.batch_size}")
+        _require(self.max_steps >= 1, "pretrain.max_steps", f"must be >= 1, got {self.max_steps}")
+        _require(
+            0 <= self.warmup_steps < self.max_steps,
+            "pretrain.warmup_steps",
+            f"must be in [0, pretrain.max_steps={self.max_steps}), got {self.warmup_steps}",
+        )
+        _require(self.eval_every >= 1, "pretrain.eval_every", f"must be >= 1, got {self.eval_every}")
+        _require(self.patience >= 1, "pretrain.patience", f"must be >= 1, got {self.patience}")
+        _require(
+            0.0 < self.val_fraction < 1.0, "pretrain.val_fraction", f"must be in (0, 1), got {self.val_fraction}"
+        )
+        _require_device(self.device, "pretrain.device")
+
+
+@dataclass
+class PretrainJobConfig(Node):
+    """Top-level schema of pretrain.py (conf/pretrain.yaml): the data, window, encoder and cv
+    groups mean what they mean in train.py, so the encoder sees the agent's windows."""
+
+    data: DataConfig = MISSING
+    window: WindowConfig = MISSING
+    encoder: EncoderConfig = MISSING
+    cv: CVConfig = MISSING
+    logger: LoggerConfig = MISSING
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.encoder, FTTransformerEncoderConfig),
+            "encoder",
+            f"pre-training needs an encoder with one output per token, and encoder={self.encoder.name} has "
+            "none: use encoder=ft_small, ft_default or ft_large",
+        )
+        _require(not self.encoder.freeze, "encoder.freeze", "pre-training trains the encoder; freeze it in train.py instead")
+        _require(
+            not self.encoder.shared,
+            "encoder.shared",
+            "pre-training makes one encoder, which train.py loads into the actor and the critic alike; "
+            "set encoder.shared in train.py instead",
+        )
+
+
+# ----------------------------------------------------------------------------- experiment
+@dataclass
+class ExperimentConfig(Node):
+    """A comparison of several training runs (``python train.py experiment=NAME``): the rest of
+    the config is what every arm shares. ``_target_`` is the function that runs it (see
+    cappuccino.experiments)."""
+
+    group: ClassVar[str] = "experiment"
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class TransferExperimentConfig(ExperimentConfig):
+    """Pre-train the encoder on ``source`` bars, then train the configured agent on the
+    configured data twice, from scratch and from the pre-trained encoder, and compare their
+    validation curves; see cappuccino.experiments.transfer."""
+
+    _target_: str = "cappuccino.experiments.transfer.run"
+    name: str = "transfer"
+    source: DataConfig = MISSING
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"synthetic": SyntheticDataConfig, "csv": CsvDataConfig, "alpaca": AlpacaDataConfig},
+    "window": {"default": WindowConfig},
+    "env": {"default": EnvConfig},
+    "rules": {"default": RulesConfig},
+    "agent": {"ppo": PPOConfig},
+    "encoder": {"mlp": MLPEncoderConfig, "ft_transformer": FTTransformerEncoderConfig},
+    "cv": {"holdout": HoldoutConfig, "cpcv": CPCVConfig, "walk_forward": WalkForwardConfig},
+    "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
+    "trainer": {"default": TrainerConfig},
+    "experiment": {"transfer": TransferExperimentConfig},
+}
+
+
+def register_configs() -> None:
+    """Register the schemas so ``conf/*.yaml`` can extend them (``/schema_<group>_<name>@_here_``).
+
+    They are stored outside any config group, so ``--help`` lists only the groups a user picks from.
+    """
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig, replace=True)
+    store.store(name="pretrain_schema", node=PretrainJobConfig, replace=True)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            store.store(name=f"schema_{group}_{name}", node=node, replace=True)
+
+
+def to_typed(cfg: DictConfig, schema: type[Node]) -> Any:
+    """The typed config of a composed one, running the schema's checks; ConfigError names the key."""
+    typed = OmegaConf.to_object(cfg)
+    if not isinstance(typed, schema):
+        raise ConfigError(f"the composed config is not a {schema.__name__}: its YAML must list its schema first")
+    return typed
+
+
+def validate(cfg: DictConfig) -> TrainConfig:
+    """Build the typed config and every object that needs no data: all checks run before any work."""
+    typed: TrainConfig = to_typed(cfg, TrainConfig)
+    check_buildable(typed.data, typed.rules, typed.env, typed.agent, typed.cv)
+    check_encoder(typed.encoder, typed.window, len(typed.data.symbols))
+    return typed
+
+
+def check_buildable(*nodes: Node) -> None:
+    """Build each node's object (none of these touches data or devices) so its checks run now."""
+    for node in nodes:
+        build(node)
+
+
+def check_encoder(encoder: EncoderConfig, window: WindowConfig, n_assets: int) -> None:
+    """Build the encoder on PyTorch's meta device: it checks its arguments, allocates nothing and
+    draws no random numbers."""
+    import torch
+
+    with torch.device("meta"):
+        build(encoder, lookback=window.lookback, n_assets=n_assets, n_features=1)

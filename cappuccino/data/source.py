@@ -1,0 +1,44 @@
+"""What every data source shares: the symbols, the bar length and the gap rule, checked once."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from cappuccino.data.cleaning import DataError, DataReport, parse_interval, to_utc
+from cappuccino.data.market import MarketData
+from cappuccino.errors import ArgumentError, require
+
+DEFAULT_SYMBOLS = ("AAVE", "AVAX", "BTC", "ETH", "LINK", "LTC", "UNI")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BarSource(abc.ABC):
+    """Bars of ``symbols`` at ``interval`` (a pandas offset alias: "1h", "5min"); runs of up to
+    ``max_gap_bars`` missing bars are forward-filled, longer ones fail."""
+
+    symbols: tuple[str, ...] = field(default=DEFAULT_SYMBOLS)
+    interval: str = "1h"
+    max_gap_bars: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symbols", tuple(self.symbols))
+        require(len(self.symbols) > 0, "symbols", "needs at least one symbol")
+        require(len(set(self.symbols)) == len(self.symbols), "symbols", f"has duplicates: {list(self.symbols)}")
+        require(self.max_gap_bars >= 0, "max_gap_bars", f"must be >= 0, got {self.max_gap_bars}")
+        try:
+            parse_interval(self.interval)
+        except DataError as error:
+            raise ArgumentError("interval", f"{self.interval!r} is not a fixed-length pandas offset alias; use e.g. 1h, 5min or 1D") from error
+
+    def _check_time(self, argument: str) -> None:
+        """A date/time argument must parse (a date without a time is its midnight UTC)."""
+        value = getattr(self, argument)
+        try:
+            to_utc(value)
+        except ValueError:
+            raise ArgumentError(argument, f"cannot read {value!r} as a date or time; use e.g. 2024-01-31 or 2024-01-31T12:00") from None
+
+    @abc.abstractmethod
+    def load(self) -> tuple[MarketData, DataReport]:
+        """The cleaned bars and the repairs made to them."""

@@ -1,0 +1,1 @@
+"""What a person reads and looks at: console tables and figures, built from typed results."""

@@ -1,0 +1,75 @@
+"""What a run prints at its end: tables of typed results, where the outputs are, how to browse them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.table import Table
+
+from cappuccino.data.cleaning import DataReport
+from cappuccino.data.market import MarketData
+from cappuccino.evaluation.results import CVResult, HoldoutResult, Result
+from cappuccino.progress import console
+
+
+def data_label(market: MarketData) -> str:
+    return "synthetic data" if market.synthetic else market.source
+
+
+def print_data_report(report: DataReport) -> None:
+    for line in report.lines(limit=20):
+        console.print(f"[yellow]data:[/] {line}")
+
+
+def print_outputs(run_dir: Path, ui_command: str | None) -> None:
+    console.print(f"outputs: {run_dir}")
+    if ui_command:
+        console.print(f"browse runs: {ui_command}")
+
+
+def print_training_summary(result: Result, objective: float, market: MarketData, run_dir: Path, ui_command: str | None) -> None:
+    data = data_label(market)
+    console.print(holdout_table(result, data) if isinstance(result, HoldoutResult) else splits_table(result, data))
+    console.print(f"objective = {objective:.4f}")
+    print_outputs(run_dir, ui_command)
+
+
+def holdout_table(result: HoldoutResult, data: str) -> Table:
+    table = Table(title=f"test split ({data})")
+    for column in ("metric", "agent", "buy & hold"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    test = result.test
+    for name in ("total_return", "sharpe", "sortino", "max_drawdown", "calmar"):
+        table.add_row(name, f"{test[name]:.4f}", f"{test[f'benchmark_{name}']:.4f}")
+    table.add_row("turnover", f"{test['turnover']:.2f}", "")
+    table.add_row("fees_paid", f"{test['fees_paid']:.2f}", "")
+    return table
+
+
+def splits_table(result: CVResult, data: str) -> Table:
+    table = Table(title=f"test groups per split ({data})")
+    for column in ("split", "agent Sharpe", "buy & hold Sharpe", "total return", "turnover"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split in result.splits:
+        m = split.test
+        table.add_row(f"split{split.index}", f"{m['sharpe']:.3f}", f"{m['benchmark_sharpe']:.3f}", f"{m['total_return']:.4f}", f"{m['turnover']:.2f}")
+    table.add_row("mean", f"{result.sharpe_mean:.3f}", f"{result.benchmark_sharpe_mean:.3f}", "", "")
+    if result.path_sharpes is not None:
+        table.add_row("paths (mean, min)", f"{sum(result.path_sharpes) / len(result.path_sharpes):.3f}, {min(result.path_sharpes):.3f}", "", "", "")
+    return table
+
+
+def transfer_table(summary: dict[str, dict[str, float]], metric: str, labels: dict[str, str]) -> Table:
+    table = Table(title=f"validation {metric}: pre-trained vs from scratch")
+    for column in ("arm", "final", "best (at step)", "steps to scratch's final"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm, values in summary.items():
+        reached = values["steps_to_scratch_final"]
+        table.add_row(
+            labels[arm],
+            f"{values['final']:+.3f}",
+            f"{values['best']:+.3f} ({values['best_step']:,.0f})",
+            "not reached" if math.isnan(reached) else f"{reached:,.0f}",
+        )
+    return table
