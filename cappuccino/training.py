@@ -70,7 +70,7 @@ def train(
     print_data_report(report)
     splitter = build(cfg.cv)
     only = getattr(cfg.cv, "split", None)
-    splits = select_splits(splitter, only, market.first_valid, market.n_bars)
+    splits = select_splits(splitter, only, market.first_valid, market.n_bars, market.feature_memory)
     holdout = len(splits) == 1 and bool(splits[0][1].validation)
     objective = objective_key(cfg.trainer.objective, holdout)
     for _, split in splits:
@@ -86,7 +86,7 @@ def train(
     with tracked_job(cfg.logger, run_name, paths.project_dir, market, config_yaml, tags, parent_run_id) as tracker:
         tracker.log_params(parameter_counts(cfg, market))
         if isinstance(cfg.cv, CPCVConfig):  # a null embargo is derived from the features
-            tracker.log_params({"cv.embargo_bars_used": splitter.embargo_for(market.first_valid)})
+            tracker.log_params({"cv.embargo_bars_used": splitter.embargo_for(market.feature_memory)})
         backtests: dict[int, SplitBacktests] = {}
         for index, split in splits:
             if holdout:

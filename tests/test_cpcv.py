@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cappuccino.config import ConfigError, CPCVConfig, build, check_purge, feature_reach, validate
-from cappuccino.data.features import feature_memory
+from cappuccino.data.features import compute_features, feature_memory, first_valid_bar
 from cappuccino.data.tensors import Segment
 from cappuccino.errors import ArgumentError
 from cappuccino.evaluation.cpcv import CombinatorialPurgedCV
@@ -151,12 +151,12 @@ def test_bad_arguments_are_rejected_naming_them(compose_config, argument, value,
         validate(compose_config(["cv=cpcv", f"cv.{argument}={value}"]))
 
 
-def test_a_null_embargo_is_derived_from_the_first_bar_with_features():
+def test_a_null_embargo_is_derived_from_the_features_memory():
     cv = CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=60, embargo_bars=None)
-    assert cv.embargo_for(562) == 502 and cv.embargo_for(40) == 0
-    explicit = CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=60, embargo_bars=502)
-    assert list(cv.split(562, 9000)) == list(explicit.split(562, 9000))
-    assert CombinatorialPurgedCV(purge_bars=60, embargo_bars=7).embargo_for(562) == 7
+    assert cv.embargo_for(876) == 816 and cv.embargo_for(40) == 0
+    explicit = CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=60, embargo_bars=816)
+    assert list(cv.split(562, 9000, feature_memory=876)) == list(explicit.split(562, 9000))
+    assert CombinatorialPurgedCV(purge_bars=60, embargo_bars=7).embargo_for(876) == 7
 
 
 @pytest.mark.parametrize("zscore_window", [20, 50, 100, 500, 2000])
@@ -166,10 +166,10 @@ def test_config_feature_reach_is_the_features_memory(zscore_window):
 
 
 def test_cv_split_runs_only_the_chosen_split(compose_config):
-    overrides = ["cv=cpcv", "cv.split=3", "cv.purge_bars=8", "cv.embargo_bars=100", "window.lookback=8", "window.zscore_window=40"]
+    overrides = ["cv=cpcv", "cv.split=3", "cv.purge_bars=8", "cv.embargo_bars=410", "window.lookback=8", "window.zscore_window=40"]
     cfg = validate(compose_config(overrides))
     assert isinstance(cfg.cv, CPCVConfig)
-    every = list(CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=8, embargo_bars=100).split(100, 3000))
+    every = list(CombinatorialPurgedCV(n_groups=6, n_test_groups=2, purge_bars=8, embargo_bars=410).split(100, 3000))
     assert select_splits(build(cfg.cv), cfg.cv.split, 100, 3000) == [(3, every[3])]
 
 
@@ -207,7 +207,7 @@ def test_no_training_bar_after_a_test_group_has_features_that_read_it(compose_co
     cfg = validate(compose_config(["cv=cpcv", "window.zscore_window=100"]))
     memory = feature_memory(100)
     gaps = []  # first bar a training segment's features read, minus the end of the test group before it
-    for _, split in select_splits(build(cfg.cv), cfg.cv.split, memory, 6000):
+    for _, split in select_splits(build(cfg.cv), cfg.cv.split, first_valid_bar(100), 6000, memory):
         for test in split.test:
             # the feature at a segment's first bar reads bars start - memory .. start
             gaps += [s.start - memory - test.stop for s in split.train if s.start >= test.stop]
@@ -215,3 +215,30 @@ def test_no_training_bar_after_a_test_group_has_features_that_read_it(compose_co
 
     with pytest.raises(ConfigError, match=rf"cv\.embargo_bars.*>= {memory}.*cv\.embargo_bars={memory - 60}"):
         validate(compose_config(["cv=cpcv", "window.zscore_window=100", "cv.embargo_bars=24"]))
+
+
+def test_a_spike_at_the_end_of_a_test_group_moves_no_training_feature_after_the_embargo(compose_config):
+    """The real leak check, not the splitter's arithmetic: perturb the last bar of each test group
+    (high +30%, volume x50) and recompute every feature; the training bars after purge + embargo
+    must not move (default CPCV: purge 60, null embargo, z-score window 500)."""
+    from cappuccino.data import load_market
+
+    cfg = validate(compose_config(["cv=cpcv", "data.n_bars=8000"]))
+    market, _ = load_market(cfg.data, cfg.window.zscore_window)
+    (_, split), *_ = select_splits(build(cfg.cv), None, market.first_valid, market.n_bars, market.feature_memory)
+    checked = 0
+    for test in split.test:
+        after = [s for s in split.train if s.start >= test.stop]
+        if not after:
+            continue
+        spiked = market.ohlcv.copy()
+        spiked[test.stop - 1, :, 1] *= 1.3  # high
+        spiked[test.stop - 1, :, 4] *= 50.0  # volume
+        moved, _ = compute_features(spiked, cfg.window.zscore_window)
+        change = np.abs(moved - market.features)  # (T, A, F)
+        for segment in after:
+            assert change[segment.start : segment.stop].max() <= 1e-6, (test, segment)
+            checked += 1
+        # the spike does move features inside the embargo: the check has teeth
+        assert change[test.stop : after[0].start].max() > 1e-3
+    assert checked >= 1

@@ -17,6 +17,7 @@ from cappuccino.data.features import (
     causal_zscore,
     compute_features,
     feature_memory,
+    first_valid_bar,
     raw_indicators,
     with_features,
 )
@@ -271,5 +272,6 @@ def test_with_features_attaches_compute_features_to_the_market(bars: np.ndarray)
     features, first_valid = compute_features(bars, zscore_window=30)
     assert np.array_equal(featured.features, features, equal_nan=True)
     assert featured.feature_names == FEATURE_NAMES
-    assert featured.first_valid == first_valid == feature_memory(30)
+    assert featured.first_valid == first_valid == first_valid_bar(30)
+    assert featured.feature_memory == feature_memory(30) > first_valid
     assert featured.ohlcv is market.ohlcv and market.features is None  # the bars are shared, not changed

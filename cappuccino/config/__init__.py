@@ -12,7 +12,7 @@ data, before any work starts.
 This module imports no other part of the package: it is the bottom layer.
 """
 
-from cappuccino.config.base import DEFAULT_SYMBOLS, INDICATOR_WARMUP_BARS, PRECISIONS, Node, build
+from cappuccino.config.base import DEFAULT_SYMBOLS, INDICATOR_REACH_BARS, PRECISIONS, Node, build
 from cappuccino.config.groups import (
     AlpacaDataConfig,
     CPCVConfig,
@@ -54,7 +54,7 @@ from cappuccino.config.jobs import (
 from cappuccino.errors import ArgumentError, ConfigError
 
 __all__ = [
-    "DEFAULT_SYMBOLS", "INDICATOR_WARMUP_BARS", "PRECISIONS", "PRETRAIN_OBJECTIVES", "SCHEMAS",
+    "DEFAULT_SYMBOLS", "INDICATOR_REACH_BARS", "PRECISIONS", "PRETRAIN_OBJECTIVES", "SCHEMAS",
     "AlpacaDataConfig", "ArgumentError", "CPCVConfig", "CVConfig", "ConfigError", "CsvDataConfig",
     "DataConfig", "EncoderConfig", "EnvConfig", "ExperimentConfig", "FTTransformerEncoderConfig",
     "HoldoutConfig", "LoggerConfig", "MLPEncoderConfig", "MLflowLoggerConfig", "NoLoggerConfig", "Node",

@@ -18,9 +18,9 @@ DEFAULT_SYMBOLS = ["AAVE", "AVAX", "BTC", "ETH", "LINK", "LTC", "UNI"]
 # Training precisions, named as in PyTorch Lightning; see cappuccino.agents.ppo.PPO.
 PRECISIONS = ("32", "bf16-mixed")
 
-# The indicator window's reach: how many bars the slowest indicator needs before its first value
-# (see cappuccino.data.features.feature_memory, which a test keeps equal to this).
-INDICATOR_WARMUP_BARS = 63
+# How many bars back the slowest raw indicator reads (cappuccino.data.features.INDICATOR_REACH;
+# a test keeps the two equal): the config checks CPCV's embargo before any data is loaded.
+INDICATOR_REACH_BARS = 377
 
 
 class Node:

@@ -9,7 +9,7 @@ from typing import ClassVar, Optional
 
 from omegaconf import MISSING
 
-from cappuccino.config.base import DEFAULT_SYMBOLS, INDICATOR_WARMUP_BARS, Node, _require
+from cappuccino.config.base import DEFAULT_SYMBOLS, INDICATOR_REACH_BARS, Node, _require
 
 
 # ----------------------------------------------------------------------------------- data
@@ -240,8 +240,9 @@ def _require_split(split: Optional[int], n_splits: Optional[int] = None) -> None
 
 
 def feature_reach(zscore_window: int) -> int:
-    """How many bars back a feature reaches: the z-score window plus the indicators' warm-up."""
-    return zscore_window + INDICATOR_WARMUP_BARS - 1
+    """How many bars back a feature reaches: the z-score window over indicators that each read
+    INDICATOR_REACH_BARS back (to the features' stated tolerance)."""
+    return zscore_window + INDICATOR_REACH_BARS - 1
 
 
 def check_purge(cfg: CVConfig, window: WindowConfig) -> None:
@@ -261,7 +262,7 @@ def check_purge(cfg: CVConfig, window: WindowConfig) -> None:
         cfg.embargo_bars is None or cfg.purge_bars + cfg.embargo_bars >= memory,
         "cv.embargo_bars",
         f"features reach {memory} bars back (window.zscore_window={window.zscore_window} plus the "
-        f"indicators' warm-up), so training bars after a test group would read it: purge_bars + "
+        f"indicators' {INDICATOR_REACH_BARS}), so training bars after a test group would read it: purge_bars + "
         f"embargo_bars must be >= {memory}; use cv.embargo_bars={max(0, memory - cfg.purge_bars)} or null "
         f"(that value), or a shorter window.zscore_window; got {cfg.embargo_bars}",
     )

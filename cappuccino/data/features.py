@@ -20,6 +20,8 @@ Choices, following TA-Lib's definitions where they exist:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
@@ -58,6 +60,25 @@ WARMUP_BARS = max(
     2 * PERIOD + 1,  # second difference of an ADX that starts at bar 2 * PERIOD - 1
     BREAKOUT_WINDOW,  # previous 20 bars
 )
+# A recursive average never forgets a bar entirely: bar t - k keeps weight (1 - alpha)^k relative
+# to the newest. Below this weight a bar counts as forgotten; a chain of averages forgets it once
+# each stage has (the tails add up, so the chain's forgotten weight stays below stages * this).
+REACH_TOLERANCE = 1e-6
+
+
+def _forgotten_after(alpha: float) -> int:
+    """Bars after which a recursive average with ``alpha`` weights a bar below REACH_TOLERANCE."""
+    return math.ceil(math.log(REACH_TOLERANCE) / math.log(1.0 - alpha))
+
+
+_WILDER_REACH = _forgotten_after(1.0 / PERIOD)
+# How far back a raw indicator at bar t reads (the slowest decides), to REACH_TOLERANCE.
+INDICATOR_REACH = max(
+    2 * _WILDER_REACH + 3,  # trend re-acceleration: 2nd difference of ADX = Wilder(DX of Wilder DM / ATR)
+    _forgotten_after(2.0 / (MACD_SLOW + 1)) + _forgotten_after(2.0 / (MACD_SIGNAL + 1)),  # MACD signal
+    _WILDER_REACH + ATR_REGIME_WINDOW,  # 50-bar mean of an ATR whose true range reads the previous close
+    BREAKOUT_WINDOW + 1,
+)
 STD_FLOOR = 1e-8  # z-score denominator floor: a constant feature maps to 0, not inf / NaN
 CLIP = 10.0
 
@@ -72,7 +93,7 @@ def compute_features(ohlcv: np.ndarray, zscore_window: int) -> tuple[np.ndarray,
     """
     if zscore_window < 2:
         raise ValueError(f"zscore_window must be >= 2 bars, got {zscore_window}")
-    first_valid = feature_memory(zscore_window)
+    first_valid = first_valid_bar(zscore_window)
     n_bars = np.shape(ohlcv)[0] if np.ndim(ohlcv) else 0
     if n_bars <= first_valid:
         raise ValueError(
@@ -88,14 +109,20 @@ def compute_features(ohlcv: np.ndarray, zscore_window: int) -> tuple[np.ndarray,
 def with_features(market: MarketData, zscore_window: int) -> MarketData:
     """``market`` with its causal features attached (``compute_features``)."""
     features, first_valid = compute_features(market.ohlcv, zscore_window)
-    return market.with_features(features, FEATURE_NAMES, first_valid)
+    return market.with_features(features, FEATURE_NAMES, first_valid, feature_memory(zscore_window))
+
+
+def first_valid_bar(zscore_window: int) -> int:
+    """The first bar with every feature defined: the indicators' warm-up, then a full z-score window."""
+    return WARMUP_BARS + zscore_window - 1
 
 
 def feature_memory(zscore_window: int) -> int:
-    """How many bars back a feature reaches: the feature at bar t reads bars t - memory .. t (the
-    exponential averages reach further, with weights below 1e-6 of the newest bar's). It is also
-    the first bar with every feature defined, as bars before 0 do not exist."""
-    return WARMUP_BARS + zscore_window - 1
+    """How many bars back a feature reaches: the feature at bar t reads bars t - memory .. t, and
+    earlier bars move it by less than REACH_TOLERANCE of their weight at their own bar (the
+    z-score window over raw indicators that each reach INDICATOR_REACH bars back). Purging this
+    many bars after a test group keeps its bars out of every training feature."""
+    return INDICATOR_REACH + zscore_window - 1
 
 
 def causal_zscore(x: np.ndarray, window: int) -> np.ndarray:

@@ -30,6 +30,7 @@ class MarketData:
     features: np.ndarray | None = None
     feature_names: tuple[str, ...] = ()
     first_valid: int = 0
+    feature_memory: int = 0  # bars back a feature reads (cappuccino.data.features.feature_memory)
     content_hash: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -53,7 +54,9 @@ class MarketData:
         """(T, A) view of one OHLCV column."""
         return self.ohlcv[:, :, OHLCV.index(name)]
 
-    def with_features(self, features: np.ndarray, names: tuple[str, ...], first_valid: int) -> "MarketData":
+    def with_features(
+        self, features: np.ndarray, names: tuple[str, ...], first_valid: int, feature_memory: int = 0
+    ) -> "MarketData":
         return MarketData(
             timestamps=self.timestamps,
             symbols=self.symbols,
@@ -64,6 +67,7 @@ class MarketData:
             features=features.astype(np.float32, copy=False),
             feature_names=tuple(names),
             first_valid=first_valid,
+            feature_memory=feature_memory,
             content_hash=self.content_hash,
         )
 

@@ -57,11 +57,10 @@ class CombinatorialPurgedCV:
         self.purge_bars = purge_bars
         self.embargo_bars = embargo_bars
 
-    def embargo_for(self, start: int) -> int:
-        """The embargo used when the usable bars begin at ``start`` (the first bar with features,
-        hence how far back features reach): ``embargo_bars``, or if null just enough that purge +
-        embargo covers the features' reach."""
-        return max(0, start - self.purge_bars) if self.embargo_bars is None else self.embargo_bars
+    def embargo_for(self, feature_memory: int) -> int:
+        """The embargo used for features that reach ``feature_memory`` bars back: ``embargo_bars``,
+        or if null just enough that purge + embargo covers that reach."""
+        return max(0, feature_memory - self.purge_bars) if self.embargo_bars is None else self.embargo_bars
 
     def get_n_splits(self, start: int | None = None, stop: int | None = None) -> int:
         """C(N, k); ``start`` and ``stop`` are ignored (they exist so every splitter takes them)."""
@@ -76,10 +75,10 @@ class CombinatorialPurgedCV:
         """The group indices each split tests, in split order (lexicographic, as itertools)."""
         return list(combinations(range(self.n_groups), self.n_test_groups))
 
-    def groups(self, start: int, stop: int) -> list[Segment]:
+    def groups(self, start: int, stop: int, feature_memory: int = 0) -> list[Segment]:
         """The N contiguous groups of [start, stop): ``n // N`` bars each, the last one takes the rest."""
         size = (stop - start) // self.n_groups
-        blocked = 2 * self.purge_bars + self.embargo_for(start)
+        blocked = 2 * self.purge_bars + self.embargo_for(feature_memory)
         if size <= blocked:
             raise ValueError(
                 f"{stop - start} bars make groups of {size} bars, which a training group between two test "
@@ -89,12 +88,13 @@ class CombinatorialPurgedCV:
         bounds = [start + i * size for i in range(self.n_groups)] + [stop]
         return [Segment(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def split(self, start: int, stop: int) -> Iterator[Split]:
+    def split(self, start: int, stop: int, feature_memory: int = 0) -> Iterator[Split]:
         """Split the usable bars [start, stop); ``test`` holds the k test groups in bar order and
-        ``validation`` is empty (the objective is measured on the test groups)."""
-        groups = self.groups(start, stop)
+        ``validation`` is empty (the objective is measured on the test groups). ``feature_memory``:
+        how many bars back a feature reads, which a null embargo covers."""
+        groups = self.groups(start, stop, feature_memory)
         bar = np.arange(start, stop)[:, None]  # (n, 1)
-        after = self.purge_bars + self.embargo_for(start)
+        after = self.purge_bars + self.embargo_for(feature_memory)
         for tested in self.test_groups():
             test = tuple(groups[g] for g in tested)
             starts = np.array([s.start for s in test])  # (k,)

@@ -25,7 +25,7 @@ class Split:
 class Splitter(Protocol):
     def get_n_splits(self, start: int | None = None, stop: int | None = None) -> int: ...
 
-    def split(self, start: int, stop: int) -> Iterator[Split]: ...
+    def split(self, start: int, stop: int, feature_memory: int = 0) -> Iterator[Split]: ...
 
 
 class HoldoutSplitter:
@@ -49,8 +49,9 @@ class HoldoutSplitter:
         """Always 1; ``start`` and ``stop`` are ignored (they exist so every splitter takes them)."""
         return 1
 
-    def split(self, start: int, stop: int) -> Iterator[Split]:
-        """Split the usable bars [start, stop) (``start`` is the first bar with valid features)."""
+    def split(self, start: int, stop: int, feature_memory: int = 0) -> Iterator[Split]:
+        """Split the usable bars [start, stop) (``start`` is the first bar with valid features).
+        Every part only has earlier parts in its past, so ``feature_memory`` needs no purge here."""
         usable = stop - start - 2 * self.embargo_bars
         if usable <= 0:
             raise ValueError(
@@ -68,11 +69,13 @@ class HoldoutSplitter:
         )
 
 
-def select_splits(splitter: Splitter, only: int | None, start: int, stop: int) -> list[tuple[int, Split]]:
+def select_splits(
+    splitter: Splitter, only: int | None, start: int, stop: int, feature_memory: int = 0
+) -> list[tuple[int, Split]]:
     """(index, split) for every split of the usable bars [start, stop), or only for split
     ``only`` (``cv.split``), so a launcher can run the splits of one configuration in separate
-    processes. ``start`` is the first bar with features."""
-    splits = list(splitter.split(start, stop))
+    processes. ``start`` is the first bar with features, which reach ``feature_memory`` bars back."""
+    splits = list(splitter.split(start, stop, feature_memory=feature_memory))
     if only is None:
         return list(enumerate(splits))
     if only >= len(splits):

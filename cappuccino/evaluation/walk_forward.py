@@ -39,8 +39,9 @@ class WalkForwardSplitter:
             raise ValueError("walk-forward needs the bar range to count its splits: call get_n_splits(start, stop)")
         return max(0, (stop - start - self.window_bars) // self.step_bars + 1)
 
-    def split(self, start: int, stop: int) -> Iterator[Split]:
-        """Split the usable bars [start, stop) into time-ordered (train, test) windows."""
+    def split(self, start: int, stop: int, feature_memory: int = 0) -> Iterator[Split]:
+        """Split the usable bars [start, stop) into time-ordered (train, test) windows. A test
+        window only has training bars in its past, so ``feature_memory`` needs no purge here."""
         n_splits = self.get_n_splits(start, stop)
         if n_splits == 0:
             raise ValueError(

@@ -105,7 +105,7 @@ def pretrain(
 
     market, report = load_market(cfg.data, cfg.window.zscore_window)
     print_data_report(report)
-    segments = training_segments(cfg.cv, market.first_valid, market.n_bars)
+    segments = training_segments(cfg.cv, market.first_valid, market.n_bars, market.feature_memory)
     lookback = cfg.window.lookback
     tensors = MarketTensors.from_market(market, lookback, device)
     windows = training_windows(tensors, segments, cfg.pretrain.val_fraction)
@@ -159,9 +159,9 @@ def write_outputs(
 
 
 # ------------------------------------------------------------------------------------ windows
-def training_segments(cv: CVConfig, first_valid: int, n_bars: int) -> tuple[Segment, ...]:
+def training_segments(cv: CVConfig, first_valid: int, n_bars: int, feature_memory: int = 0) -> tuple[Segment, ...]:
     """The training part of the one cv split to pre-train for: holdout's, or split ``cv.split``."""
-    splits = select_splits(build(cv), getattr(cv, "split", None), first_valid, n_bars)
+    splits = select_splits(build(cv), getattr(cv, "split", None), first_valid, n_bars, feature_memory)
     if len(splits) > 1:
         raise ConfigError(
             f"cv.split: cv={cv.name} has {len(splits)} splits, and an encoder pre-trained on the training "
