@@ -26,8 +26,8 @@ from cappuccino.env.portfolio import EpisodeSampling, PortfolioEnv
 from cappuccino.errors import ConfigError
 from cappuccino.evaluation.backtest import stitch
 from cappuccino.evaluation.metrics import periods_per_year
-from cappuccino.evaluation.results import RESULT_FILE, Result, save_result
-from cappuccino.evaluation.scoring import SplitBacktests, evaluate, objective_key, score_cv, score_holdout
+from cappuccino.evaluation.results import OOS_RETURNS_FILE, RESULT_FILE, Result, save_result
+from cappuccino.evaluation.scoring import SplitBacktests, evaluate, objective_key, oos_excess_returns, score_cv, score_holdout
 from cappuccino.evaluation.splits import Split, select_splits
 from cappuccino.evaluation.validation import VALIDATION_CURVE, PeriodicValidation
 from cappuccino.models.attention_probe import summarize_attention
@@ -112,6 +112,9 @@ def train(
         tracker.log_metrics(metrics, step=steps)  # at the last training step, where the val/ curves end
         tracker.log_metrics(resource_metrics(device))
         write_outputs(paths.run_dir, config_yaml, metrics, result, tracker)
+        if not holdout:  # the trial's row of the overfitting statistics (hparams_search.report)
+            np.save(paths.run_dir / OOS_RETURNS_FILE, oos_excess_returns({i: b["test"] for i, b in backtests.items()}, paths_of))
+            tracker.log_artifact(paths.run_dir / OOS_RETURNS_FILE)
     print_training_summary(result, metrics["objective"], market, paths.run_dir, tracker.ui_command)
     return metrics["objective"]
 

@@ -213,27 +213,41 @@ def test_a_sweep_that_cannot_work_fails_before_any_trial(tmp_path, override, mes
     assert not (tmp_path / "multirun").exists()  # no trial started
 
 
-def test_overfitting_statistics_use_the_trials_per_split_results_and_say_why_when_they_cannot():
+def test_overfitting_statistics_read_the_trials_out_of_sample_returns_and_say_why_when_they_cannot(tmp_path):
     import numpy as np
+    from scipy import stats as scipy_stats
 
-    from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
+    from cappuccino.evaluation.overfitting import probability_of_backtest_overfitting
+    from cappuccino.evaluation.results import OOS_RETURNS_FILE
     from cappuccino.hparams_search.report import overfitting
 
     rng = np.random.default_rng(0)
-    splits = rng.normal(size=(8, 5))  # (splits, trials)
-    moments = [{"sharpe_per_period": 0.01 * i, "n_periods": 1000, "skewness": 0.0, "kurtosis": 3.0} for i in range(5)]
-    trials = [
-        optuna.trial.create_trial(value=float(i), user_attrs={"split_excess_sharpe": list(splits[:, i]), **moments[i]})
-        for i in range(5)
-    ]
-    trials.append(optuna.trial.create_trial(value=-1.0, user_attrs={"split_excess_sharpe": [0.0, 1.0]}))  # another cv
-    stats = overfitting(trials, trials[4])
-    assert stats["pbo"] == probability_of_backtest_overfitting(splits, 4).pbo and stats["pbo_splits"] == 8
-    sharpes = [m["sharpe_per_period"] for m in moments]
-    assert stats["deflated_sharpe"] == deflated_sharpe_ratio(0.04, 1000, 0.0, 3.0, sharpes)
+    returns = rng.normal(0.0, 0.01, size=(400, 5))  # (bars, trials)
+    moments = [{"sharpe_per_period": 0.01 * i, "n_periods": 1000, "skewness": -0.2, "kurtosis": 5.0} for i in range(5)]
+    trials = []
+    for i in range(6):
+        folder = tmp_path / f"trial{i}"
+        folder.mkdir()
+        np.save(folder / OOS_RETURNS_FILE, returns[:, i] if i < 5 else returns[:50, 0])  # trial 5: other bars
+        trials.append(optuna.trial.create_trial(value=float(i), user_attrs={"output_dir": str(folder), **moments[min(i, 4)]}))
+    stats = overfitting(trials[:5] + [trials[5]], trials[4], blocks=8)
+    assert stats["pbo"] == probability_of_backtest_overfitting(returns, 8).pbo
+    assert (stats["pbo_blocks"], stats["pbo_bars"], stats["pbo_trials"]) == (8, 400, 5)
+    assert "mean over CPCV's backtest paths" in stats["pbo_performance"]
+
+    # The deflated Sharpe ratio by hand (Bailey & Lopez de Prado 2014, eq. 2 and the SR0 below it):
+    # the best trial's per-bar Sharpe, bars, skewness and kurtosis, against the expected maximum of
+    # N = 6 trials' Sharpes with their sample variance.
+    sharpes = np.array([m["sharpe_per_period"] for m in moments] + [0.04])
+    n, gamma = len(sharpes), 0.5772156649015329
+    sr0 = sharpes.std(ddof=1) * ((1 - gamma) * scipy_stats.norm.ppf(1 - 1 / n) + gamma * scipy_stats.norm.ppf(1 - 1 / (n * np.e)))
+    sr, skew, kurt, bars = 0.04, -0.2, 5.0, 1000
+    expected = scipy_stats.norm.cdf((sr - sr0) * np.sqrt(bars - 1) / np.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert stats["deflated_sharpe"] == pytest.approx(expected, rel=1e-12)
+    assert stats["deflated_sharpe_trials"] == 6 and "variance" in stats["deflated_sharpe_inputs"]
 
     holdout = [optuna.trial.create_trial(value=1.0), optuna.trial.create_trial(value=2.0)]
-    stats = overfitting(holdout, holdout[1])
+    stats = overfitting(holdout, holdout[1], blocks=8)
     assert stats["pbo"] is None and "cv=cpcv" in stats["pbo_reason"]
     assert stats["deflated_sharpe"] is None
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 RESULT_FILE = "result.json"  # the run's result, beside metrics.json in the run folder
+OOS_RETURNS_FILE = "oos_returns.npy"  # a cross-validated run's out-of-sample excess returns per bar
 
 # Metrics of one backtest (Backtest.metrics), the agent's then the benchmark's.
 BACKTEST_METRICS = (

@@ -70,6 +70,21 @@ def score_cv(
     )
 
 
+def oos_excess_returns(tests: Mapping[int, Sequence[Backtest]], paths: Sequence[Sequence[tuple[int, int]]] | None = None) -> np.ndarray:
+    """(T,) one out-of-sample history of per-bar excess returns (the agent's simple return minus
+    the benchmark's), each test bar once: with CPCV's ``paths``, the mean over the paths at each
+    bar (every path covers every group once, in bar order); else the splits' test pieces in split
+    order. Disjoint blocks of it are what CSCV (the probability of backtest overfitting) needs."""
+
+    def excess(pieces: Sequence[Backtest]) -> np.ndarray:
+        history = stitch(pieces)
+        return np.diff(history.equity) / history.equity[:-1] - np.diff(history.benchmark) / history.benchmark[:-1]
+
+    if paths is None:
+        return excess([result for i in sorted(tests) for result in tests[i]])
+    return np.mean([excess([tests[i][j] for i, j in path]) for path in paths], axis=0)
+
+
 def return_moments(equity: np.ndarray) -> ReturnMoments:
     """The moments of the simple returns of ``equity`` (what ``deflated_sharpe_ratio`` takes)."""
     returns = np.diff(equity) / equity[:-1]  # (N,)

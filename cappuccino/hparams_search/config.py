@@ -14,11 +14,15 @@ class StudySweeperConf(OptunaSweeperConf):
 
     A running trial records a heartbeat every ``heartbeat_interval`` seconds; one silent for
     ``grace_period`` seconds (its process was killed) is failed and queued to run again.
+    ``pbo_blocks`` is CSCV's S: the even number of disjoint blocks of time the trials'
+    out-of-sample returns are cut into for the probability of backtest overfitting (Bailey et
+    al. suggest 16; FinRL_Crypto uses 14).
     """
 
     _target_: str = "cappuccino.hparams_search.sweeper.StudySweeper"
     heartbeat_interval: int = 10
     grace_period: int = 30
+    pbo_blocks: int = 16
 
 
 def register_sweeper_config() -> None:

@@ -14,10 +14,11 @@ Files, written to the sweep folder and logged to that run:
   ``python train.py --config-dir <sweep folder> --config-name best_trial``;
 * ``optimization_history.png`` and ``param_importances.png``: Optuna's plots (importances by
   PED-ANOVA, which needs no scikit-learn);
-* ``overfitting.json``: the probability of backtest overfitting (CSCV over the complete trials'
-  per-split excess Sharpe ratios, splits as rows) and the deflated Sharpe ratio of the best trial
-  (per-bar Sharpe of its out-of-sample returns against the expected maximum of all trials'),
-  also logged as metrics ``pbo`` and ``deflated_sharpe`` and printed.
+* ``overfitting.json``: the probability of backtest overfitting (CSCV over ``pbo_blocks`` disjoint
+  blocks of time of the complete trials' out-of-sample excess returns per bar; see
+  ``overfitting``) and the deflated Sharpe ratio of the best trial (per-bar Sharpe of its
+  out-of-sample returns against the expected maximum of all trials'), each with what its rows,
+  blocks and inputs were; also logged as metrics ``pbo`` and ``deflated_sharpe`` and printed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from rich.table import Table
 
 from cappuccino.config import LoggerConfig
 from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
+from cappuccino.evaluation.results import OOS_RETURNS_FILE
 from cappuccino.progress import console
 from cappuccino.tracking import Tracker, build_tracker
 
@@ -79,7 +81,7 @@ def first_trial_ended(study: optuna.Study) -> bool:
     return bool(trials) and trials[0].state not in (TrialState.RUNNING, TrialState.WAITING)
 
 
-def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trials: int) -> None:
+def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trials: int, pbo_blocks: int) -> None:
     """Write and log the study's results; print the best trial and the overfitting statistics."""
     from optuna.trial import TrialState
 
@@ -97,7 +99,7 @@ def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trial
     best_config = write_best_config(best, sweep_dir)
     files += [best_config] if best_config else []
     files += plot_study(study, sweep_dir)
-    stats = overfitting(complete, best)
+    stats = overfitting(complete, best, pbo_blocks)
     files.append(sweep_dir / "overfitting.json")
     files[-1].write_text(json.dumps(stats, indent=2))
 
@@ -158,23 +160,37 @@ def plot_study(study: optuna.Study, sweep_dir: Path) -> list[Path]:
     return files
 
 
-def overfitting(complete: list[optuna.trial.FrozenTrial], best: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """PBO over the trials' per-split excess Sharpe ratios and the best trial's deflated Sharpe.
+PBO_PERFORMANCE = (
+    "per-bar simple return of the agent minus that of equal-weight buy-and-hold, one out-of-sample "
+    "history per trial (oos_returns.npy): at each bar the mean over CPCV's backtest paths, each of which "
+    "tests every group once; for walk-forward, the test windows in order"
+)
+DSR_INPUTS = (
+    "the best trial's per-bar Sharpe, number of bars, skewness and kurtosis of one out-of-sample history "
+    "(CPCV: averaged over the paths), against the expected maximum Sharpe of n_trials trials with the "
+    "variance of the complete trials' per-bar Sharpes"
+)
 
-    A statistic that its inputs cannot give (one split, or fewer than two trials with results)
-    is reported as null with the reason.
+
+def overfitting(complete: list[optuna.trial.FrozenTrial], best: optuna.trial.FrozenTrial, blocks: int) -> dict[str, Any]:
+    """The probability of backtest overfitting and the best trial's deflated Sharpe ratio.
+
+    PBO is CSCV (``probability_of_backtest_overfitting``) over disjoint periods: a (bars, trials)
+    matrix of the trials' out-of-sample excess returns, cut into ``blocks`` contiguous blocks of
+    time, so the in-sample and out-of-sample halves never share a bar. (Per-split CPCV scores
+    cannot be rows: every test group is in several splits, and both halves would hold it.)
+    A statistic that its inputs cannot give is reported as null with the reason.
     """
     out: dict[str, Any] = {"n_trials": len(complete)}
-    rows = [r for t in complete if (r := t.user_attrs.get("split_excess_sharpe"))]
-    if rows:  # trials of one cv scheme: the usual number of splits (a resumed study could mix)
-        n_splits = Counter(len(r) for r in rows).most_common(1)[0][0]
-        rows = [r for r in rows if len(r) == n_splits]
+    histories = [np.load(file) for t in complete if (file := Path(t.user_attrs.get("output_dir", "")) / OOS_RETURNS_FILE).is_file()]
+    if histories:  # trials of one cv scheme on the same bars: the usual length (a resumed study could mix)
+        n_bars = Counter(len(h) for h in histories).most_common(1)[0][0]
+        histories = [h for h in histories if len(h) == n_bars]
     try:
-        performance = np.array(rows, dtype=float).T  # (splits, trials)
-        partitions = max(2, performance.shape[0] // 2 // 2 * 2) if performance.size else 2
-        result = probability_of_backtest_overfitting(performance, partitions)
-        out.update({"pbo": result.pbo, "pbo_partitions": partitions, "pbo_splits": performance.shape[0]})
-    except (ValueError, IndexError) as error:
+        result = probability_of_backtest_overfitting(np.stack(histories, axis=1), blocks)
+        out.update({"pbo": result.pbo, "pbo_blocks": blocks, "pbo_bars": n_bars, "pbo_trials": len(histories)})
+        out["pbo_performance"] = PBO_PERFORMANCE
+    except ValueError as error:
         out.update({"pbo": None, "pbo_reason": f"needs cv=cpcv or walk_forward and two complete trials: {error}"})
     sharpes = [t.user_attrs["sharpe_per_period"] for t in complete if "sharpe_per_period" in t.user_attrs]
     attrs = best.user_attrs
@@ -182,7 +198,8 @@ def overfitting(complete: list[optuna.trial.FrozenTrial], best: optuna.trial.Fro
         out["deflated_sharpe"] = deflated_sharpe_ratio(
             attrs["sharpe_per_period"], int(attrs["n_periods"]), attrs["skewness"], attrs["kurtosis"], sharpes
         )
-        out["best_sharpe_per_period"] = attrs["sharpe_per_period"]
+        out.update({"best_sharpe_per_period": attrs["sharpe_per_period"], "deflated_sharpe_trials": len(sharpes)})
+        out["deflated_sharpe_inputs"] = DSR_INPUTS
     except (KeyError, ValueError) as error:
         out.update({"deflated_sharpe": None, "deflated_sharpe_reason": f"needs two trials with cv/ metrics: {error!r}"})
     return out

@@ -69,6 +69,7 @@ class StudySweeper(Sweeper):
         params: DictConfig | None,
         heartbeat_interval: int,
         grace_period: int,
+        pbo_blocks: int,
     ) -> None:
         # hydra-optuna-sweeper has no public API for its search-space parsing and trial-to-override
         # conversion, only its whole optimisation loop, which is not resumable: we reuse
@@ -81,6 +82,8 @@ class StudySweeper(Sweeper):
         for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_interval", heartbeat_interval)):
             if value < 1:
                 raise ConfigError(f"hydra.sweeper.{name} must be >= 1, got {value}")
+        if pbo_blocks < 2 or pbo_blocks % 2:
+            raise ConfigError(f"hydra.sweeper.pbo_blocks must be an even number >= 2, got {pbo_blocks}")
         if grace_period <= heartbeat_interval:
             raise ConfigError(
                 f"hydra.sweeper.grace_period ({grace_period}) must exceed heartbeat_interval ({heartbeat_interval}) "
@@ -94,6 +97,7 @@ class StudySweeper(Sweeper):
         )
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        self.pbo_blocks = pbo_blocks
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -143,7 +147,7 @@ class StudySweeper(Sweeper):
                 failures = [tell(study, trial, result) for trial, result in zip(trials, returns)]
                 check_failure_rate([f for f in failures if f is not None], returns, search.max_failure_rate)
             tracker = tracker or study_tracker(base.logger, study, project_dir, creator=True)
-            finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials)
+            finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials, self.pbo_blocks)
         except BaseException as error:
             if tracker is not None:
                 tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
