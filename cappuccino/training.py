@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cappuccino.agents.ppo import PPO
-from cappuccino.config import CPCVConfig, TrainConfig, build
+from cappuccino.config import CPCVConfig, HoldoutConfig, TrainConfig, build
 from cappuccino.data import load_market
 from cappuccino.data.market import MarketData
 from cappuccino.data.tensors import MarketTensors, Segment
@@ -65,14 +65,14 @@ def train(
     if cfg.encoder.pretrained is not None:  # a wrong file fails before any data is loaded
         read_checkpoint(cfg.encoder.pretrained, "encoder", "encoder.pretrained")
     rules, sampling = build(cfg.rules), build(cfg.env)
+    holdout = isinstance(cfg.cv, HoldoutConfig)  # the only scheme with validation segments
+    objective = objective_key(cfg.trainer.objective, holdout)
 
     market, report = load_market(cfg.data, cfg.window.zscore_window)
     print_data_report(report)
     splitter = build(cfg.cv)
     only = getattr(cfg.cv, "split", None)
     splits = select_splits(splitter, only, market.first_valid, market.n_bars, market.feature_memory)
-    holdout = len(splits) == 1 and bool(splits[0][1].validation)
-    objective = objective_key(cfg.trainer.objective, holdout)
     for _, split in splits:
         check_segments(split, cfg.window.lookback)
     tensors = MarketTensors.from_market(market, cfg.window.lookback, device)

@@ -19,7 +19,8 @@ from .conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SWEEP = [
-    *(o for o in TINY if not o.startswith(("window.lookback", "encoder.hidden_sizes", "cv.embargo_bars"))),
+    *(o for o in TINY if not o.startswith(("data.n_bars", "window.lookback", "encoder.hidden_sizes", "cv.embargo_bars"))),
+    "data.n_bars=2500",  # 4 groups of ~600 bars: more than the purge + embargo features need (446)
     "cv.n_groups=4", "cv.n_test_groups=1", "cv.purge_bars=20",
     "window.lookback=choice(8,12)",
 ]  # fmt: skip

@@ -93,3 +93,18 @@ def test_unknown_objective_fails_before_any_work(compose_config, tmp_path):
 def test_too_little_data_for_the_lookback_is_a_clear_error(compose_config, tmp_path):
     with pytest.raises(ConfigError, match="window.lookback"):
         run(compose_config([*TINY, "logger=none", "data.n_bars=300", "window.lookback=60"]), _paths(tmp_path))
+
+
+@pytest.mark.parametrize("objective", ["test/sharpe", "test/excess_sharpe"])
+def test_an_objective_on_test_data_is_rejected_before_any_data_is_loaded(compose_config, tmp_path, monkeypatch, objective):
+    from cappuccino import training
+
+    monkeypatch.setattr(training, "load_market", lambda *a: pytest.fail("data was loaded"))
+    with pytest.raises(ConfigError, match=r"trainer\.objective: .*test segments.*tune on test data.*'val/excess_sharpe'") as error:
+        run(compose_config([*TINY, "logger=none", f"trainer.objective={objective}"]), _paths(tmp_path))
+    assert "'test/" not in str(error.value).split("choose")[1]
+
+
+def test_cross_validation_objectives_say_they_are_measured_on_held_out_test_groups(compose_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"by design on each split's held-out test groups.*'cv/objective'"):
+        run(compose_config([*TINY, "logger=none", "cv=cpcv", "cv.embargo_bars=null", "trainer.objective=test/sharpe"]), _paths(tmp_path))

@@ -100,9 +100,21 @@ def return_moments(equity: np.ndarray) -> ReturnMoments:
 
 
 def objective_key(objective: str | None, holdout: bool) -> str:
-    """The metric returned to Hydra; fails before any work when the cv scheme cannot give it."""
-    known = metric_keys(holdout)
+    """The metric returned to Hydra. A holdout run may only optimise its validation segments:
+    an objective read from the test segments would tune on test data. Cross-validated runs
+    optimise ``cv/*`` scores, which by design are measured on each split's held-out test groups."""
     chosen = objective or ("val/excess_sharpe" if holdout else "cv/objective")
+    known = metric_keys(holdout)
+    if holdout and chosen.startswith("test/") and chosen in known:
+        allowed = [key for key in known if key.startswith("val/")]
+        raise ConfigError(
+            f"trainer.objective: {chosen!r} is measured on the test segments, and optimising it would tune "
+            f"on test data; choose a validation metric: {allowed}"
+        )
     if chosen not in known:
-        raise ConfigError(f"trainer.objective: {chosen!r} is not a metric of this cv scheme; choose one of {known}")
+        scope = "validation metrics of cv=holdout" if holdout else (
+            "cross-validation scores, measured by design on each split's held-out test groups"
+        )
+        allowed = [key for key in known if not key.startswith("test/")]
+        raise ConfigError(f"trainer.objective: {chosen!r} is not one of the {scope}; choose one of {allowed}")
     return chosen

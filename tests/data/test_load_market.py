@@ -14,7 +14,7 @@ from cappuccino.config import CsvDataConfig, SyntheticDataConfig, build, validat
 from cappuccino.data import BarSource, load_market
 from cappuccino.data.alpaca_source import AlpacaSource
 from cappuccino.data.csv_source import CsvSource
-from cappuccino.data.features import FEATURE_NAMES, feature_memory, with_features
+from cappuccino.data.features import FEATURE_NAMES, feature_memory, first_valid_bar, with_features
 from cappuccino.data.synthetic import SyntheticSource, synthetic_market
 from cappuccino.errors import ArgumentError, ConfigError
 
@@ -86,7 +86,7 @@ def test_synthetic_market_with_features():
     bars = synthetic_market(SyntheticSource(n_bars=200, symbols=["BTC", "ETH"]))
     assert market.synthetic and market.n_bars == 200 and len(report) == 0
     np.testing.assert_array_equal(market.ohlcv, bars.ohlcv)
-    assert market.feature_names == FEATURE_NAMES and market.first_valid == feature_memory(50)
+    assert market.feature_names == FEATURE_NAMES and market.first_valid == first_valid_bar(50) and market.feature_memory == feature_memory(50)
     np.testing.assert_array_equal(market.features, with_features(bars, 50).features)
 
 
@@ -100,5 +100,5 @@ def test_csv_market_with_features(tmp_path: Path):
     market, report = load_market(CsvDataConfig(path=str(path), symbols=["BTC"]), zscore_window=20)
     assert market.source == "csv" and not market.synthetic and len(report) == 0
     assert market.field("close")[:, 0].tolist() == close.tolist()
-    assert market.features.shape == (120, 1, len(FEATURE_NAMES)) and market.first_valid == feature_memory(20)
+    assert market.features.shape == (120, 1, len(FEATURE_NAMES)) and market.first_valid == first_valid_bar(20)
     assert np.isfinite(market.features[market.first_valid :]).all()
