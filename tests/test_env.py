@@ -360,30 +360,54 @@ def test_episodes_never_cross_segment_boundaries() -> None:
         assert inside(step.obs.bar, 1).all() and inside(step.final_obs.bar, 0).all()
         assert torch.isfinite(step.reward).all() and torch.isfinite(env.window(step.final_obs.bar)).all()
         steps_in_episode += 1
-        assert (steps_in_episode[step.done] == E).all() and (steps_in_episode <= E).all()
+        assert (steps_in_episode <= E).all()  # episodes at a segment's edge are clipped shorter
         steps_in_episode[step.done] = 0
         starts.update(step.obs.bar[step.done].tolist())
-    # Starts cover both segments, from the first valid bar to the last that fits an episode.
-    assert min(starts) == 4 and max(starts) == 80 - 2 - (E - 1)
+    # Starts cover both segments, from the first decision bar to the last one.
+    assert min(starts) == 4 and max(starts) == 80 - 2
     assert any(s < 30 for s in starts) and any(s >= 45 for s in starts)
 
 
-def test_segment_choice_proportional_to_valid_starts() -> None:
+def test_segment_choice_proportional_to_its_episode_windows() -> None:
     features, open_, close = random_market(300, 2, 1, seed=12)
     L, E = 4, 10
-    segments = [Segment(0, 123), Segment(150, 173)]  # 123 - 4 - 10 + 1 = 110 and 10 valid starts
+    segments = [Segment(0, 123), Segment(150, 173)]  # 119 + 9 = 128 and 19 + 9 = 28 windows
     env = make_env(features, open_, close, segments, env_config(num_envs=8192, episode_length=E), L, torch.zeros(2))
     in_first = (env.reset().bar < 150).double().mean().item()
-    assert in_first == pytest.approx(110 / 120, abs=0.015)
+    assert in_first == pytest.approx(128 / 156, abs=0.015)
+
+
+def test_every_training_bar_is_visited_equally_often_however_short_its_segment() -> None:
+    """A segment shorter than an episode (CPCV's training pieces can be a few hundred bars) gets
+    the same visits per bar as a long one, and a long segment's edges as many as its middle."""
+    features, open_, close = random_market(700, 2, 1, seed=15)
+    L, E = 4, 64
+    segments = [Segment(0, 400), Segment(450, 474), Segment(500, 700)]  # 396, 20 and 196 decision bars
+    env = make_env(features, open_, close, segments, env_config(num_envs=256, episode_length=E), L, torch.zeros(2))
+    visits = torch.zeros(700)
+    obs = env.reset()
+    for _ in range(1500):
+        visits += torch.bincount(obs.bar, minlength=700)
+        obs = env.step(torch.zeros(256, 2)).obs
+    decision = torch.cat([torch.arange(s.start + L - 1, s.stop - 1) for s in segments])
+    rate = visits[decision] / visits[decision].mean()
+    assert rate.min() > 0.85 and rate.max() < 1.15, (rate.min(), rate.max())
+    assert visits.sum() == visits[decision].sum()  # no visit outside a decision bar
 
 
 def test_short_segment_runs_what_fits_and_too_short_is_rejected() -> None:
     features, open_, close = random_market(40, 2, 1, seed=13)
     cfg = env_config(num_envs=4, episode_length=20)
-    env = make_env(features, open_, close, [Segment(0, 8)], cfg, 3, torch.zeros(2))  # 5 decision bars
-    env.reset()
-    done = [env.step(torch.zeros(4, 2)).done for _ in range(10)]
-    assert torch.stack(done).nonzero()[:, 0].unique().tolist() == [4, 9]
+    env = make_env(features, open_, close, [Segment(0, 8)], cfg, 3, torch.zeros(2))  # decision bars 2..6
+    obs, lengths, length = env.reset(), [], torch.zeros(4, dtype=torch.long)
+    for _ in range(60):
+        assert ((obs.bar >= 2) & (obs.bar <= 6)).all()
+        step = env.step(torch.zeros(4, 2))
+        length += 1
+        lengths += length[step.done].tolist()
+        length[step.done] = 0
+        obs = step.obs
+    assert max(lengths) == 5 and min(lengths) >= 1  # never past the segment, whatever episode_length
     with pytest.raises(ValueError, match=r"Segment\(start=10, stop=13\).*lookback=3"):
         make_env(features, open_, close, [Segment(0, 8), Segment(10, 13)], cfg, 3, torch.zeros(2))
 

@@ -22,11 +22,18 @@ Rewards
 Episodes
     A segment [start, stop) gives decision bars t in [start + L - 1, stop - 2]
     (``MarketTensors.decision_bars``): the window and the fill bar t + 1 stay inside it, so
-    episodes never cross a segment boundary and training sets with gaps (CPCV) work. With ``random_start`` each new episode picks a (segment, first bar) pair
-    uniformly among all valid ones, i.e. a segment with probability proportional to its number of
-    valid starts; a segment shorter than ``episode_length`` gives an episode of what fits.
-    Without it, env b always starts at the first decision bar of segments[b] (evaluation). Every
-    episode starts all cash; an ended episode is reset inside ``step`` (auto-reset).
+    episodes never cross a segment boundary and training sets with gaps (CPCV) work.
+
+    With ``random_start`` every decision bar of every segment has the same chance of being in a
+    new episode, however long its segment: an episode of E steps is a window of E bars whose
+    first bar u is drawn uniformly from all windows that overlap a segment's n decision bars
+    (u from E - 1 bars before the first to the last, n + E - 1 choices per segment), clipped to
+    the segment. Each bar lies in exactly E of those windows, so visits per bar are uniform;
+    episodes that start or end at a segment's edge are shorter. (Drawing only whole windows
+    inside a segment would visit its edges less, and give a segment shorter than E one start
+    among thousands: its bars would go unused.) Without ``random_start``, env b always runs
+    segments[b] from its first decision bar (evaluation). Every episode starts all cash; an
+    ended episode is reset inside ``step`` (auto-reset).
 
 Numbers
     The ledger (prices, cash, holdings, values, fees) is float64 so that value conservation holds
@@ -166,16 +173,16 @@ class PortfolioEnv:
         # Benchmark units of an episode whose first decision bar is t (bought at open[t+1]).
         self._bench_units = equal_weight_quantities(market.open[1:], sampling.initial_cash, rules.fee)  # (T - 1, A)
 
-        # One row per segment: first decision bar, steps per episode, valid starts before it.
+        # One row per segment: first decision bar, decision steps, episode windows before it.
         steps = [market.decision_steps(s) for s in self._segments]
-        lengths = steps if length is None else [min(length, n) for n in steps]
-        n_starts = [n - e + 1 for n, e in zip(steps, lengths)]
-        ends = list(itertools.accumulate(n_starts))
+        self._episode_length = length
+        n_windows = [n + length - 1 for n in steps] if length is not None else [1] * len(steps)
+        ends = list(itertools.accumulate(n_windows))
         first_bars = [market.first_decision_bar(s) for s in self._segments]
-        rows = list(zip(first_bars, lengths, [end - n for end, n in zip(ends, n_starts)]))
+        rows = list(zip(first_bars, steps, [end - n for end, n in zip(ends, n_windows)]))
         self._segment_table = torch.tensor(rows, device=device)  # (S, 3)
-        self._start_ends = torch.tensor(ends, device=device)  # (S,) cumulative valid starts
-        self._total_starts = ends[-1]
+        self._window_ends = torch.tensor(ends, device=device)  # (S,) cumulative episode windows
+        self._total_windows = ends[-1]
 
         self._all_cash = torch.zeros(self.n_assets + 1, dtype=torch.float32, device=device)
         self._all_cash[0] = 1.0
@@ -294,17 +301,20 @@ class PortfolioEnv:
     # ----------------------------------------------------------------------------- helpers
     def _sample_episodes(self) -> tuple[Tensor, Tensor]:
         """(B,) first and (B,) last decision bar of new episodes; no host sync."""
-        if not self._random_start:  # env b on segments[b]
+        length = self._episode_length
+        if not self._random_start or length is None:  # env b on segments[b], or whole segments
             first, steps, _ = self._segment_table.unbind(1)
-        else:
-            # One uniform draw over all (segment, first bar) pairs, located by its cumulative count.
-            u = torch.randint(
-                self._total_starts, (self._num_envs,), generator=self._generator, device=self.device
-            )
-            row = self._segment_table[torch.searchsorted(self._start_ends, u, right=True)]  # (B, 3)
-            first, steps, starts_before = row.unbind(1)
-            first = first + u - starts_before
-        return first, first + steps - 1
+            if self._random_start:  # whole segments, drawn by their number of windows (one each)
+                u = torch.randint(self._total_windows, (self._num_envs,), generator=self._generator, device=self.device)
+                first, steps, _ = self._segment_table[torch.searchsorted(self._window_ends, u, right=True)].unbind(1)
+            return first, first + steps - 1
+        # One uniform draw over every segment's windows, located by its cumulative count.
+        u = torch.randint(self._total_windows, (self._num_envs,), generator=self._generator, device=self.device)
+        first_bar, steps, windows_before = self._segment_table[torch.searchsorted(self._window_ends, u, right=True)].unbind(1)
+        start = u - windows_before - (length - 1)  # window start relative to the first decision bar
+        first = first_bar + start.clamp(min=0)
+        last = first_bar + (start + length).clamp(max=steps) - 1
+        return first, last
 
     def _fresh_state(self, first: Tensor, last: Tensor) -> _State:
         """Every env all cash at ``first``; the only constructor of episode state."""
