@@ -299,3 +299,22 @@ def test_an_encoder_pretrained_on_hourly_bars_fine_tunes_on_five_minute_bars(tmp
     assert math.isfinite(objective)
     checkpoint = torch.load(tmp_path / "train_5m" / "checkpoint.pt", weights_only=True)
     assert checkpoint["schema"]["interval"] == "0 days 00:05:00"
+
+
+def test_rfd_survives_a_validation_set_one_window_longer_than_whole_batches(tmp_path):
+    """Valid configs must not crash on the data's length: with n validation windows and
+    n % pretrain.batch_size == 1, the last chunk held one window, and replacing its features
+    from "the other windows of the batch" raised."""
+    from cappuccino.pretrain.trainer import validation_chunks
+
+    def n_validation(n_bars: int) -> int:
+        cfg = validate(compose_pretrain([*PRETRAIN_TINY, f"data.n_bars={n_bars}"]))
+        market, _ = load_market(cfg.data, cfg.window.zscore_window)
+        segments = training_segments(cfg.cv, market.first_valid, market.n_bars, market.feature_memory)
+        tensors = MarketTensors.from_market(market, cfg.window.lookback, "cpu")
+        return len(split_decision_bars(tensors, segments, cfg.pretrain.val_fraction).validation)
+
+    n_bars = next(n for n in range(1500, 1800) if n_validation(n) % 32 == 1)
+    run(compose_pretrain([*PRETRAIN_TINY, "logger=none", "pretrain.objective=rfd", f"data.n_bars={n_bars}"]), paths(tmp_path, "r"))
+    assert [len(c) for c in validation_chunks(torch.arange(65), 32)] == [32, 33]
+    assert [len(c) for c in validation_chunks(torch.arange(64), 32)] == [32, 32]

@@ -177,7 +177,7 @@ def split_decision_bars(tensors: MarketTensors, segments: Sequence[Segment], val
     bars = torch.cat([tensors.decision_bars(s) for s in segments])  # (n,)
     n_val = int(len(bars) * val_fraction)
     train = bars[bars <= bars[-max(n_val, 1)] - lookback]  # windows end before the first validation window starts
-    if n_val < 1 or len(train) < 1:
+    if n_val < 2 or len(train) < 2:  # rfd replaces a window's values with another window's
         raise ConfigError(
             f"the training segment has {len(bars)} decision bars at window.lookback={lookback}: too few "
             f"to hold out pretrain.val_fraction={val_fraction} of them after a gap of {lookback} bars; "
@@ -290,10 +290,19 @@ def validation_batches(
     """The validation windows, corrupted once, with their portfolio weights: (corruption, (B, A + 1))."""
     n_weights = windows.market.n_assets + 1
     batches = []
-    for bars in windows.bars.validation.split(batch_size):
+    for bars in validation_chunks(windows.bars.validation, batch_size):
         window = windows.market.window(bars)
         batches.append((model.corrupt(window, generator), random_weights(len(bars), n_weights, generator)))
     return batches
+
+
+def validation_chunks(bars: Tensor, batch_size: int) -> list[Tensor]:
+    """``bars`` in chunks of ``batch_size``; a last chunk of one window joins the one before it,
+    since replaced feature detection draws each window's replacements from the others."""
+    chunks = list(bars.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
 
 
 @torch.no_grad()
