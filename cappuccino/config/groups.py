@@ -22,6 +22,9 @@ class DataConfig(Node):
     symbols: list[str] = field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     interval: str = "1h"  # pandas offset alias of one bar: "1h", "5min", ...
     max_gap_bars: int = 3  # missing bars forward-filled up to this run length, else fail
+    # Bars whose high/low do not contain open and close (high < low among them): "repair" widens
+    # high and low to the bar's extreme prices and reports it, "reject" fails naming them.
+    inconsistent_bars: str = "repair"
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SyntheticDataConfig(DataConfig):
 class CsvDataConfig(DataConfig):
     _target_: str = "cappuccino.data.csv_source.CsvSource"
     path: str = MISSING
+    time_format: Optional[str] = None  # strftime format of text times, e.g. "%d/%m/%Y %H:%M"; None: ISO 8601
 
 
 @dataclass

@@ -7,7 +7,8 @@ pydantic object per bar (millions for 5-minute data).
 
 The raw bars are cached under ``data.cache_dir`` in a file named by a hash of what was asked for
 (symbols, quote, timeframe, start, end), so a repeated run reads the file and makes no request.
-Cleaning runs after the cache, so changing ``data.max_gap_bars`` needs no new download.
+Cleaning runs after the cache, so changing ``data.max_gap_bars`` or ``data.inconsistent_bars`` needs
+no new download.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def alpaca_market(cfg: AlpacaSource) -> tuple[MarketData, DataReport]:
         partial.replace(cache)  # atomic: an interrupted run never leaves a truncated cache file
     frames = {s: group.set_index("time").drop(columns="symbol") for s, group in table.groupby("symbol", sort=False)}
     frames = {s: frames[s] for s in cfg.symbols}  # config order
-    return clean_bars(frames, interval, cfg.max_gap_bars, source="alpaca")
+    return clean_bars(frames, interval, cfg.max_gap_bars, source="alpaca", inconsistent_bars=cfg.inconsistent_bars)
 
 
 def alpaca_timeframe(interval: pd.Timedelta) -> TimeFrame:

@@ -5,6 +5,12 @@ cannot change what a strategy would have seen (sorting, dropping exact duplicate
 flat fills, missing volume) are made and listed in a ``DataReport``; anything else raises
 ``DataError`` naming the symbol, the timestamp and the fix, because guessing prices would put
 invented numbers into backtests.
+
+Bars whose high is below max(open, close) or whose low is above min(open, close) (high < low
+among them) cannot have traded; the ATR, DX and true range would be computed from them. The
+``inconsistent_bars`` rule decides: "repair" widens high and low to the bar's extreme prices
+(open and close are the trades a backtest fills at, so they are kept) and reports it, "reject"
+fails. Negative volume fails; zero volume is a real bar in which nothing traded and is kept.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
 from cappuccino.data.market import OHLCV, MarketData
+from cappuccino.errors import require
 
 PRICES = list(OHLCV[:4])
+INCONSISTENT_BARS = ("repair", "reject")  # what to do with bars whose high/low do not contain open/close
 _EXAMPLES = 3  # timestamps quoted in an error message
 
 
@@ -90,6 +98,8 @@ def clean_bars(
     interval: pd.Timedelta,
     max_gap_bars: int,
     source: str,
+    *,
+    inconsistent_bars: str,
     synthetic: bool = False,
 ) -> tuple[MarketData, DataReport]:
     """Validate, repair and align bars of several symbols.
@@ -98,15 +108,22 @@ def clean_bars(
     open, high, low, close, volume; symbols keep the dict's order.
 
     Per symbol: rows out of time order are sorted; duplicate timestamps are dropped when the rows
-    are identical and fail otherwise; missing or non-positive prices fail; missing volume becomes
-    0; bar spacing must be a multiple of ``interval``; runs of up to ``max_gap_bars`` missing bars
-    are filled flat at the previous close with zero volume (no trade happened), longer runs fail.
-    Across symbols only the timestamps all of them share are kept.
+    are identical and fail otherwise; missing or non-positive prices fail; negative volume fails,
+    zero volume is kept (a bar without trades); bars whose high/low do not contain open and close
+    are repaired or rejected as ``inconsistent_bars`` says ("repair" or "reject", required so that
+    every source passes on its configured rule); missing volume becomes 0; bar spacing must be a
+    multiple of ``interval``; runs of up to ``max_gap_bars`` missing bars are filled flat at the
+    previous close with zero volume (no trade happened), longer runs fail. Across symbols only the
+    timestamps all of them share are kept.
     """
+    require(
+        inconsistent_bars in INCONSISTENT_BARS, "inconsistent_bars",
+        f"must be 'repair' or 'reject', got {inconsistent_bars!r}",
+    )
     if not frames:
         raise DataError("no symbols to load; set data.symbols")
     report = DataReport()
-    cleaned = {s: _clean_symbol(s, f, interval, max_gap_bars, report) for s, f in frames.items()}
+    cleaned = {s: _clean_symbol(s, f, interval, max_gap_bars, inconsistent_bars, report) for s, f in frames.items()}
     timestamps = _shared_timestamps(cleaned, report)
     ohlcv = np.stack([f.loc[timestamps, list(OHLCV)].to_numpy(np.float64) for f in cleaned.values()], axis=1)
     market = MarketData(
@@ -121,7 +138,8 @@ def clean_bars(
 
 
 def _clean_symbol(
-    symbol: str, frame: pd.DataFrame, interval: pd.Timedelta, max_gap_bars: int, report: DataReport
+    symbol: str, frame: pd.DataFrame, interval: pd.Timedelta, max_gap_bars: int, inconsistent_bars: str,
+    report: DataReport,
 ) -> pd.DataFrame:
     missing = [c for c in OHLCV if c not in frame.columns]
     if missing:
@@ -135,6 +153,7 @@ def _clean_symbol(
     frame = _sort(symbol, frame, report)
     frame = _drop_identical_duplicates(symbol, frame, report)
     _check_values(symbol, frame)
+    frame = _consistent_ohlc(symbol, frame, inconsistent_bars, report)
     frame = _fill_missing_volume(symbol, frame, report)
     _check_spacing(symbol, frame.index, interval)
     return _fill_gaps(symbol, frame, interval, max_gap_bars, report)
@@ -183,6 +202,31 @@ def _check_values(symbol: str, frame: pd.DataFrame) -> None:
             f"{symbol}: {int(negative.sum())} bars have negative volume, at "
             f"{_fmt(frame.index[negative.to_numpy()])}; repair them in the source"
         )
+
+
+def _consistent_ohlc(symbol: str, frame: pd.DataFrame, rule: str, report: DataReport) -> pd.DataFrame:
+    """Bars whose high/low do not contain open and close: repaired to the bar's extremes, or rejected.
+
+    Such a bar cannot have traded, and indicators built on the range (ATR, DX, true range) would
+    read it as real; high < low is one case (it puts high below open or close, or low above).
+    """
+    prices = frame[PRICES]
+    bad = ((prices["high"] < prices[["open", "close"]].max(axis=1))
+           | (prices["low"] > prices[["open", "close"]].min(axis=1))).to_numpy()
+    if not bad.any():
+        return frame
+    where = _fmt(frame.index[bad])
+    if rule == "reject":
+        raise DataError(
+            f"{symbol}: {int(bad.sum())} bars have high below max(open, close) or low above min(open, close), at "
+            f"{where}; repair them in the source, or set data.inconsistent_bars=repair to widen high and low to "
+            "each bar's highest and lowest price"
+        )
+    report.add(
+        f"{symbol}: {int(bad.sum())} bars had high below max(open, close) or low above min(open, close), at "
+        f"{where}; set high to the bar's highest and low to its lowest price (data.inconsistent_bars=repair)"
+    )
+    return frame.assign(high=prices.max(axis=1), low=prices.min(axis=1))
 
 
 def _fill_missing_volume(symbol: str, frame: pd.DataFrame, report: DataReport) -> pd.DataFrame:

@@ -99,7 +99,9 @@ def synthetic_market(cfg: SyntheticSource) -> MarketData:
         )
         for a, symbol in enumerate(cfg.symbols)
     }
-    market, _ = clean_bars(frames, interval, cfg.max_gap_bars, source="synthetic", synthetic=True)
+    market, _ = clean_bars(
+        frames, interval, cfg.max_gap_bars, source="synthetic", inconsistent_bars=cfg.inconsistent_bars, synthetic=True
+    )
     return market
 
 

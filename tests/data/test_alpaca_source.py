@@ -162,3 +162,17 @@ def test_start_not_before_end_is_rejected_naming_both(compose_config, start: str
     assert error.value.argument == "start"
     with pytest.raises(ConfigError, match=rf"^data\.start: {message}$"):
         validate(compose_config(["data=alpaca_1h", f"data.start='{start}'", f"data.end='{end}'"]))
+
+
+@pytest.mark.parametrize("rule", ["repair", "reject"])
+def test_inconsistent_bars_rule_applies_to_alpaca_bars(serve, tmp_path: Path, rule: str):
+    bad = [dict(bar) for bar in BTC]
+    bad[2]["h"] = bad[2]["c"] - 0.5  # high below close
+    fake = serve({None: {"bars": {"BTC/USD": bad}, "next_page_token": None}})
+    source = config(fake.url, tmp_path / "cache", symbols=["BTC"], inconsistent_bars=rule)
+    if rule == "reject":
+        with pytest.raises(DataError, match=r"BTC: 1 bars have high below .* at 2023-01-05 02:00"):
+            alpaca_market(source)
+    else:
+        market, report = alpaca_market(source)
+        assert market.field("high")[2, 0] == bad[2]["c"] and len(report) == 1

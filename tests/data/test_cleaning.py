@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from cappuccino.data.cleaning import DataError, DataReport, clean_bars, parse_interval
+from cappuccino.errors import ArgumentError
 
 HOUR = pd.Timedelta("1h")
 
@@ -22,8 +23,8 @@ def bars(hours: list[int], close: list[float] | None = None, volume: list[float]
     )
 
 
-def clean(frames: dict[str, pd.DataFrame], max_gap_bars: int = 3):
-    return clean_bars(frames, HOUR, max_gap_bars, source="test")
+def clean(frames: dict[str, pd.DataFrame], max_gap_bars: int = 3, inconsistent_bars: str = "repair"):
+    return clean_bars(frames, HOUR, max_gap_bars, source="test", inconsistent_bars=inconsistent_bars)
 
 
 def test_clean_input_passes_through_unchanged():
@@ -77,6 +78,47 @@ def test_long_gap_fails_naming_where_and_the_setting():
 def test_missing_or_non_positive_price_fails_naming_symbol_and_time(bad: float):
     with pytest.raises(DataError, match=r"LINK: 1 bars have missing or non-positive prices, at 2023-01-05 01:00"):
         clean({"LINK": bars([0, 1, 2], close=[5.0, bad, 6.0])})
+
+
+def impossible_bars() -> pd.DataFrame:
+    """Bars at 00:00 .. 04:00 (open 99..103, close 100..104); 01:00, 02:00 and 03:00 are impossible."""
+    frame = bars([0, 1, 2, 3, 4])
+    frame.iloc[1, frame.columns.get_loc("high")] = 100.5  # below close 101
+    frame.iloc[2, frame.columns.get_loc("low")] = 101.5  # above open 101
+    frame.iloc[3, [frame.columns.get_loc("high"), frame.columns.get_loc("low")]] = [102.5, 103.5]  # high < low
+    return frame
+
+
+def test_inconsistent_bars_are_repaired_to_their_extreme_prices_and_reported():
+    market, report = clean({"BTC": impossible_bars(), "ETH": bars([0, 1, 2, 3, 4])})
+    ohlc = market.ohlcv[:, 0, :4]  # (T, 4): open, high, low, close
+    np.testing.assert_array_equal(ohlc[1:4], [[100, 101, 99, 101], [101, 103, 101, 102], [102, 103.5, 102, 103]])
+    np.testing.assert_array_equal(market.ohlcv[:, 1], bars([0, 1, 2, 3, 4]).to_numpy())  # consistent: untouched
+    assert (ohlc[:, 1] >= ohlc.max(axis=1)).all() and (ohlc[:, 2] <= ohlc.min(axis=1)).all()
+    assert report.lines() == [
+        "BTC: 3 bars had high below max(open, close) or low above min(open, close), at 2023-01-05 01:00, "
+        "2023-01-05 02:00, 2023-01-05 03:00; set high to the bar's highest and low to its lowest price "
+        "(data.inconsistent_bars=repair)"
+    ]
+
+
+def test_inconsistent_bars_fail_under_reject_naming_symbol_count_times_and_setting():
+    with pytest.raises(DataError, match=(
+        r"^BTC: 3 bars have high below max\(open, close\) or low above min\(open, close\), at 2023-01-05 01:00, "
+        r"2023-01-05 02:00, 2023-01-05 03:00; .*data.inconsistent_bars=repair"
+    )):
+        clean({"BTC": impossible_bars()}, inconsistent_bars="reject")
+
+
+def test_unknown_inconsistent_bars_rule_is_an_argument_error():
+    with pytest.raises(ArgumentError, match=r"^inconsistent_bars: must be 'repair' or 'reject', got 'fix'$"):
+        clean({"BTC": bars([0, 1])}, inconsistent_bars="fix")
+
+
+def test_zero_volume_is_a_bar_without_trades_and_stays():
+    market, report = clean({"BTC": bars([0, 1, 2], volume=[1.0, 0.0, 3.0])}, inconsistent_bars="reject")
+    np.testing.assert_array_equal(market.field("volume")[:, 0], [1.0, 0.0, 3.0])
+    assert len(report) == 0
 
 
 def test_missing_volume_becomes_zero_and_is_reported():

@@ -10,6 +10,8 @@ import pytest
 
 from cappuccino.data.cleaning import DataError
 from cappuccino.data.csv_source import CsvSource, canonical_symbol, csv_market
+from cappuccino.config import ConfigError, validate
+from cappuccino.errors import ArgumentError
 
 TIMES = pd.date_range("2023-01-05", periods=4, freq="1h", tz="UTC")
 
@@ -144,3 +146,127 @@ def test_unreadable_times_are_an_error(tmp_path: Path):
 )
 def test_canonical_symbol(name: str, base: str):
     assert canonical_symbol(name) == base
+
+
+# ------------------------------------------------------------- real files as they are published
+CDD_URL = "https://www.CryptoDataDownload.com"
+CDD_UTC = "Timestamps are UTC timezone,https://www.CryptoDataDownload.com"  # their files today
+
+
+@pytest.mark.parametrize("attribution", [CDD_URL, CDD_UTC])
+@pytest.mark.parametrize("layout", ["long", "pattern"])
+def test_cryptodatadownload_attribution_lines_are_skipped(tmp_path: Path, attribution: str, layout: str):
+    """The header is found by its column names, whatever the attribution line above it says."""
+    (tmp_path / "Bitstamp_BTCUSD_1h.csv").write_text(CDD_NEW.replace(CDD_URL, attribution, 1))
+    path = tmp_path / ("Bitstamp_BTCUSD_1h.csv" if layout == "long" else "Bitstamp_{symbol}USD_1h.csv")
+    market, _ = csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+    np.testing.assert_array_equal(market.field("close")[:, 0], [99.5, 100.5, 100.5, 102.5, 103.5])
+    np.testing.assert_array_equal(market.field("volume")[:, 0], [4, 5, 0, 6, 7])
+
+
+def test_lines_above_the_header_may_be_blank_or_several(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text(f"{CDD_UTC}\n\nExported 2023-01-06, by hand\n" + CDD_NEW.split("\n", 1)[1])
+    market, _ = csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+    assert market.n_bars == 5
+
+
+def test_file_without_a_header_line_names_what_a_header_needs(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text(f"{CDD_UTC}\nt,symbol,o,h,l,c,v\n2023-01-05 00:00,BTC,1,1,1,1,1\n")
+    with pytest.raises(DataError, match=rf"{path}: found no header line .*first 10 lines.*time, timestamp.*'close'"):
+        csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+
+
+def test_long_file_without_symbol_column_holds_the_one_configured_symbol(tmp_path: Path):
+    path = tmp_path / "btc.csv"
+    pd.DataFrame({"time": TIMES.strftime("%Y-%m-%d %H:%M"), "open": 1.0, "high": 3.0, "low": 1.0,
+                  "close": [2.0, 2.5, 2.0, 2.5], "volume": 1.0}).to_csv(path, index=False)
+    market, _ = csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+    assert market.symbols == ("BTC",)
+    np.testing.assert_array_equal(market.field("close")[:, 0], [2.0, 2.5, 2.0, 2.5])
+    with pytest.raises(DataError, match=r"has no 'symbol' column.*data.symbols holds 2 symbols"):
+        csv_market(CsvSource(path=str(path), symbols=["BTC", "ETH"]))
+
+
+def test_times_with_and_without_a_zone_in_one_file_are_ambiguous(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text(
+        "time,symbol,open,high,low,close,volume\n"
+        "2023-01-01 00:00:00+00:00,BTC,1,1,1,1,1\n"
+        "2023-01-01 01:00:00,BTC,1,1,1,1,1\n"
+        "2023-01-01T02:00:00Z,BTC,1,1,1,1,1\n"
+    )
+    with pytest.raises(DataError, match=(
+        rf"^{path}: column 'time' mixes times with a time zone \(e.g. '2023-01-01 00:00:00\+00:00'\) and without "
+        r"one \(e.g. '2023-01-01 01:00:00'\)"
+    )):
+        csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+
+
+def test_empty_file_is_an_error_naming_path_and_setting(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match=rf"^data file {path} is empty; check data.path"):
+        csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+    path.write_text("\n  \n")
+    with pytest.raises(DataError, match="is empty"):
+        csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+
+
+def test_directory_as_path_is_an_error_naming_path_and_setting(tmp_path: Path):
+    with pytest.raises(DataError, match=rf"^{tmp_path} is a directory, not a CSV file; set data.path .*{tmp_path}/{{symbol}}.csv"):
+        csv_market(CsvSource(path=str(tmp_path), symbols=["BTC"]))
+
+
+DAY_FIRST = "date,symbol,open,high,low,close,volume\n30/12/2023 10:00,BTC,1,2,1,2,1\n31/12/2023 10:00,BTC,2,3,2,3,1\n"
+
+
+def test_day_first_dates_name_the_setting_not_pandas_arguments(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text(DAY_FIRST)
+    with pytest.raises(DataError) as error:
+        csv_market(CsvSource(path=str(path), symbols=["BTC"], interval="1D"))
+    message = str(error.value)
+    assert "cannot read column 'date' as times" in message and "'30/12/2023 10:00'" in message
+    assert "ISO 8601" in message and "data.time_format='%d/%m/%Y %H:%M'" in message
+    assert "You might want" not in message and "passing `format`" not in message and "\n" not in message
+
+
+def test_time_format_reads_day_first_dates(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text(DAY_FIRST)
+    market, _ = csv_market(CsvSource(path=str(path), symbols=["BTC"], interval="1D", time_format="%d/%m/%Y %H:%M"))
+    assert list(market.timestamps) == list(pd.to_datetime(["2023-12-30 10:00", "2023-12-31 10:00"], utc=True))
+
+
+def test_times_that_miss_the_time_format_name_it(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text(DAY_FIRST)
+    with pytest.raises(DataError, match=r"do not match data.time_format='%Y-%m-%d %H:%M'"):
+        csv_market(CsvSource(path=str(path), symbols=["BTC"], interval="1D", time_format="%Y-%m-%d %H:%M"))
+
+
+@pytest.mark.parametrize("time_format", ["dd/mm/yyyy", "%d/%Q/%Y"])
+def test_time_format_must_be_a_strftime_format(time_format: str):
+    with pytest.raises(ArgumentError, match=r"^time_format: must be a strftime format such as '%d/%m/%Y %H:%M'"):
+        CsvSource(path="bars.csv", time_format=time_format)
+
+
+def test_bad_time_format_fails_at_validate_naming_the_key(compose_config):
+    with pytest.raises(ConfigError, match=r"^data\.time_format: must be a strftime format"):
+        validate(compose_config(["data=csv", "data.path=bars.csv", "data.time_format=dd/mm/yyyy"]))
+
+
+def test_csv_source_passes_inconsistent_bars_to_cleaning(tmp_path: Path):
+    path = tmp_path / "bars.csv"
+    path.write_text(
+        "time,symbol,open,high,low,close,volume\n"
+        "2023-01-05 00:00,BTC,10,11,9,10,1\n"
+        "2023-01-05 01:00,BTC,10,9,11,10,1\n"  # high below low
+    )
+    with pytest.raises(DataError, match=r"BTC: 1 bars .* at 2023-01-05 01:00.*data.inconsistent_bars=repair"):
+        csv_market(CsvSource(path=str(path), symbols=["BTC"], inconsistent_bars="reject"))
+    market, report = csv_market(CsvSource(path=str(path), symbols=["BTC"]))
+    np.testing.assert_array_equal(market.ohlcv[1, 0, :4], [10, 11, 9, 10])
+    assert len(report) == 1

@@ -11,7 +11,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from cappuccino.config import CsvDataConfig, SyntheticDataConfig, build, validate
-from cappuccino.data import BarSource, load_market
+from cappuccino.data import BarSource, DataError, load_market
 from cappuccino.data.alpaca_source import AlpacaSource
 from cappuccino.data.csv_source import CsvSource
 from cappuccino.data.features import FEATURE_NAMES, feature_memory, first_valid_bar, with_features
@@ -67,6 +67,7 @@ def test_unknown_data_option_fails_naming_the_choices(compose_config):
         ("symbols", [], "[]", "needs at least one symbol"),
         ("symbols", ["BTC", "BTC"], "[BTC,BTC]", r"has duplicates: \['BTC', 'BTC'\]"),
         ("max_gap_bars", -1, "-1", "must be >= 0, got -1"),
+        ("inconsistent_bars", "fix", "fix", "must be 'repair' or 'reject', got 'fix'"),
     ],
 )
 @pytest.mark.parametrize("option", sorted(OPTIONS))
@@ -102,3 +103,46 @@ def test_csv_market_with_features(tmp_path: Path):
     assert market.field("close")[:, 0].tolist() == close.tolist()
     assert market.features.shape == (120, 1, len(FEATURE_NAMES)) and market.first_valid == first_valid_bar(20)
     assert np.isfinite(market.features[market.first_valid :]).all()
+
+
+def day_first_file(path: Path, n_bars: int = 120) -> np.ndarray:
+    """One symbol's hourly bars with day-first times and no symbol column; returns the closes."""
+    times = pd.date_range("2023-12-25", periods=n_bars, freq="1h")
+    close = 100.0 + np.arange(float(n_bars))
+    pd.DataFrame({"date": times.strftime("%d/%m/%Y %H:%M"), "open": close - 1, "high": close + 1,
+                  "low": close - 2, "close": close, "volume": 3.0}).to_csv(path, index=False)
+    return close
+
+
+def test_csv_settings_reach_the_loader_through_the_config(compose_config, tmp_path: Path):
+    """data.time_format and data.inconsistent_bars from the command line change what is loaded."""
+    path = tmp_path / "btc.csv"
+    close = day_first_file(path)
+    base = ["data=csv", f"data.path='{path}'", "data.symbols=[BTC]"]
+    cfg = validate(compose_config([*base, "data.time_format='%d/%m/%Y %H:%M'", "data.inconsistent_bars=reject"]))
+    market, report = load_market(cfg.data, 50)
+    assert market.timestamps[0] == pd.Timestamp("2023-12-25", tz="UTC") and len(report) == 0
+    assert market.field("close")[:, 0].tolist() == close.tolist()
+    with pytest.raises(DataError, match="data.time_format='%d/%m/%Y %H:%M'"):
+        load_market(validate(compose_config(base)).data, 50)
+
+
+@pytest.mark.parametrize("rule", ["repair", "reject"])
+def test_inconsistent_bars_rule_reaches_the_loader_through_the_config(compose_config, tmp_path: Path, rule: str):
+    path = tmp_path / "btc.csv"
+    day_first_file(path)
+    text = path.read_text().splitlines()
+    text[5] = text[5].replace(",103.0,105.0,", ",103.0,102.5,")  # the 04:00 bar: high 102.5 below open 103
+    path.write_text("\n".join(text) + "\n")
+    cfg = validate(compose_config(["data=csv", f"data.path='{path}'", "data.symbols=[BTC]",
+                                   "data.time_format='%d/%m/%Y %H:%M'", f"data.inconsistent_bars={rule}"]))
+    if rule == "reject":
+        with pytest.raises(DataError, match="BTC: 1 bars have high below .* at 2023-12-25 04:00"):
+            load_market(cfg.data, 50)
+    else:
+        market, report = load_market(cfg.data, 50)
+        assert market.field("high")[4, 0] == 104.0  # its close
+        assert report.lines() == [
+            "BTC: 1 bars had high below max(open, close) or low above min(open, close), at 2023-12-25 04:00; "
+            "set high to the bar's highest and low to its lowest price (data.inconsistent_bars=repair)"
+        ]

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from cappuccino.config import ConfigError, validate
-from cappuccino.data.cleaning import DataReport
+from cappuccino.data import synthetic
+from cappuccino.data.cleaning import DataReport, clean_bars
 from cappuccino.data.source import DEFAULT_SYMBOLS
 from cappuccino.data.synthetic import SyntheticSource, garch_variance, standardised_shocks, synthetic_market
 from cappuccino.errors import ArgumentError
@@ -137,3 +138,16 @@ def test_out_of_range_arguments_are_rejected_naming_them(compose_config, argumen
     assert error.value.argument == argument
     with pytest.raises(ConfigError, match=rf"^data\.{argument}: {message}$"):
         validate(compose_config([f"data.{argument}={value}"]))
+
+
+def test_inconsistent_bars_rule_is_passed_to_cleaning(monkeypatch):
+    """Synthetic bars are consistent by construction, so only the call shows the setting is passed on."""
+    seen: list[str] = []
+
+    def recording_clean_bars(*args, inconsistent_bars: str, **kwargs):
+        seen.append(inconsistent_bars)
+        return clean_bars(*args, inconsistent_bars=inconsistent_bars, **kwargs)
+
+    monkeypatch.setattr(synthetic, "clean_bars", recording_clean_bars)
+    SyntheticSource(n_bars=100, symbols=["BTC"], inconsistent_bars="reject").load()
+    assert seen == ["reject"]
