@@ -25,6 +25,7 @@ from cappuccino.data.tensors import MarketTensors, Segment
 from cappuccino.env.portfolio import EpisodeSampling, PortfolioEnv
 from cappuccino.errors import ConfigError
 from cappuccino.evaluation.backtest import stitch
+from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, save_split_scores
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.evaluation.results import OOS_RETURNS_FILE, RESULT_FILE, Result, save_result
 from cappuccino.evaluation.scoring import SplitBacktests, evaluate, objective_key, oos_excess_returns, score_cv, score_holdout
@@ -112,9 +113,8 @@ def train(
         tracker.log_metrics(metrics, step=steps)  # at the last training step, where the val/ curves end
         tracker.log_metrics(resource_metrics(device))
         write_outputs(paths.run_dir, config_yaml, metrics, result, tracker)
-        if not holdout:  # the trial's row of the overfitting statistics (hparams_search.report)
-            np.save(paths.run_dir / OOS_RETURNS_FILE, oos_excess_returns({i: b["test"] for i, b in backtests.items()}, paths_of))
-            tracker.log_artifact(paths.run_dir / OOS_RETURNS_FILE)
+        if not holdout:
+            write_split_scores(paths.run_dir, backtests, splitter, cfg, market, tracker)
     print_training_summary(result, metrics["objective"], market, paths.run_dir, tracker.ui_command)
     return metrics["objective"]
 
@@ -287,6 +287,22 @@ def resource_metrics(device: torch.device) -> dict[str, float]:
     if vram is not None:
         out["peak_vram_mb"] = vram
     return out
+
+
+def write_split_scores(
+    run_dir: Path, backtests: dict[int, SplitBacktests], splitter: object, cfg: TrainConfig, market: MarketData, tracker: Tracker
+) -> None:
+    """What gathering fanned-out splits needs (``split_backtests.npz``), and the run's row of a
+    study's overfitting statistics (``oos_returns.npy``; complete only when every split ran)."""
+    tests = {i: b["test"] for i, b in backtests.items()}
+    every_path = splitter.paths() if isinstance(cfg.cv, CPCVConfig) else None  # type: ignore[attr-defined]
+    n_splits = splitter.get_n_splits(market.first_valid, market.n_bars)  # type: ignore[attr-defined]
+    scores = SplitScores(tests, every_path, n_splits, cfg.cv.std_penalty, periods_per_year(market.interval), market.content_hash)  # type: ignore[attr-defined]
+    save_split_scores(run_dir / BACKTESTS_FILE, scores)
+    ran_every_split = len(tests) == n_splits
+    np.save(run_dir / OOS_RETURNS_FILE, oos_excess_returns(tests, every_path if ran_every_split else None))
+    for name in (BACKTESTS_FILE, OOS_RETURNS_FILE):
+        tracker.log_artifact(run_dir / name)
 
 
 def write_outputs(run_dir: Path, config_yaml: str, metrics: dict[str, float], result: Result, tracker: Tracker) -> None:

@@ -269,3 +269,24 @@ def test_the_private_sweeper_helpers_the_study_sweeper_reuses_still_exist():
     ]  # fmt: skip
     trial = optuna.create_study().ask()
     assert isinstance(trial._trial_id, int)
+
+
+@pytest.mark.slow
+def test_a_multirun_over_cv_split_nests_its_jobs_and_gathers_them(tmp_path):
+    """python train.py -m cv.split=0,1,2: one MLflow run over the jobs, the gathered score on it."""
+    import json
+
+    cpcv = [o for o in TINY if not o.startswith("cv.embargo_bars")]
+    command = [
+        sys.executable, str(ROOT / "train.py"), "-m", *cpcv, "cv=cpcv", "cv.n_groups=3", "cv.n_test_groups=1",
+        "cv.purge_bars=8", "cv.split=0,1,2", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    gathered = json.loads((tmp_path / "multirun" / "gathered" / "metrics.json").read_text())
+    assert {"cv/objective", "cv/path0/sharpe", "split2/test/sharpe"} <= set(gathered)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (parent,) = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()]) if r.info.run_name.startswith("splits:")]
+    assert parent.data.metrics["objective"] == pytest.approx(gathered["objective"])
+    assert len(child_runs(client, parent.info.run_id)) == 3 and parent.info.status == "FINISHED"

@@ -110,3 +110,35 @@ def test_return_moments_match_scipy_and_feed_the_deflated_sharpe_one_history_per
     tests = {0: [piece(50)], 1: [piece(70)]}
     out = score_cv(tests, 8760.0, std_penalty=0.1, paths=[[(0, 0), (1, 0)]]).metrics()
     assert out["cv/n_periods"] == 49 + 69  # the path's returns, not one split's
+
+
+def test_splits_run_separately_gather_into_the_one_process_score(compose_config, tmp_path):
+    """cv.split=i fans a configuration out; gathering its runs gives the objective, per-path
+    Sharpes and out-of-sample returns (the PBO inputs) of all splits in one process."""
+    from cappuccino.evaluation.results import OOS_RETURNS_FILE, load_result
+    from cappuccino.hparams_search.gather import main as gather_main
+
+    _, together, together_dir = _run(compose_config, tmp_path / "together", CPCV)
+    folders = []
+    for i in range(3):
+        _, _, folder = _run(compose_config, tmp_path / f"split{i}", [*CPCV, f"cv.split={i}"])
+        folders.append(folder)
+    gather_main([*map(str, folders), "--out", str(tmp_path / "gathered")])
+    gathered = json.loads((tmp_path / "gathered" / "metrics.json").read_text())
+    assert gathered == together  # objective, per-split, per-path and moments alike
+    assert load_result(tmp_path / "gathered" / "result.json") == load_result(together_dir / "result.json")
+    np.testing.assert_array_equal(np.load(tmp_path / "gathered" / OOS_RETURNS_FILE), np.load(together_dir / OOS_RETURNS_FILE))
+
+
+def test_gathering_refuses_runs_that_are_not_one_configuration(compose_config, tmp_path):
+    from cappuccino.hparams_search.gather import gather_folders
+
+    a = _run(compose_config, tmp_path / "a", [*CPCV, "cv.split=0"])[2]
+    b = _run(compose_config, tmp_path / "b", [*CPCV, "cv.split=1", "agent.lr=1e-4"])[2]
+    c = _run(compose_config, tmp_path / "c", [*CPCV, "cv.split=0"])[2]
+    with pytest.raises(ValueError, match=r"differ in \['agent\.lr'\]"):
+        gather_folders([a, b])
+    with pytest.raises(ValueError, match="split 0 was run twice"):
+        gather_folders([a, c])
+    with pytest.raises(ValueError, match=r"splits \[1, 2\] of 3 are missing"):
+        gather_folders([a])
