@@ -8,11 +8,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cappuccino.config import register_configs
 from cappuccino.pretrain import run
-from cappuccino.runtime import RunPaths
+from cappuccino.runtime import RunPaths, one_line_errors
 
 register_configs()
 
@@ -21,7 +22,8 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     paths = RunPaths(run_dir=Path(hydra_cfg.runtime.output_dir), project_dir=Path(hydra_cfg.runtime.cwd))
-    return run(cfg, paths, hydra_cfg.overrides.task)
+    with one_line_errors(multirun=hydra_cfg.mode == RunMode.MULTIRUN):
+        return run(cfg, paths, hydra_cfg.overrides.task, hydra_cfg.runtime.choices.encoder)
 
 
 if __name__ == "__main__":

@@ -4,20 +4,25 @@ Returns the configured objective (trainer.objective) so Hydra's Optuna sweeper c
 With ``experiment=NAME`` it runs that comparison instead (conf/experiment/) and returns its result.
 """
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from cappuccino.config import register_configs, validate
 from cappuccino.hparams_search import trial_context
-from cappuccino.runtime import RunPaths
+from cappuccino.runtime import RunPaths, one_line_errors
 from cappuccino.training import train
 
 register_configs()
+# Hydra 1.4 builds conf/config.yaml's callbacks (our own GatherSplits) without an execution
+# whitelist and warns about it on every run; the target is this project's, so say nothing.
+warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_='cappuccino\.", category=UserWarning)
 
 
 def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
@@ -34,7 +39,8 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> floa
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     paths = RunPaths(run_dir=Path(hydra_cfg.runtime.output_dir), project_dir=Path(hydra_cfg.runtime.cwd))
-    return run(cfg, paths, hydra_cfg.overrides.task)
+    with one_line_errors(multirun=hydra_cfg.mode == RunMode.MULTIRUN):
+        return run(cfg, paths, hydra_cfg.overrides.task)
 
 
 if __name__ == "__main__":

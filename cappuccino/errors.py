@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Something the user can fix (a setting, a file, the data): the message says what and how,
+    and the entry points print it as one line, without a traceback."""
+
+
+class ConfigError(UserError):
     """A configuration value is out of range or inconsistent; the message names the config key."""
 
 
-class ArgumentError(ValueError):
+class ArgumentError(UserError):
     """A library argument is out of range; ``argument`` is its name, which is also the config key
     inside the group that builds the object (see ``cappuccino.config.build``)."""
 

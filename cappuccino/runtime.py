@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cappuccino.errors import ConfigError
+from cappuccino.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -42,3 +46,17 @@ def seed_everything(seed: int, threads: int | None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def one_line_errors(multirun: bool) -> Iterator[None]:
+    """A ``UserError`` (a setting, a file, the data) ends the program with its message on one line
+    and exit status 2, not a traceback. ``HYDRA_FULL_ERROR=1`` shows the traceback; in a multirun
+    the error propagates, so the sweep records the job as failed and goes on."""
+    try:
+        yield
+    except UserError as error:
+        if multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

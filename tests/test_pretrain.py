@@ -318,3 +318,20 @@ def test_rfd_survives_a_validation_set_one_window_longer_than_whole_batches(tmp_
     run(compose_pretrain([*PRETRAIN_TINY, "logger=none", "pretrain.objective=rfd", f"data.n_bars={n_bars}"]), paths(tmp_path, "r"))
     assert [len(c) for c in validation_chunks(torch.arange(65), 32)] == [32, 33]
     assert [len(c) for c in validation_chunks(torch.arange(64), 32)] == [32, 32]
+
+
+def test_the_printed_fine_tune_command_works_as_printed(tmp_path, capsys):
+    """pretrain.py ends with the train.py command that loads its encoder: the encoder option,
+    the window settings and the encoder overrides the encoder was trained with."""
+    import shlex
+
+    overrides = [*PRETRAIN_TINY, "logger=none"]
+    run(compose_pretrain(overrides), paths(tmp_path, "pre"), overrides, encoder_option="ft_small")
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fine-tune it: ")]
+    command = shlex.split(line.removeprefix("fine-tune it: "))
+    assert command[:2] == ["python", "train.py"] and "encoder=ft_small" in command
+    printed = command[2:]
+    keys = {o.split("=")[0] for o in printed}
+    sizes = [o for o in TINY if o.split("=")[0] not in keys and not o.startswith("encoder.")]
+    train_run(train_compose([*sizes, "logger=none", *printed]), paths(tmp_path, "tuned"))
+    assert (tmp_path / "tuned" / "checkpoint.pt").is_file()

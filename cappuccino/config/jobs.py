@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -84,6 +85,14 @@ class TrainConfig(Node):
 
     def __post_init__(self) -> None:
         check_symbols(self.data, self.rules)
+        rollout = self.env.num_envs * self.agent.n_steps
+        _require(
+            self.agent.minibatch_size <= rollout,
+            "agent.minibatch_size",
+            f"{self.agent.minibatch_size} exceeds the rollout batch env.num_envs * agent.n_steps = "
+            f"{self.env.num_envs} * {self.agent.n_steps} = {rollout}; lower agent.minibatch_size or raise "
+            "agent.n_steps / env.num_envs",
+        )
         check_purge(self.cv, self.window)
         _require(
             self.trainer.eval_every == 0 or isinstance(self.cv, HoldoutConfig),
@@ -231,11 +240,35 @@ def register_configs() -> None:
 
 
 def to_typed(cfg: DictConfig, schema: type[Node]) -> Any:
-    """The typed config of a composed one, running the schema's checks; ConfigError names the key."""
+    """The typed config of a composed one, running the schema's checks; ConfigError names the key.
+
+    Keys the schema does not know are refused however they got in (``+agent.lrr=1e-4`` adds one
+    past Hydra's own check), and so are infinite or NaN numbers."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)  # type: ignore[union-attr]
     typed = OmegaConf.to_object(cfg)
     if not isinstance(typed, schema):
         raise ConfigError(f"the composed config is not a {schema.__name__}: its YAML must list its schema first")
+    _check_keys_and_numbers(plain, typed, "")
     return typed
+
+
+def _check_keys_and_numbers(plain: Any, typed: Any, prefix: str) -> None:
+    """Every key of ``plain`` (the composed values) is a field of ``typed``; every number is finite."""
+    if isinstance(typed, Node):
+        known = {f.name for f in fields(typed)}  # type: ignore[arg-type]
+        for key, value in plain.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{prefix}{key}: not a setting of {prefix.rstrip('.') or 'the config'}; its settings are "
+                    f"{sorted(k for k in known if k != '_target_')}"
+                )
+            _check_keys_and_numbers(value, getattr(typed, key), f"{prefix}{key}.")
+    elif isinstance(plain, dict):
+        for key, value in plain.items():
+            _check_keys_and_numbers(value, value, f"{prefix}{key}.")
+    elif isinstance(plain, float) and not math.isfinite(plain):
+        raise ConfigError(f"{prefix.rstrip('.')}: must be a finite number, got {plain}")
 
 
 def validate(cfg: DictConfig) -> TrainConfig:

@@ -23,6 +23,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
 from cappuccino.data.market import OHLCV, MarketData
+from cappuccino.errors import UserError
 from cappuccino.errors import require
 
 PRICES = list(OHLCV[:4])
@@ -30,7 +31,7 @@ INCONSISTENT_BARS = ("repair", "reject")  # what to do with bars whose high/low 
 _EXAMPLES = 3  # timestamps quoted in an error message
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Market data that cannot be used as given; the message names what is wrong and the fix."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cappuccino.data.cleaning import DataError
 from cappuccino.data.market import MarketData
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -96,10 +97,10 @@ def compute_features(ohlcv: np.ndarray, zscore_window: int) -> tuple[np.ndarray,
     first_valid = first_valid_bar(zscore_window)
     n_bars = np.shape(ohlcv)[0] if np.ndim(ohlcv) else 0
     if n_bars <= first_valid:
-        raise ValueError(
+        raise DataError(
             f"ohlcv has {n_bars} bars but features need more than {first_valid} "
             f"({WARMUP_BARS} indicator warm-up + zscore_window={zscore_window} - 1): "
-            "load a longer history or lower window.zscore_window"
+            "load a longer history (e.g. data.n_bars, or data.start / data.end) or lower window.zscore_window"
         )
     features = causal_zscore(raw_indicators(ohlcv), zscore_window).astype(np.float32)
     features[:first_valid] = np.nan  # faster indicators are defined earlier; keep one warm-up for all

@@ -75,7 +75,10 @@ def select_splits(
     """(index, split) for every split of the usable bars [start, stop), or only for split
     ``only`` (``cv.split``), so a launcher can run the splits of one configuration in separate
     processes. ``start`` is the first bar with features, which reach ``feature_memory`` bars back."""
-    splits = list(splitter.split(start, stop, feature_memory=feature_memory))
+    try:
+        splits = list(splitter.split(start, stop, feature_memory=feature_memory))
+    except ValueError as error:  # the data is too short for these cv settings (named in the message)
+        raise ConfigError(str(error)) from None
     if only is None:
         return list(enumerate(splits))
     if only >= len(splits):

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from cappuccino.errors import UserError
+
 FORMAT_VERSION = 2
 Kind = Literal["policy", "encoder"]
 KIND_NAMES = {"policy": "a policy checkpoint from train.py", "encoder": "an encoder file from pretrain.py"}
@@ -25,7 +27,7 @@ KIND_NAMES = {"policy": "a policy checkpoint from train.py", "encoder": "an enco
 ENCODER_USAGE_KEYS = ("pretrained", "freeze", "shared")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable, of another kind or format, or does not fit."""
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,22 @@ class Windows:
     feature_mean: Tensor  # (A, F) mean over the bars the training windows cover
 
 
-def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> float:
-    """Validate ``cfg`` (before any work), pre-train, and return the best validation loss."""
-    return pretrain(validate(cfg), OmegaConf.to_yaml(cfg, resolve=True), paths, overrides)
+def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = (), encoder_option: str = "ft_default") -> float:
+    """Validate ``cfg`` (before any work), pre-train, and return the best validation loss;
+    ``encoder_option`` is the ``encoder`` group's choice, for the fine-tune command printed."""
+    typed = validate(cfg)
+    best = pretrain(typed, OmegaConf.to_yaml(cfg, resolve=True), paths, overrides)
+    console.print(f"fine-tune it: {fine_tune_command(typed, encoder_option, overrides, paths.run_dir / 'best_encoder.pt')}")
+    return best
+
+
+def fine_tune_command(cfg: PretrainJobConfig, encoder_option: str, overrides: Sequence[str], encoder_file: Path) -> str:
+    """The train.py command whose encoder, window and symbols are the ones the encoder was
+    pre-trained with (what its schema checks), on the same cv split (whose test bars it has not
+    seen), loading it."""
+    keep = [o for o in overrides if o.lstrip("+").startswith(("encoder.", "data.symbols", "cv=", "cv."))]
+    window = [f"window.lookback={cfg.window.lookback}", f"window.zscore_window={cfg.window.zscore_window}"]
+    return shlex.join(["python", "train.py", f"encoder={encoder_option}", *window, *keep, f"encoder.pretrained={encoder_file}"])
 
 
 def validate(cfg: DictConfig) -> PretrainJobConfig:
@@ -356,6 +370,4 @@ def print_summary(history: dict[str, Any], ratio_name: str, run_dir: Path, track
         f"at step {best['step']:,} (baseline {history['baseline_val_loss']:.4f})"
     )
     console.print(f"{ratio_name} = {best[ratio_name]:.4f} (validation loss / baseline loss, on held-out windows)")
-    encoder_file = run_dir / "best_encoder.pt"
-    console.print(f"fine-tune with the same encoder and window settings: python train.py encoder.pretrained={encoder_file}")
     print_outputs(run_dir, tracker.ui_command)
