@@ -4,6 +4,7 @@ Writes best_encoder.pt for ``python train.py encoder.pretrained=PATH``; returns 
 validation loss, so Hydra's Optuna sweeper can minimise it.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -13,7 +14,8 @@ from omegaconf import DictConfig
 
 from cappuccino.config import register_configs
 from cappuccino.pretrain import run
-from cappuccino.runtime import RunPaths, one_line_errors
+from cappuccino.runtime import RunPaths, exit_on_interrupt, one_line_errors
+from cappuccino.secrets import exit_on_url_passwords
 
 register_configs()
 
@@ -22,9 +24,11 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     paths = RunPaths(run_dir=Path(hydra_cfg.runtime.output_dir), project_dir=Path(hydra_cfg.runtime.cwd))
-    with one_line_errors(multirun=hydra_cfg.mode == RunMode.MULTIRUN):
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    with exit_on_interrupt(multirun), one_line_errors(multirun):
         return run(cfg, paths, hydra_cfg.overrides.task, hydra_cfg.runtime.choices.encoder)
 
 
 if __name__ == "__main__":
+    exit_on_url_passwords(sys.argv[1:])  # before Hydra copies the arguments into .hydra/ and its logs
     main()

@@ -4,6 +4,7 @@ Returns the configured objective (trainer.objective) so Hydra's Optuna sweeper c
 With ``experiment=NAME`` it runs that comparison instead (conf/experiment/) and returns its result.
 """
 
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cappuccino.config import register_configs, validate
 from cappuccino.hparams_search import trial_context
-from cappuccino.runtime import RunPaths, one_line_errors
+from cappuccino.runtime import RunPaths, exit_on_interrupt, one_line_errors
+from cappuccino.secrets import exit_on_url_passwords
 from cappuccino.training import train
 
 register_configs()
@@ -39,9 +41,11 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = ()) -> floa
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     paths = RunPaths(run_dir=Path(hydra_cfg.runtime.output_dir), project_dir=Path(hydra_cfg.runtime.cwd))
-    with one_line_errors(multirun=hydra_cfg.mode == RunMode.MULTIRUN):
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    with exit_on_interrupt(multirun), one_line_errors(multirun):
         return run(cfg, paths, hydra_cfg.overrides.task)
 
 
 if __name__ == "__main__":
+    exit_on_url_passwords(sys.argv[1:])  # before Hydra copies the arguments into .hydra/ and its logs
     main()

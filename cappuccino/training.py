@@ -39,7 +39,7 @@ from cappuccino.models.policy import ActorCritic
 from cappuccino.progress import progress_bar
 from cappuccino.reporting.console import data_label, print_data_report, print_training_summary
 from cappuccino.reporting.figures import attention_figure, equity_figure
-from cappuccino.runtime import RunPaths, resolve_device, seed_everything
+from cappuccino.runtime import Interrupted, RunPaths, check_interrupt, deferred_interrupts, resolve_device, seed_everything
 from cappuccino.tracking import Tracker, run_name_from_overrides
 from cappuccino.tracking.job import tracked_job
 from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
@@ -165,9 +165,15 @@ class SplitJob:
         module = self.build_policy().to(self.device)
         policy = TrainedPolicy(module, self.schema)
         ppo = PPO(module, env, build(cfg.agent), cfg.trainer.total_steps, cfg.trainer.precision)
-        learn(ppo, tracker, self.device, cfg.trainer.progress, f"PPO {name}".strip(), self.periodic_validation(policy, split))
         suffix = f"_{name}" if name else ""
-        save_policy(self.run_dir / f"checkpoint{suffix}.pt", module, self.config_yaml, self.schema)
+        checkpoint = self.run_dir / f"checkpoint{suffix}.pt"
+        try:
+            learn(ppo, tracker, self.device, cfg.trainer.progress, f"PPO {name}".strip(), self.periodic_validation(policy, split))
+        except Interrupted:  # stopped between two updates: keep what was learnt, marked as such
+            save_policy(checkpoint, module, self.config_yaml, self.schema, interrupted=True)
+            tracker.log_artifact(checkpoint)
+            raise
+        save_policy(checkpoint, module, self.config_yaml, self.schema)
         module.eval()
         results = evaluate(policy, self.tensors, split, self.rules, self.sampling.initial_cash)
         for part, backtests in results.items():
@@ -277,8 +283,10 @@ def learn(
                 f"{last_validation}"
             )
             advance(step, text)
+            check_interrupt()  # a stop asked during the update ends the run here, between updates
 
-        ppo.learn(on_update)
+        with deferred_interrupts():
+            ppo.learn(on_update)
 
 
 def resource_metrics(device: torch.device) -> dict[str, float]:

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "runtime": 0,
     "progress": 0,
     "sqlite_lock": 0,
+    "secrets": 0,
     "config": 0,
     "errors": 0,
 }

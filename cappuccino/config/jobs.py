@@ -33,6 +33,7 @@ from cappuccino.config.groups import (
     check_purge,
 )
 from cappuccino.errors import ConfigError
+from cappuccino.secrets import refuse_passwords
 
 
 # -------------------------------------------------------------------------------- trainer
@@ -246,6 +247,7 @@ def to_typed(cfg: DictConfig, schema: type[Node]) -> Any:
     past Hydra's own check), and so are infinite or NaN numbers."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)  # type: ignore[union-attr]
+    refuse_passwords(plain)  # from a YAML file or ${oc.env:...}: it would reach MLflow, config.yaml, checkpoints
     typed = OmegaConf.to_object(cfg)
     if not isinstance(typed, schema):
         raise ConfigError(f"the composed config is not a {schema.__name__}: its YAML must list its schema first")

@@ -39,6 +39,7 @@ from cappuccino.config import LoggerConfig
 from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
 from cappuccino.evaluation.results import OOS_RETURNS_FILE
 from cappuccino.progress import console
+from cappuccino.secrets import mask_text, mask_url
 from cappuccino.tracking import Tracker, build_tracker
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def study_tracker(cfg: LoggerConfig, study: optuna.Study, project_dir: Path, cre
         try:
             return build_tracker(cfg, name, project_dir, run_id=run_id)
         except Exception as error:  # noqa: BLE001 - e.g. the study moved to another tracking store
-            log.warning(f"The study's MLflow run {run_id} cannot be reopened ({error}); starting a new one")
+            log.warning(f"The study's MLflow run {run_id} cannot be reopened ({mask_text(str(error))}); starting a new one")
     tracker = build_tracker(cfg, name, project_dir)
     tracker.set_tags({"optuna.study": study.study_name})
     study.set_user_attr(RUN_ATTR, tracker.run_id)
@@ -250,4 +251,4 @@ def print_study(
     if best_run is not None:
         console.print(f"best trial's MLflow run (its checkpoints): {best_run}")
     if tracker.ui_command:
-        console.print(f"browse the study: {tracker.ui_command}")
+        console.print(f"browse the study: {mask_url(tracker.ui_command)}")

@@ -42,6 +42,7 @@ from cappuccino.config import TrainConfig, validate
 from cappuccino.errors import ConfigError
 from cappuccino.hparams_search import STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.hparams_search.config import register_sweeper_config
+from cappuccino.secrets import mask_url, refuse_passwords
 
 if TYPE_CHECKING:
     import optuna
@@ -91,6 +92,7 @@ class StudySweeper(Sweeper):
             )
         if storage is not None and not isinstance(storage, str):
             raise ConfigError(f"hydra.sweeper.storage must be a database URL or null, got {storage!r}")
+        refuse_passwords({"storage": storage or ""}, "hydra.sweeper.")  # from a YAML file: before any job's .hydra/
         # Hydra's sweeper parses the search space and turns trials into overrides; the loop is ours.
         self.search = OptunaSweeperImpl(
             sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, custom_search_space, params
@@ -105,7 +107,6 @@ class StudySweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-        from sqlalchemy.engine import make_url
 
         from cappuccino.hparams_search.report import finish_study, study_tracker
 
@@ -125,7 +126,7 @@ class StudySweeper(Sweeper):
             )
 
         study, storage = open_study(search.storage, search.study_name, search.sampler, directions[0], self.heartbeat_interval, self.grace_period)
-        where = make_url(search.storage).render_as_string(hide_password=True) if search.storage else "memory"
+        where = mask_url(search.storage) if search.storage else "memory"  # a password shows as ***
         log.info(f"Study {study.study_name!r} in {where}: {search.n_trials} trials in all")
         project_dir = Path.cwd()  # the trials' project folder: where train.py started
         tracker: Tracker | None = None  # the study's run: started once the worker holding trial 0 is known

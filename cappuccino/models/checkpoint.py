@@ -35,8 +35,11 @@ class CheckpointMismatch(CheckpointError):
     """The checkpoint was trained under a schema that differs from the one asked for."""
 
 
-def save_checkpoint(path: Path, model: nn.Module, kind: Kind, config_yaml: str, schema: dict[str, Any]) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves a truncated checkpoint."""
+def save_checkpoint(
+    path: Path, model: nn.Module, kind: Kind, config_yaml: str, schema: dict[str, Any], interrupted: bool = False
+) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves a truncated checkpoint;
+    ``interrupted`` marks weights saved when a stop was asked before training finished."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -46,6 +49,7 @@ def save_checkpoint(path: Path, model: nn.Module, kind: Kind, config_yaml: str, 
         "state_dict": model.state_dict(),
         "config": config_yaml,
         "schema": schema,
+        "interrupted": interrupted,
     }
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -114,8 +114,8 @@ def load_pretrained(policy: ActorCritic, path: str, schema: PolicySchema, freeze
             encoder.freeze_pretrained()
 
 
-def save_policy(path: Path, policy: ActorCritic, config_yaml: str, schema: PolicySchema) -> Path:
-    return save_checkpoint(path, policy, "policy", config_yaml, schema.as_dict())
+def save_policy(path: Path, policy: ActorCritic, config_yaml: str, schema: PolicySchema, interrupted: bool = False) -> Path:
+    return save_checkpoint(path, policy, "policy", config_yaml, schema.as_dict(), interrupted)
 
 
 class TrainedPolicy:

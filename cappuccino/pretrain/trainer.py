@@ -56,7 +56,7 @@ from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.pretrain.objectives import Corruption, PretextModel, build_pretext
 from cappuccino.progress import console, progress_bar
 from cappuccino.reporting.console import print_data_report, print_outputs
-from cappuccino.runtime import RunPaths, resolve_device, seed_everything
+from cappuccino.runtime import Interrupted, RunPaths, deferred_interrupts, pending_interrupt, resolve_device, seed_everything
 from cappuccino.tracking import Tracker, run_name_from_overrides
 from cappuccino.tracking.job import tracked_job
 from cappuccino.tracking.resources import peak_rss_mb
@@ -135,8 +135,11 @@ def pretrain(
             save_checkpoint(run_dir / "best_encoder.pt", model.encoder, "encoder", config_yaml, schema)
 
         history = {"objective": cfg.pretrain.objective, **fit(model, windows, cfg.pretrain, tracker, save_best)}
-        save_checkpoint(run_dir / "final_encoder.pt", model.encoder, "encoder", config_yaml, schema)
+        stop = history["interrupted"]
+        save_checkpoint(run_dir / "final_encoder.pt", model.encoder, "encoder", config_yaml, schema, stop is not None)
         best = write_outputs(history, model.ratio_name, config_yaml, run_dir, tracker)
+        if stop is not None:  # the files are written; now the run ends as KILLED
+            raise Interrupted(stop)
     print_summary(history, model.ratio_name, run_dir, tracker)
     return best["val_loss"]
 
@@ -233,7 +236,8 @@ def fit(
     """Train ``model`` with early stopping; call ``on_best`` on every new best evaluation.
 
     Returns the history: every evaluation's record, the baseline's validation loss, whether the
-    run stopped early.
+    run stopped early, and the signal that interrupted it (SIGINT or SIGTERM, ending the run after
+    the step in progress and one last evaluation), if any.
     """
     device = windows.market.device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -247,12 +251,14 @@ def fit(
     best, stale = math.inf, 0
     loss_sum, n_losses = torch.zeros((), device=device), 0  # summed on device: no host sync per step
 
-    with progress_bar("pretrain", cfg.max_steps, cfg.progress) as advance:
+    stop = None  # the signal that asked to stop, if one did
+    with progress_bar("pretrain", cfg.max_steps, cfg.progress) as advance, deferred_interrupts():
         for step in range(1, cfg.max_steps + 1):
             loss = train_step(model, optimizer, windows, next(batches), generator)
             scheduler.step()
             loss_sum, n_losses = loss_sum + loss, n_losses + 1
-            if step % cfg.eval_every and step < cfg.max_steps:
+            stop = pending_interrupt()
+            if step % cfg.eval_every and step < cfg.max_steps and stop is None:
                 advance(step, None)
                 continue
 
@@ -279,9 +285,9 @@ def fit(
                 on_best()
             else:
                 stale += 1
-            if stale >= cfg.patience:
+            if stale >= cfg.patience or stop is not None:  # a stop is evaluated first, so its weights are scored
                 break
-    return {"baseline_val_loss": baseline, "stopped_early": step < cfg.max_steps, "evals": evals}
+    return {"baseline_val_loss": baseline, "stopped_early": step < cfg.max_steps, "evals": evals, "interrupted": stop}
 
 
 def train_step(

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cappuccino.config import LoggerConfig, build
+from cappuccino.errors import UserError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,11 +30,17 @@ MAX_RUN_NAME_LENGTH = 250
 _TRUNCATION_MARK = "..."
 
 
+class TrackingError(UserError):
+    """The tracking store cannot be opened or the run started (a server unreachable, credentials
+    refused, ...): the message names ``logger.tracking_uri`` and shows any password as ``***``."""
+
+
 class Tracker(Protocol):
     """What the training loop needs from an experiment tracker.
 
     ``ui_command`` tells the user how to look at the run: a shell command for a local store, the
-    run's page for a tracking server, ``None`` when nothing is tracked.
+    run's page for a tracking server, ``None`` when nothing is tracked; a password in the store's
+    URI shows as ``***`` (``cappuccino.secrets``), there and in everything a tracker logs.
     """
 
     ui_command: str | None
@@ -169,6 +176,7 @@ __all__ = [
     "MAX_RUN_NAME_LENGTH",
     "NullTracker",
     "Tracker",
+    "TrackingError",
     "build_tracker",
     "flatten_config",
     "run_name_from_overrides",

@@ -9,6 +9,14 @@ with artifacts under ``<project_dir>/mlartifacts/<run_id>/artifacts``: the exper
 with that folder as its ``file://`` artifact location. ``mlflow ui --backend-store-uri
 sqlite:///<project_dir>/mlflow.db`` then shows runs, metrics and artifacts, from any working
 directory: the UI reads ``file://`` artifact locations directly, so no artifact flags are needed.
+
+Credentials never show: a tracking server's username and password in the URI
+(``http://user:S3cret@host/``) are taken out of it and given to MLflow as
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (read on every request, artifact
+uploads included), so the client only ever sees ``http://host/``; better, set those variables and
+leave the password out of the URI. Any other store's URI (``postgresql://user:S3cret@db/mlflow``)
+goes to MLflow as it is. Either way ``ui_command``, ``tracking_uri``, every logged param and tag,
+and every error this tracker raises show the password as ``***``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import math
 import os
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -29,13 +38,16 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from cappuccino.errors import ConfigError, UserError
+from cappuccino.secrets import Masker, credentials_from_url, mask_url, url_secrets
 from cappuccino.sqlite_lock import opening_lock, sqlite_file
-from cappuccino.tracking import Tracker, flatten_config
+from cappuccino.tracking import TrackingError, Tracker, flatten_config
 from cappuccino.reporting.figures import close_figure
 
 if TYPE_CHECKING:
@@ -70,7 +82,8 @@ class MLflowTracker(Tracker):
     Args:
         tracking_uri: where runs are stored; ``None`` for the embedded store in ``project_dir``.
             Anything else (``http://host:5000``, another ``sqlite:///`` file, a folder) is passed
-            to MLflow as it is; a new experiment in another SQLite file keeps its artifacts in
+            to MLflow as it is, except a tracking server's credentials (see the module's
+            docstring); a new experiment in another SQLite file keeps its artifacts in
             ``mlartifacts/`` beside that file, and other stores put them where they always do.
         experiment_name: experiment to log into; created if missing.
         run_name: display name of the run.
@@ -78,6 +91,12 @@ class MLflowTracker(Tracker):
         parent_run_id: nest this run under that one (sets the ``mlflow.parentRunId`` tag).
         run_id: log into this existing run again (marked running) instead of starting one; a
             resumed sweep reopens its study's run this way.
+
+    Raises:
+        TrackingError: the store cannot be opened, or the run started (server unreachable,
+            credentials refused, ...); the message names ``logger.tracking_uri``, masked.
+
+    ``tracking_uri`` (the attribute) is the store's URI as it may be shown: masked.
     """
 
     def __init__(
@@ -93,20 +112,35 @@ class MLflowTracker(Tracker):
             tracking_uri, artifact_location = default_store(project_dir)
         else:
             artifact_location = _artifacts_beside(tracking_uri)
-        with opening_lock(tracking_uri):
-            self.client = MlflowClient(tracking_uri=tracking_uri)
-            self.tracking_uri = tracking_uri
-            self.experiment_id = self._experiment_id(experiment_name, artifact_location)
-        if run_id is None:
-            self._start_run(run_name, parent_run_id)
-        else:
-            self.client.update_run(run_id, status="RUNNING")
-            self.run_id, self._closed = run_id, False
-            self.ui_command = _ui_command(tracking_uri, self.experiment_id, run_id)
+        self._mask = Masker(url_secrets(tracking_uri))
+        self.tracking_uri = shown = mask_url(tracking_uri)
+        # Raised after the except block, so that no traceback chains the unmasked original.
+        failure = None
+        try:
+            client_uri = mlflow_client_uri(tracking_uri)
+            self._mask += [MLFLOW_TRACKING_PASSWORD.get()]  # a server might echo it
+            self.tracking_uri = mask_url(client_uri)
+            with opening_lock(client_uri):
+                self.client = MlflowClient(tracking_uri=client_uri)
+                self.experiment_id = self._experiment_id(experiment_name, artifact_location)
+            if run_id is None:
+                self._start_run(run_name, parent_run_id)
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id, self._closed = run_id, False
+                self.ui_command = _ui_command(self.tracking_uri, self.experiment_id, run_id)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever the store raised, shown masked
+            failure = _startup_failure(shown, error, self._mask)
+        if failure is not None:
+            raise TrackingError(failure)
 
     def _start_run(self, run_name: str, parent_run_id: str | None) -> None:
-        # resolve_tags adds what mlflow.start_run would: user, entry-point script, git commit.
+        # resolve_tags adds what mlflow.start_run would: user, entry-point script, git commit
+        # (and the git remote's URL, which may hold a token: tags are masked like params).
         tags = resolve_tags({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})
+        tags = {key: mask_url(str(value)) for key, value in tags.items()}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id: str | None = run.info.run_id
         self.ui_command: str | None = _ui_command(self.tracking_uri, self.experiment_id, run.info.run_id)
@@ -116,16 +150,21 @@ class MLflowTracker(Tracker):
         """A run nested under this one, in the same store and experiment (shown as a tree in the UI)."""
         child = object.__new__(MLflowTracker)
         child.client, child.tracking_uri, child.experiment_id = self.client, self.tracking_uri, self.experiment_id
-        child._start_run(run_name, self.run_id)
+        child._mask = self._mask
+        with child._masked():
+            child._start_run(run_name, self.run_id)
         return child
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flattened params in one batch (MLflow splits it into requests of 100 params).
 
-        MLflow params are write-once: logging a key again with another value raises.
+        MLflow params are write-once: logging a key again with another value raises. A value
+        holding a URL with a password (``logger.tracking_uri``, ``data.url_override``, ...) is
+        logged with the password as ``***``.
         """
-        flat = [Param(key, value) for key, value in flatten_config(params).items()]
-        self.client.log_batch(self.run_id, params=flat)
+        flat = [Param(key, mask_url(value)) for key, value in flatten_config(params).items()]
+        with self._masked():
+            self.client.log_batch(self.run_id, params=flat)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log all metrics in one batch with a shared timestamp; NaN values are skipped.
@@ -136,33 +175,50 @@ class MLflowTracker(Tracker):
         values = {key: _as_float(key, value) for key, value in metrics.items()}
         batch = [Metric(key, value, timestamp, step or 0) for key, value in values.items() if not math.isnan(value)]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            with self._masked():
+                self.client.log_batch(self.run_id, metrics=batch)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        elif path.is_file():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
-        else:
-            raise FileNotFoundError(f"log_artifact: {path} does not exist")
+        with self._masked():
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            elif path.is_file():
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+            else:
+                raise FileNotFoundError(f"log_artifact: {path} does not exist")
 
     def log_figure(self, figure: Figure, name: str) -> None:
         artifact_file = name if name.endswith(".png") else f"{name}.png"
         try:
-            self.client.log_figure(self.run_id, figure, artifact_file)
+            with self._masked():
+                self.client.log_figure(self.run_id, figure, artifact_file)
         finally:
             close_figure(figure)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        batch = [RunTag(key, mask_url(str(value))) for key, value in tags.items()]
+        with self._masked():
+            self.client.log_batch(self.run_id, tags=batch)
 
     def close(self, status: str = "FINISHED") -> None:
         if status not in _END_STATUSES:
             raise ValueError(f"close: unknown run status {status!r}; use FINISHED, FAILED or KILLED")
         if not self._closed:
-            self.client.set_terminated(self.run_id, status)
+            with self._masked():
+                self.client.set_terminated(self.run_id, status)
             self._closed = True
+
+    @contextmanager
+    def _masked(self) -> Iterator[None]:
+        """MLflow's errors keep their type (callers may tell them apart) with the password masked."""
+        try:
+            yield
+        except MlflowException as error:
+            masked = self._mask(error.message)
+            if masked != error.message:
+                error.message, error.args = masked, (masked,)
+            raise
 
     def _experiment_id(self, name: str, artifact_location: str | None) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -175,7 +231,7 @@ class MLflowTracker(Tracker):
                 # Created meanwhile by another process, e.g. a parallel sweep job.
                 experiment = self.client.get_experiment_by_name(name)
         if experiment.lifecycle_stage == LifecycleStage.DELETED:
-            raise ValueError(
+            raise ConfigError(
                 f"logger.experiment_name: MLflow experiment {name!r} is deleted; restore it with "
                 f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
                 "or choose another name"
@@ -183,8 +239,40 @@ class MLflowTracker(Tracker):
         return experiment.experiment_id
 
 
+def mlflow_client_uri(tracking_uri: str) -> str:
+    """The URI MLflow's client gets: a tracking server's without its credentials, which go to
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (replacing values set there: the
+    URI is the explicit setting, and its credentials were the ones used before). Other URIs
+    (a database, a folder) are returned as they are: their drivers read credentials from them.
+
+    For any code that hands a user's tracking URI to MLflow (``MlflowClient(uri)``,
+    ``mlflow.artifacts.download_artifacts(tracking_uri=uri)``): MLflow's errors then quote a URI
+    without the password."""
+    if urlparse(tracking_uri).scheme.lower() not in ("http", "https"):
+        return tracking_uri
+    clean, username, password = credentials_from_url(tracking_uri)
+    if username is not None:
+        os.environ[MLFLOW_TRACKING_USERNAME.name] = username
+    if password is not None:
+        os.environ[MLFLOW_TRACKING_PASSWORD.name] = password
+    return clean
+
+
+def _startup_failure(shown_uri: str, error: Exception, mask: Masker) -> str:
+    """What the user reads when the store cannot be opened: the URI and MLflow's reason, masked."""
+    reason = mask(f"{type(error).__name__}: {error}")
+    message = f"logger.tracking_uri: cannot log to the MLflow store {shown_uri}: {reason}"
+    if getattr(error, "error_code", None) in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        message += (
+            f"; check the credentials ({MLFLOW_TRACKING_USERNAME.name} and {MLFLOW_TRACKING_PASSWORD.name}, "
+            "or ~/.mlflow/credentials)"
+        )
+    return message
+
+
 def _ui_command(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Shell command that serves a local store, or the run's page on a tracking server."""
+    """Shell command that serves a local store, or the run's page on a tracking server (masked)."""
+    tracking_uri = mask_url(tracking_uri)
     if urlparse(tracking_uri).scheme in ("http", "https"):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
