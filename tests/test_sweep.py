@@ -290,3 +290,26 @@ def test_a_multirun_over_cv_split_nests_its_jobs_and_gathers_them(tmp_path):
     (parent,) = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()]) if r.info.run_name.startswith("splits:")]
     assert parent.data.metrics["objective"] == pytest.approx(gathered["objective"])
     assert len(child_runs(client, parent.info.run_id)) == 3 and parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("searched", "message"),
+    [("agent.lrr=interval(1e-4,1e-3)", r"agent\.lrr"), ("encoder.activation=choice(tanh,swish)", r"encoder\.activation=swish")],
+)
+def test_a_misspelt_searched_key_or_option_fails_before_the_study_exists(tmp_path, searched, message):
+    done = subprocess.run(sweep_command(tmp_path, searched, "logger=none"), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and re.search(message, done.stderr), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow
+def test_a_queued_trial_the_schema_now_rejects_is_failed_not_run_again(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="ppo_mlp", storage=storage, direction="maximize")
+    study.enqueue_trial({"agent.lrr": 3e-4, "agent.lr": 3e-4})  # as a retry of an old run's trial would be
+    study = run_sweep(tmp_path, "hydra.sweeper.n_trials=1", "logger=none")
+    queued, *rest = study.trials
+    assert queued.state == FAIL and queued.user_attrs.get("skipped") is True
+    assert [t.state for t in counted(study.trials)] == [COMPLETE] and rest

@@ -27,7 +27,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from omegaconf import DictConfig, open_dict
 
 from cappuccino.config import TrainConfig, validate
 from cappuccino.errors import ConfigError
+from cappuccino.runtime import one_line_errors
 from cappuccino.hparams_search import STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.hparams_search.config import register_sweeper_config
 from cappuccino.secrets import mask_url, refuse_passwords
@@ -105,7 +106,20 @@ class StudySweeper(Sweeper):
         self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.config = config
 
+    def checker(self, fixed_args: list[str]) -> Callable[[list[str]], None]:
+        """Composes the task config with a trial's overrides and validates it, as its job would."""
+        loader = self.search.hydra_context.config_loader
+
+        def check(overrides: list[str]) -> None:
+            base_config(loader.load_sweep_config(self.config, [*overrides, *fixed_args]))
+
+        return check
+
     def sweep(self, arguments: list[str]) -> None:
+        with one_line_errors(multirun=False):  # the sweep's own errors: one line, before any trial
+            self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
         from cappuccino.hparams_search.report import finish_study, study_tracker
@@ -125,7 +139,11 @@ class StudySweeper(Sweeper):
                 "random, cmaes, nsgaii or qmc, or Hydra's basic sweeper for a grid (python train.py -m a=1,2 b=3,4)"
             )
 
+        fixed_args = [*(f"{k}={v}" for k, v in fixed.items()), *fixed_overrides]
+        check_search_space(self.checker(fixed_args), space)  # a misspelt key or option: before the study exists
+
         study, storage = open_study(search.storage, search.study_name, search.sampler, directions[0], self.heartbeat_interval, self.grace_period)
+        drop_invalid_queued_trials(study, storage, self.checker(fixed_args), space)
         where = mask_url(search.storage) if search.storage else "memory"  # a password shows as ***
         log.info(f"Study {study.study_name!r} in {where}: {search.n_trials} trials in all")
         project_dir = Path.cwd()  # the trials' project folder: where train.py started
@@ -154,6 +172,45 @@ class StudySweeper(Sweeper):
                 tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
             raise
         tracker.close()
+
+
+def check_search_space(check: Callable[[list[str]], None], space: dict[str, Any]) -> None:
+    """Compose and validate the config at every choice and at both ends of every range of the
+    search space, so a misspelt key (``agent.lrr``), a missing option (``encoder=ft_smal``) or
+    an out-of-range bound fails before the study is created or touched."""
+    from optuna.distributions import CategoricalDistribution
+
+    for name, distribution in space.items():
+        values = distribution.choices if isinstance(distribution, CategoricalDistribution) else (distribution.low, distribution.high)
+        for value in values:
+            try:
+                check([f"{name}={value}"])
+            except Exception as error:  # noqa: BLE001 - Hydra's composition errors and ours alike
+                raise ConfigError(f"the sweep's {name}={value} cannot run: {error}") from None
+
+
+def drop_invalid_queued_trials(
+    study: optuna.Study, storage: optuna.storages.RDBStorage | None, check: Callable[[list[str]], None], space: dict[str, Any]
+) -> None:
+    """A resumed study's queued trials (killed ones, re-queued by the heartbeat) whose parameters
+    the current search space or schema rejects are failed, not run again, with a way out."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        params = trial.system_attrs.get("fixed_params", {})
+        unknown = sorted(set(params) - set(space))
+        try:
+            if unknown:
+                raise ConfigError(f"{unknown} are not searched any more")
+            check([f"{k}={v}" for k, v in params.items()])
+        except Exception as error:  # noqa: BLE001
+            study._storage.set_trial_user_attr(trial._trial_id, SKIPPED_ATTR, True)  # not counted: it never ran
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            log.warning(
+                f"Trial {trial.number} was queued to run again with {params}, which this sweep cannot run ({error}); "
+                f"it is failed instead. To start the study over, use another hydra.sweeper.study_name or delete it: "
+                f"optuna delete-study --study-name {study.study_name} --storage <hydra.sweeper.storage>"
+            )
 
 
 def open_study(
