@@ -332,3 +332,30 @@ def test_a_given_sqlite_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
     tracker.close()
     assert list((tmp_path / "store" / "mlartifacts").rglob("note.txt"))
     assert not (elsewhere / "mlruns").exists()
+
+
+@pytest.mark.parametrize("behaviour", ["refuse", "stall"])
+def test_an_unreachable_tracking_server_fails_at_once_naming_the_setting(tmp_path, monkeypatch, behaviour):
+    """MLflow retries a refused connection for over a minute and waits forever on a silent one."""
+    import socket
+    import threading
+
+    from cappuccino.config import MLflowLoggerConfig
+    from cappuccino.tracking import TrackingError, build_tracker
+    from cappuccino.tracking import mlflow_tracker
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(mlflow_tracker, "PROBE_TIMEOUT", (1.0, 0.5))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if behaviour == "stall":
+        listener.listen()  # accepts connections, never answers
+        threading.Timer(10.0, listener.close).start()
+    else:
+        listener.close()  # nothing listens: refused
+    cfg = MLflowLoggerConfig(tracking_uri=f"http://127.0.0.1:{port}/")
+    reason = "timed out" if behaviour == "stall" else "connection refused"
+    with pytest.raises(TrackingError, match=rf"^logger\.tracking_uri: no MLflow server answers at http://127\.0\.0\.1:{port}/? \({reason}"):
+        build_tracker(cfg, "run", tmp_path)
+    listener.close()

@@ -15,21 +15,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
 
 import pandas as pd
+import requests
 from alpaca.common.exceptions import APIError
 from alpaca.data.historical import CryptoHistoricalDataClient
 from alpaca.data.requests import CryptoBarsRequest
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
-
-from dataclasses import dataclass
-from typing import Optional
+from requests.adapters import HTTPAdapter
 
 from cappuccino.data.cleaning import DataError, DataReport, clean_bars, format_delta, parse_interval, to_utc
 from cappuccino.data.market import MarketData
 from cappuccino.data.source import BarSource
 from cappuccino.errors import require
+
+REQUEST_TIMEOUT = (5.0, 10.0)  # seconds to connect, and between bytes of the answer
+DEADLINE_SECONDS = 28.0  # a server that never answers fails well within 30 s
+MAX_ATTEMPTS = 4
+BACKOFF_SECONDS = 0.5  # waits 0.5, 1, 2 s, each plus up to 0.5 s of jitter
 
 _BAR_FIELDS = {"t": "time", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
 
@@ -97,20 +107,60 @@ def _cache_key(cfg: AlpacaSource, timeframe: TimeFrame, start: pd.Timestamp, end
     return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
 
 
+class _TimeoutAdapter(HTTPAdapter):
+    """Every request of the session gets ``timeout``: requests waits forever by default."""
+
+    def __init__(self, timeout: tuple[float, float]) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request, **kwargs):  # noqa: ANN001, ANN201 - requests' signature
+        kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
+def _client(cfg: AlpacaSource) -> CryptoHistoricalDataClient:
+    """alpaca-py's client with a timeout on every request and without its own retries (a fixed
+    wait, 429 and 504 only): ``_fetch`` retries with backoff and jitter within a deadline."""
+    client = CryptoHistoricalDataClient(url_override=cfg.url_override, raw_data=True)
+    adapter = _TimeoutAdapter(REQUEST_TIMEOUT)
+    for scheme in ("http://", "https://"):
+        client._session.mount(scheme, adapter)  # alpaca-py exposes no timeout; tests pin these two attributes
+    client._retry = 0
+    return client
+
+
+def _fetch(cfg: AlpacaSource, fetch: Callable[[], dict]) -> dict:
+    """``fetch()``, retried on rate limits, server errors, timeouts and dropped connections with
+    exponential backoff and jitter, at most ``MAX_ATTEMPTS`` times and within ``DEADLINE_SECONDS``."""
+    host = urlparse(cfg.url_override or "https://data.alpaca.markets").netloc
+    deadline, attempt = time.monotonic() + DEADLINE_SECONDS, 0
+    while True:
+        try:
+            return fetch()
+        except (requests.Timeout, requests.ConnectionError, APIError) as err:
+            status = getattr(err, "status_code", None)
+            retryable = not isinstance(err, APIError) or status == 429 or (status or 0) >= 500
+            wait = BACKOFF_SECONDS * 2**attempt + random.uniform(0, BACKOFF_SECONDS)
+            if retryable and attempt + 1 < MAX_ATTEMPTS and time.monotonic() + wait + REQUEST_TIMEOUT[1] < deadline:
+                time.sleep(wait)
+                attempt += 1
+                continue
+            what = f"HTTP {status}" if status else type(err).__name__
+            raise DataError(
+                f"the Alpaca data request to {host} failed after {attempt + 1} attempt(s) ({what}: {err}); check the "
+                "network, data.url_override, the symbols, or use data=csv with downloaded files"
+            ) from None
+
+
 def _download(cfg: AlpacaSource, timeframe: TimeFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     """Long table (symbol, time, open, high, low, close, volume) of every page of bars."""
     pairs = {f"{symbol}/{cfg.quote}": symbol for symbol in cfg.symbols}
-    client = CryptoHistoricalDataClient(url_override=cfg.url_override, raw_data=True)
+    client = _client(cfg)
     request = CryptoBarsRequest(
         symbol_or_symbols=list(pairs), timeframe=timeframe, start=start.to_pydatetime(), end=end.to_pydatetime()
     )
-    try:
-        raw = client.get_crypto_bars(request)  # {pair: [{"t": ..., "o": ..., ...}, ...]}, all pages
-    except (OSError, APIError) as err:  # requests' connection errors are OSErrors
-        raise DataError(
-            f"the Alpaca request for {list(pairs)} failed ({err}); check the network and the symbols, or use "
-            "data=csv with downloaded files"
-        ) from err
+    raw = _fetch(cfg, lambda: client.get_crypto_bars(request))  # {pair: [{"t": ..., ...}, ...]}, all pages
     missing = [pair for pair in pairs if not raw.get(pair)]
     if missing:
         raise DataError(

@@ -62,6 +62,30 @@ for _name in ("alembic", "mlflow.store.db.utils"):
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
+# A tracking server must answer this fast at start-up: MLflow itself retries a refused
+# connection for over a minute, and waits forever on one that never answers.
+PROBE_TIMEOUT = (5.0, 10.0)  # seconds to connect, and for the first byte of the answer
+
+
+def _check_server_answers(uri: str, shown: str) -> None:
+    """Fail fast, naming logger.tracking_uri, when nothing answers at an http(s) tracking URI;
+    any HTTP answer (an error status too) means a server is there."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    try:
+        auth = (user, password) if user and password else None  # as MLflow sends them
+        requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT, allow_redirects=False, auth=auth)
+    except requests.RequestException as error:
+        reason = "timed out" if isinstance(error, requests.Timeout) else "connection refused or failed"
+        raise TrackingError(
+            f"logger.tracking_uri: no MLflow server answers at {shown} ({reason}); start it "
+            "(mlflow server ...), fix the URI, or use logger.tracking_uri=null for a local SQLite store"
+        ) from None
+
+
 def default_store(project_dir: Path) -> tuple[str, str]:
     """Tracking URI and artifact location (a file URI) of the embedded store in ``project_dir``."""
     project_dir = Path(project_dir).expanduser().resolve()
@@ -120,6 +144,7 @@ class MLflowTracker(Tracker):
             client_uri = mlflow_client_uri(tracking_uri)
             self._mask += [MLFLOW_TRACKING_PASSWORD.get()]  # a server might echo it
             self.tracking_uri = mask_url(client_uri)
+            _check_server_answers(client_uri, shown)
             with opening_lock(client_uri):
                 self.client = MlflowClient(tracking_uri=client_uri)
                 self.experiment_id = self._experiment_id(experiment_name, artifact_location)

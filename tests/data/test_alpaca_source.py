@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -122,7 +123,7 @@ def test_symbol_without_bars_is_an_error_naming_it(serve, tmp_path: Path):
 
 def test_http_and_connection_errors_become_data_errors(serve, tmp_path: Path):
     fake = serve({})  # every request answers 404
-    with pytest.raises(DataError, match="the Alpaca request for"):
+    with pytest.raises(DataError, match="the Alpaca data request to"):
         alpaca_market(config(fake.url, tmp_path / "cache"))
     with socket.socket() as sock:  # a port nothing listens on once closed
         sock.bind(("127.0.0.1", 0))
@@ -176,3 +177,95 @@ def test_inconsistent_bars_rule_applies_to_alpaca_bars(serve, tmp_path: Path, ru
     else:
         market, report = alpaca_market(source)
         assert market.field("high")[2, 0] == bad[2]["c"] and len(report) == 1
+
+
+class ScriptedAlpaca:
+    """A local server that answers each request by the next entry of ``script``: an HTTP status to
+    fail with, "stall" to accept the connection and never answer, or "bars" to serve one page."""
+
+    def __init__(self, script: list):
+        self.script, self.requests = list(script), 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.requests += 1
+                action = fake.script.pop(0) if fake.script else "bars"
+                if action == "stall":
+                    time.sleep(5)  # longer than the test's read timeout; the server thread then ends
+                    return
+                page = {"bars": {"BTC/USD": BTC}, "next_page_token": None} if action == "bars" else {"message": "busy"}
+                body = json.dumps(page).encode()
+                self.send_response(200 if action == "bars" else action)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    """The real retry loop with short waits, so a test takes seconds."""
+    from cappuccino.data import alpaca_source
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(alpaca_source, "REQUEST_TIMEOUT", (1.0, 0.5))
+    monkeypatch.setattr(alpaca_source, "DEADLINE_SECONDS", 6.0)
+    monkeypatch.setattr(alpaca_source, "BACKOFF_SECONDS", 0.05)
+
+
+def _source(url: str, tmp_path) -> AlpacaSource:
+    return AlpacaSource(symbols=("BTC",), start="2023-01-05", end="2023-01-06", cache_dir=str(tmp_path), url_override=url)
+
+
+def test_rate_limits_and_server_errors_are_retried_with_backoff(tmp_path, quick_retries):
+    server = ScriptedAlpaca([429, 503, 500, "bars"])
+    market, _ = _source(server.url, tmp_path).load()
+    assert server.requests == 4 and market.n_bars == len(TIMES)
+    server.server.shutdown()
+
+
+def test_a_server_that_never_answers_fails_naming_the_host_and_the_setting(tmp_path, quick_retries):
+    server = ScriptedAlpaca(["stall"] * 10)
+    with pytest.raises(DataError, match=rf"127\.0\.0\.1:{server.server.server_port} failed after \d attempt.*data\.url_override"):
+        _source(server.url, tmp_path).load()
+    assert 1 < server.requests <= 4  # each stalled request timed out (0.5 s here) and was retried, boundedly
+    server.server.shutdown()
+
+
+def test_retries_stop_at_the_deadline(tmp_path, quick_retries, monkeypatch):
+    from cappuccino.data import alpaca_source
+
+    monkeypatch.setattr(alpaca_source, "DEADLINE_SECONDS", 1.2)  # room for two 0.5 s timeouts, not four
+    server = ScriptedAlpaca(["stall"] * 10)
+    with pytest.raises(DataError, match="data.url_override"):
+        _source(server.url, tmp_path).load()
+    assert 1 <= server.requests < 4
+    server.server.shutdown()
+
+
+def test_retries_are_bounded_and_client_errors_are_not_retried(tmp_path, quick_retries):
+    busy = ScriptedAlpaca([429] * 10)
+    with pytest.raises(DataError, match="HTTP 429"):
+        _source(busy.url, tmp_path).load()
+    assert busy.requests == 4
+    refused = ScriptedAlpaca([403])
+    with pytest.raises(DataError, match="after 1 attempt.*HTTP 403"):
+        _source(refused.url, tmp_path).load()
+    assert refused.requests == 1
+
+
+def test_the_alpaca_client_internals_the_timeout_relies_on_exist():
+    from alpaca.data.historical import CryptoHistoricalDataClient
+    from requests import Session
+
+    client = CryptoHistoricalDataClient(raw_data=True)
+    assert isinstance(client._session, Session) and isinstance(client._retry, int)
