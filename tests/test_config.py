@@ -80,7 +80,7 @@ def test_symbol_without_minimum_order_size_is_rejected(compose_config):
 
 
 def test_csv_source_requires_a_path(compose_config):
-    with pytest.raises(Exception, match="path"):
+    with pytest.raises(ConfigError, match=r"^data\.path: is required and has no default"):
         validate(compose_config(["data=csv"]))
 
 

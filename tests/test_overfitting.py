@@ -22,7 +22,7 @@ Z = NormalDist()
 
 def _reference_logits(performance: np.ndarray, n_partitions: int) -> np.ndarray:
     """CSCV written out split by split, ranks from scipy."""
-    rankdata = pytest.importorskip("scipy.stats").rankdata
+    from scipy.stats import rankdata
     blocks = np.array_split(np.arange(len(performance)), n_partitions)
 
     def sharpe(rows: np.ndarray) -> np.ndarray:

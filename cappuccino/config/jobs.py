@@ -245,6 +245,9 @@ def to_typed(cfg: DictConfig, schema: type[Node]) -> Any:
 
     Keys the schema does not know are refused however they got in (``+agent.lrr=1e-4`` adds one
     past Hydra's own check), and so are infinite or NaN numbers."""
+    missing = sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra."))
+    if missing:
+        raise ConfigError(f"{missing[0]}: is required and has no default; set it on the command line ({missing[0]}=...)")
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)  # type: ignore[union-attr]
     refuse_passwords(plain)  # from a YAML file or ${oc.env:...}: it would reach MLflow, config.yaml, checkpoints
