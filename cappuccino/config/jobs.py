@@ -86,9 +86,9 @@ class TrainConfig(Node):
 
     def __post_init__(self) -> None:
         check_symbols(self.data, self.rules)
-        rollout = self.env.num_envs * self.agent.n_steps
+        rollout = self.env.num_envs * self.agent.n_steps  # each >= 1 is checked by its own group's object
         _require(
-            self.agent.minibatch_size <= rollout,
+            rollout < 1 or self.agent.minibatch_size <= rollout,
             "agent.minibatch_size",
             f"{self.agent.minibatch_size} exceeds the rollout batch env.num_envs * agent.n_steps = "
             f"{self.env.num_envs} * {self.agent.n_steps} = {rollout}; lower agent.minibatch_size or raise "
