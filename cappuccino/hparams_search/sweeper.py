@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import logging
 import math
+import random
 import threading
 import time
 import warnings
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 2  # re-runs of a trial whose process was killed
 SKIPPED_ATTR = "skipped"  # user attribute of a trial pruned unrun: the study was already full
+TABLE_CREATION_TRIES = 5  # workers opening a new database at once: the losers try again
+# The module SQLAlchemy imports for a storage URL's driver -> the package pip installs it from.
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL"}
 
 
 class StudySweeper(Sweeper):
@@ -218,7 +222,7 @@ def open_study(
 ) -> tuple[optuna.Study, optuna.storages.RDBStorage | None]:
     """Load or create the study; with a database, heartbeats on and killed trials queued again."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     from cappuccino.sqlite_lock import opening_lock
 
@@ -228,7 +232,7 @@ def open_study(
     else:
         with warnings.catch_warnings(), opening_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
-            storage = RDBStorage(
+            storage = rdb_storage(
                 url,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
@@ -239,6 +243,42 @@ def open_study(
             )
         return study, storage
     return optuna.create_study(study_name=name, sampler=sampler, direction=direction), storage
+
+
+def rdb_storage(url: str, **options: Any) -> optuna.storages.RDBStorage:
+    """Optuna's storage at ``url``, its tables created if the database has none.
+
+    Workers started at once on a new database race to create the tables; the loser's CREATE
+    fails (PostgreSQL: duplicate key value violates unique constraint "pg_type_typname_nsp_index")
+    and its transaction is rolled back, so it tries again and finds them. A missing driver is
+    named with the package that provides it.
+    """
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    attempt = 0
+    while True:
+        try:
+            return RDBStorage(url, **options)
+        except ImportError as error:
+            raise ConfigError(missing_driver(url, error)) from error
+        except (IntegrityError, ProgrammingError) as error:
+            attempt += 1
+            if attempt == TABLE_CREATION_TRIES:
+                raise
+            log.info(f"Creating the study's tables collided with another worker's ({type(error).__name__}); trying again")
+            time.sleep(random.uniform(0.1, 0.3) * attempt)  # apart, so that one finishes first
+
+
+def missing_driver(url: str, error: ImportError) -> str:
+    """What to install when SQLAlchemy cannot import the driver of ``url``."""
+    cause = error.__cause__ if isinstance(error.__cause__, ImportError) else error
+    module = (cause.name or "").partition(".")[0]
+    package = DRIVER_PACKAGES.get(module, module or "the database driver")
+    return (
+        f"hydra.sweeper.storage: the database driver for {mask_url(url)} is not installed "
+        f"({cause}); pip install {package}"
+    )
 
 
 def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

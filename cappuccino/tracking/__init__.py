@@ -150,7 +150,7 @@ def flatten_config(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[st
         if isinstance(value, Mapping) and value:
             flat.update(flatten_config(value, prefix=f"{name}."))
         else:
-            flat[name] = _truncate(str(value), MAX_PARAM_VALUE_LENGTH)
+            flat[name] = truncate(str(value), MAX_PARAM_VALUE_LENGTH)
     return flat
 
 
@@ -164,10 +164,11 @@ def run_name_from_overrides(overrides: Sequence[str]) -> str:
     name = ",".join(override.strip() for override in overrides if override.strip())
     name = re.sub(r"\s+", " ", name)
     name = "".join(ch for ch in name if ch.isprintable())
-    return _truncate(name, MAX_RUN_NAME_LENGTH) or "default"
+    return truncate(name, MAX_RUN_NAME_LENGTH) or "default"
 
 
-def _truncate(text: str, limit: int) -> str:
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in "..." when cut."""
     return text if len(text) <= limit else text[: limit - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK
 
 
@@ -180,4 +181,5 @@ __all__ = [
     "build_tracker",
     "flatten_config",
     "run_name_from_overrides",
+    "truncate",
 ]

@@ -47,7 +47,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from cappuccino.errors import ConfigError, UserError
 from cappuccino.secrets import Masker, credentials_from_url, mask_url, url_secrets
 from cappuccino.sqlite_lock import opening_lock, sqlite_file
-from cappuccino.tracking import TrackingError, Tracker, flatten_config
+from cappuccino.tracking import MAX_RUN_NAME_LENGTH, TrackingError, Tracker, flatten_config, truncate
 from cappuccino.reporting.figures import close_figure
 
 if TYPE_CHECKING:
@@ -166,6 +166,8 @@ class MLflowTracker(Tracker):
         # (and the git remote's URL, which may hold a token: tags are masked like params).
         tags = resolve_tags({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})
         tags = {key: mask_url(str(value)) for key, value in tags.items()}
+        # MLflow's SQL stores keep 250 characters of a name; PostgreSQL and MySQL refuse a longer one.
+        run_name = truncate(run_name, MAX_RUN_NAME_LENGTH)
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id: str | None = run.info.run_id
         self.ui_command: str | None = _ui_command(self.tracking_uri, self.experiment_id, run.info.run_id)
