@@ -24,7 +24,7 @@ from cappuccino.data.market import MarketData
 from cappuccino.data.tensors import MarketTensors, Segment
 from cappuccino.env.portfolio import EpisodeSampling, PortfolioEnv
 from cappuccino.errors import ConfigError
-from cappuccino.evaluation.backtest import stitch
+from cappuccino.evaluation.backtest import Backtest, stitch
 from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, save_split_scores
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.evaluation.results import OOS_RETURNS_FILE, RESULT_FILE, Result, save_result
@@ -104,9 +104,10 @@ def train(
             tracker.log_artifact(paths.run_dir / f"checkpoint_split{index}.pt")
         paths_of = splitter.paths() if only is None and isinstance(cfg.cv, CPCVConfig) else None  # a path needs every split
         ppy = periods_per_year(market.interval)
+        tests = {i: b["test"] for i, b in backtests.items()}
         result: Result = (
             score_holdout(backtests[0], ppy) if holdout
-            else score_cv({i: b["test"] for i, b in backtests.items()}, ppy, cfg.cv.std_penalty, paths_of)  # type: ignore[attr-defined]
+            else score_cv(tests, ppy, cfg.cv.std_penalty, paths_of)  # type: ignore[attr-defined]
         )  # fmt: skip
         metrics = result.metrics()
         metrics["objective"] = metrics[objective]
@@ -114,7 +115,7 @@ def train(
         tracker.log_metrics(resource_metrics(device))
         write_outputs(paths.run_dir, config_yaml, metrics, result, tracker)
         if not holdout:
-            write_split_scores(paths.run_dir, backtests, splitter, cfg, market, tracker)
+            write_split_scores(paths.run_dir, tests, paths_of, splitter, cfg, market, tracker)
     print_training_summary(result, metrics["objective"], market, paths.run_dir, tracker.ui_command)
     return metrics["objective"]
 
@@ -298,17 +299,22 @@ def resource_metrics(device: torch.device) -> dict[str, float]:
 
 
 def write_split_scores(
-    run_dir: Path, backtests: dict[int, SplitBacktests], splitter: object, cfg: TrainConfig, market: MarketData, tracker: Tracker
+    run_dir: Path,
+    tests: dict[int, list[Backtest]],
+    paths_of: list[list[tuple[int, int]]] | None,
+    splitter: object,
+    cfg: TrainConfig,
+    market: MarketData,
+    tracker: Tracker,
 ) -> None:
-    """What gathering fanned-out splits needs (``split_backtests.npz``), and the run's row of a
-    study's overfitting statistics (``oos_returns.npy``; complete only when every split ran)."""
-    tests = {i: b["test"] for i, b in backtests.items()}
+    """What gathering fanned-out splits needs (``split_backtests.npz``: every CPCV path, even when
+    this run ran one split), and the run's row of a study's overfitting statistics
+    (``oos_returns.npy``, along ``paths_of``, the paths this run could stitch)."""
     every_path = splitter.paths() if isinstance(cfg.cv, CPCVConfig) else None  # type: ignore[attr-defined]
     n_splits = splitter.get_n_splits(market.first_valid, market.n_bars)  # type: ignore[attr-defined]
     scores = SplitScores(tests, every_path, n_splits, cfg.cv.std_penalty, periods_per_year(market.interval), market.content_hash)  # type: ignore[attr-defined]
     save_split_scores(run_dir / BACKTESTS_FILE, scores)
-    ran_every_split = len(tests) == n_splits
-    np.save(run_dir / OOS_RETURNS_FILE, oos_excess_returns(tests, every_path if ran_every_split else None))
+    np.save(run_dir / OOS_RETURNS_FILE, oos_excess_returns(tests, paths_of))
     for name in (BACKTESTS_FILE, OOS_RETURNS_FILE):
         tracker.log_artifact(run_dir / name)
 

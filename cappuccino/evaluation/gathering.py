@@ -11,7 +11,7 @@ objective, per-path Sharpes and the overfitting statistics' inputs are the ones 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,3 @@ def read_run_folder(folder: Path) -> tuple[SplitScores, str]:
     if not file.is_file():
         raise FileNotFoundError(f"{folder} holds no {BACKTESTS_FILE}: is it the folder of a cv=cpcv or walk_forward run?")
     return load_split_scores(file), (folder / "config.yaml").read_text()
-
-
-def describe(sequence: Sequence[float]) -> str:
-    return ", ".join(f"{x:+.3f}" for x in sequence)
