@@ -17,9 +17,11 @@ from cappuccino.data.tensors import MarketTensors
 from cappuccino.evaluation.backtest import backtest, stitch
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.evaluation.splits import select_splits
+from cappuccino.hparams_search.best import best_trial_folders
 from cappuccino.models.checkpoint import CheckpointError, CheckpointMismatch
 from cappuccino.models.loading import PolicyEnsemble, TrainedPolicy, load_policy
 from cappuccino.runtime import RunPaths
+from cappuccino.tracking.artifacts import run_checkpoints
 
 from .conftest import TINY
 from .conftest import run_train as run
@@ -75,7 +77,7 @@ def test_an_ensemble_of_every_split_comes_from_the_folder_and_from_the_mlflow_ru
     assert [m.name.rsplit("/", 1)[-1] for m in from_folder.members] == [f"checkpoint_split{i}.pt" for i in range(3)]
     client = MlflowClient(f"sqlite:///{project}/mlflow.db")
     (parent,) = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()]) if "mlflow.parentRunId" not in r.data.tags]
-    from_run = PolicyEnsemble.from_run(parent.info.run_id, tracking_uri=f"sqlite:///{project}/mlflow.db")
+    from_run = PolicyEnsemble.from_files(run_checkpoints(parent.info.run_id, tracking_uri=f"sqlite:///{project}/mlflow.db"))
     assert len(from_run.members) == 3
     for a, b in zip(from_folder.members, from_run.members):
         for key, tensor in a.module.state_dict().items():
@@ -100,10 +102,11 @@ def test_an_ensemble_is_built_from_a_studys_best_trials(cpcv_run, tmp_path):
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     for value, folder in ((0.1, tmp_path / "missing"), (0.9, project / "run")):
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"output_dir": str(folder)}))
-    ensemble = PolicyEnsemble.from_study("s", storage, top_k=1)
+    assert best_trial_folders("s", storage, top_k=5) == [project / "run", tmp_path / "missing"]
+    ensemble = PolicyEnsemble.from_folders(best_trial_folders("s", storage, top_k=1))
     assert len(ensemble.members) == 3  # the best trial's three splits
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        PolicyEnsemble.from_study("s", storage, top_k=2)  # the second-best trial left no models
+    with pytest.raises(FileNotFoundError, match="missing holds no checkpoint"):
+        PolicyEnsemble.from_folders(best_trial_folders("s", storage, top_k=2))  # the second-best trial left no models
 
 
 def test_members_that_read_other_windows_are_refused_naming_the_key(cpcv_run, compose_config, tmp_path):

@@ -407,3 +407,61 @@ def test_a_database_store_keeps_its_url_but_shows_it_masked(tmp_path: Path) -> N
 
     params = MlflowClient(f"sqlite:///{tmp_path}/store.db").get_run(tracker.run_id).data.params
     assert params == {"storage": "postgresql://optuna:***@db/optuna"}
+
+
+# ------------------------------------------------------------------ reading runs back
+
+
+def test_downloading_a_runs_checkpoints_sends_the_credentials_and_masks_the_servers_answer(
+    server: FakeMlflowServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from cappuccino.tracking import TrackingError
+    from cappuccino.tracking.artifacts import run_checkpoints
+
+    server.refuse = (400, json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": f"no artifacts for user:{SECRET}"}))
+    with pytest.raises(TrackingError) as caught:
+        run_checkpoints("0123abcd", _uri(server))
+    message = str(caught.value)
+    assert message.startswith(f"cannot read from the MLflow store http://user:***@127.0.0.1:{server.port}/: ")
+    assert "no artifacts for user:***" in message and SECRET not in message
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    assert {auth for _, _, auth, _ in server.requests} == {_basic("user", SECRET)}
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err
+
+
+def test_a_run_without_checkpoints_is_named(server: FakeMlflowServer) -> None:
+    from cappuccino.tracking import TrackingError
+    from cappuccino.tracking.artifacts import run_checkpoints
+
+    server.refuse = (200, json.dumps({"files": [{"path": "config.yaml", "is_dir": False, "file_size": 3}]}))
+    with pytest.raises(TrackingError, match="MLflow run 0123abcd has no checkpoint\\*.pt artifact"):
+        run_checkpoints("0123abcd", _uri(server))
+
+
+def test_gather_from_an_unreachable_server_exits_with_a_masked_line(
+    server: FakeMlflowServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from cappuccino.hparams_search.gather import main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SystemExit) as caught:
+        main(["--run-ids", "0123abcd", "--tracking-uri", f"http://user:{SECRET}@127.0.0.1:{port}/"])
+    assert caught.value.code == 2
+    out, err = capfd.readouterr()
+    assert err.startswith(f"error: the tracking URI: no MLflow server answers at http://user:***@127.0.0.1:{port}/")
+    assert SECRET not in out + err and err.count("\n") == 1
+
+
+def test_a_study_storage_that_refuses_is_named_masked(tmp_path: Path) -> None:
+    from cappuccino.errors import ConfigError
+    from cappuccino.hparams_search.best import best_trial_folders
+
+    storage = f"postgresql+psycopg2://optuna:{SECRET}@127.0.0.1:9/optuna"  # nobody listens on port 9
+    with pytest.raises(ConfigError) as caught:
+        best_trial_folders("s", storage)
+    message = str(caught.value)
+    assert message.startswith("cannot open study 's' in postgresql+psycopg2://optuna:***@127.0.0.1:9/optuna: ")
+    assert SECRET not in message and caught.value.__context__ is None

@@ -27,8 +27,19 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, gather_splits, read_run_folder
-from cappuccino.evaluation.results import OOS_RETURNS_FILE, RESULT_FILE, CVResult, save_result
+from cappuccino.errors import UserError
+from cappuccino.evaluation.gathering import (
+    BACKTESTS_FILE,
+    SplitScores,
+    gather_splits,
+    read_run_folder,
+)
+from cappuccino.evaluation.results import (
+    OOS_RETURNS_FILE,
+    RESULT_FILE,
+    CVResult,
+    save_result,
+)
 from cappuccino.hparams_search import STUDY_RUN_ENV
 from cappuccino.progress import console
 from cappuccino.reporting.console import splits_table
@@ -58,15 +69,11 @@ def gather_folders(folders: Sequence[Path]) -> tuple[CVResult, np.ndarray]:
 
 def download_runs(run_ids: Sequence[str], tracking_uri: str | None, into: Path) -> list[Path]:
     """Each run's ``split_backtests.npz`` and ``config.yaml`` artifacts, one folder per run."""
-    import mlflow.artifacts
+    from cappuccino.tracking.artifacts import run_artifacts
 
-    folders = []
     for run_id in run_ids:
-        folder = into / run_id
-        for name in (BACKTESTS_FILE, "config.yaml"):
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder), tracking_uri=tracking_uri)
-        folders.append(folder)
-    return folders
+        run_artifacts(run_id, (BACKTESTS_FILE, "config.yaml"), tracking_uri, into / run_id)
+    return [into / run_id for run_id in run_ids]
 
 
 class GatherSplits(Callback):
@@ -132,10 +139,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(GATHERED_DIR), help="folder for the gathered results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as downloads:
-        folders = list(args.folders) + download_runs(args.run_ids, args.tracking_uri, Path(downloads))
         try:
+            folders = list(args.folders) + download_runs(args.run_ids, args.tracking_uri, Path(downloads))
             result, returns = gather_folders(folders)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError, UserError) as error:
             parser.exit(2, f"error: {error}\n")
         write_gathered(result, returns, args.out)
     console.print(splits_table(result, f"gathered from {len(folders)} runs"))

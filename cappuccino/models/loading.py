@@ -193,38 +193,10 @@ class PolicyEnsemble:
         return cls.from_files(paths, device)
 
     @classmethod
-    def from_run(cls, run_id: str, tracking_uri: str | None = None, device: torch.device | str = "cpu") -> PolicyEnsemble:
-        """The ``checkpoint*.pt`` artifacts of an MLflow run (a trial: one per CV split)."""
-        import mlflow.artifacts
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri)
-        names = sorted(a.path for a in client.list_artifacts(run_id) if a.path.startswith("checkpoint") and a.path.endswith(".pt"))
-        if not names:
-            raise FileNotFoundError(f"MLflow run {run_id} has no checkpoint*.pt artifact")
-        paths = [mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, tracking_uri=tracking_uri) for n in names]
-        return cls.from_files(paths, device)
-
-    @classmethod
-    def from_study(
-        cls, study_name: str, storage: str, top_k: int = 1, tracking_uri: str | None = None, device: torch.device | str = "cpu"
-    ) -> PolicyEnsemble:
-        """The per-split models of a study's ``top_k`` best complete trials (best first)."""
-        import optuna
-        from optuna.trial import TrialState
-
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        best = sorted(trials, key=lambda t: t.value, reverse=reverse)[:top_k]
-        if not best:
-            raise ValueError(f"study {study_name!r} has no complete trial")
-        members: list[TrainedPolicy] = []
-        for trial in best:
-            if "output_dir" not in trial.user_attrs:
-                raise FileNotFoundError(f"trial {trial.number} of study {study_name!r} recorded no output folder")
-            members += PolicyEnsemble.from_folder(trial.user_attrs["output_dir"], device).members
-        return cls(members)
+    def from_folders(cls, folders: Iterable[Path | str], device: torch.device | str = "cpu") -> PolicyEnsemble:
+        """Every ``checkpoint*.pt`` of each folder: e.g. the run folders of a study's best trials
+        (``cappuccino.hparams_search.best.best_trial_folders``)."""
+        return cls([member for folder in folders for member in cls.from_folder(folder, device).members])
 
 
 def _window_keys(schema: PolicySchema) -> dict[str, Any]:

@@ -67,9 +67,9 @@ _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 PROBE_TIMEOUT = (5.0, 10.0)  # seconds to connect, and for the first byte of the answer
 
 
-def _check_server_answers(uri: str, shown: str) -> None:
-    """Fail fast, naming logger.tracking_uri, when nothing answers at an http(s) tracking URI;
-    any HTTP answer (an error status too) means a server is there."""
+def check_server_answers(uri: str, shown: str, setting: str = "logger.tracking_uri") -> None:
+    """Fail fast, naming the ``setting`` that holds ``uri``, when nothing answers at an http(s)
+    tracking URI; any HTTP answer (an error status too) means a server is there."""
     if not uri.startswith(("http://", "https://")):
         return
     import requests
@@ -81,7 +81,7 @@ def _check_server_answers(uri: str, shown: str) -> None:
     except requests.RequestException as error:
         reason = "timed out" if isinstance(error, requests.Timeout) else "connection refused or failed"
         raise TrackingError(
-            f"logger.tracking_uri: no MLflow server answers at {shown} ({reason}); start it "
+            f"{setting}: no MLflow server answers at {shown} ({reason}); start it "
             "(mlflow server ...), fix the URI, or use logger.tracking_uri=null for a local SQLite store"
         ) from None
 
@@ -144,7 +144,7 @@ class MLflowTracker(Tracker):
             client_uri = mlflow_client_uri(tracking_uri)
             self._mask += [MLFLOW_TRACKING_PASSWORD.get()]  # a server might echo it
             self.tracking_uri = mask_url(client_uri)
-            _check_server_answers(client_uri, shown)
+            check_server_answers(client_uri, shown)
             with opening_lock(client_uri):
                 self.client = MlflowClient(tracking_uri=client_uri)
                 self.experiment_id = self._experiment_id(experiment_name, artifact_location)
