@@ -109,30 +109,79 @@ def test_rerunning_a_finished_study_adds_no_trial(tmp_path):
     assert len(study.trials) == 1
 
 
-@pytest.mark.slow
-def test_a_killed_study_resumes_to_exactly_n_trials_and_reruns_the_killed_trial(tmp_path):
-    command = sweep_command(
-        tmp_path, "logger=none", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"
+def start_sweep_and_wait_for_trial_1(command: list[str], tmp_path: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "multirun" / "1").exists():  # trial 1 started: trial 0 is done
-            assert process.poll() is None and time.monotonic() < deadline, "the sweep ended before trial 1 started"
-            time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # no cleanup runs: like a power cut or the OOM killer
-        process.wait()
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "multirun" / "1").exists():  # trial 1 started: trial 0 is done
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"the sweep ended before trial 1 started: {process.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside trial 1's training
+    return process
+
+
+def trial_runs_by_number(tmp_path: Path) -> dict[int, list]:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    by_number: dict[int, list] = {}
+    for run in runs:
+        if "optuna.trial" in run.data.tags:
+            splits = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+            by_number.setdefault(int(run.data.tags["optuna.trial"]), []).append((run, splits))
+    return by_number
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_to_exactly_n_trials_reruns_the_killed_trial_and_ends_its_run_killed(tmp_path):
+    heartbeat = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2")
+    process = start_sweep_and_wait_for_trial_1(sweep_command(tmp_path, *heartbeat), tmp_path)
+    os.killpg(process.pid, signal.SIGKILL)  # no cleanup runs: like a power cut or the OOM killer
+    process.communicate()
     killed = load(tmp_path)
     assert [t.state for t in killed.trials] == [COMPLETE, RUNNING]
+    ((trial_1_run, _),) = trial_runs_by_number(tmp_path)[1]
+    assert trial_1_run.info.status == "RUNNING"  # nothing could close it
 
     time.sleep(2.5)  # past the grace period: trial 1's heartbeats have stopped
-    study = run_sweep(tmp_path, "logger=none", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2")
+    study = run_sweep(tmp_path, *heartbeat)
     states = [t.state for t in study.trials]
     assert states == [COMPLETE, FAIL, COMPLETE, COMPLETE]  # 1 failed as killed, 2 is its rerun, 3 the last
     assert study.trials[2].params == study.trials[1].params
     assert [t.number for t in counted(study.trials)] == [0, 2, 3]
+    runs = trial_runs_by_number(tmp_path)
+    ((trial_1_run, splits),) = runs[1]
+    assert trial_1_run.info.status == "KILLED" and trial_1_run.info.end_time is not None  # ended by the resuming worker
+    assert {r.info.status for r in splits} <= {"KILLED", "FINISHED"} and "KILLED" in {r.info.status for r in splits}
+    assert all(run.info.status == "FINISHED" for n in (0, 2, 3) for run, _ in runs[n])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signalled_sweep_ends_in_one_line_its_runs_killed_and_resumes_the_trial_at_once(tmp_path, signum, status):
+    heartbeat = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=600")  # no heartbeat rescue
+    process = start_sweep_and_wait_for_trial_1(sweep_command(tmp_path, *heartbeat), tmp_path)
+    process.send_signal(signum)  # the main process only, as `kill` or `timeout` does
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"interrupted ({signal.Signals(signum).name}): ")
+    # Trial 1 is told failed and its parameters queued; every run it opened is ended KILLED.
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [COMPLETE, FAIL, optuna.trial.TrialState.WAITING]
+    assert study.trials[2].params == study.trials[1].params
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(study.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    ((trial_1_run, splits),) = trial_runs_by_number(tmp_path)[1]
+    assert trial_1_run.info.status == "KILLED" and splits[0].info.status == "KILLED"
+
+    # The same command resumes at once (no grace period to wait out) to exactly n_trials.
+    resumed = run_sweep(tmp_path, *heartbeat)
+    assert [t.state for t in resumed.trials] == [COMPLETE, FAIL, COMPLETE, COMPLETE]
+    assert [t.number for t in counted(resumed.trials)] == [0, 2, 3]
+    assert client.get_run(resumed.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
 
 
 @pytest.mark.slow

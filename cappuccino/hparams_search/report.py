@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 import time
 import warnings
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +215,21 @@ def trial_run_id(tracker: Tracker, number: int) -> str | None:
     query = f"tags.`mlflow.parentRunId` = '{tracker.run_id}' and tags.`{TRIAL_TAG}` = '{number}'"
     runs = client.search_runs([tracker.experiment_id], filter_string=query, max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def end_killed_trial_runs(tracker: Tracker, numbers: Sequence[int]) -> None:
+    """End the MLflow runs of trials whose worker was killed (its heartbeats stopped), and the
+    split runs under them, as KILLED: nothing else would close them."""
+    client = getattr(tracker, "client", None)
+    for number in numbers if client is not None else ():
+        run_id = trial_run_id(tracker, number)
+        if run_id is None:
+            continue  # killed before its run started
+        splits = client.search_runs([tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+        for run in [*splits, client.get_run(run_id)]:
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
+        log.info(f"Trial {number}'s worker was killed: its MLflow run {run_id} is ended as KILLED")
 
 
 def numbers(stats: dict[str, Any]) -> dict[str, float]:

@@ -25,6 +25,8 @@ import functools
 import logging
 import math
 import random
+import signal
+import sys
 import threading
 import time
 import warnings
@@ -41,7 +43,7 @@ from omegaconf import DictConfig, open_dict
 
 from cappuccino.config import TrainConfig, validate
 from cappuccino.errors import ConfigError
-from cappuccino.runtime import one_line_errors
+from cappuccino.runtime import Interrupted, graceful_interrupts, one_line_errors
 from cappuccino.hparams_search import SKIPPED_ATTR, STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.hparams_search.space import check_search_space, drop_invalid_queued_trials
 from cappuccino.hparams_search.config import register_sweeper_config
@@ -120,13 +122,23 @@ class StudySweeper(Sweeper):
         return check
 
     def sweep(self, arguments: list[str]) -> None:
-        with one_line_errors(multirun=False):  # the sweep's own errors: one line, before any trial
-            self._sweep(arguments)
+        # The sweep's own errors: one line, before any trial. SIGINT/SIGTERM between jobs or in
+        # one (which finishes its PPO update and ends its runs KILLED) end the sweep with 130/143.
+        try:
+            with graceful_interrupts(), one_line_errors(multirun=False):
+                self._sweep(arguments)
+        except Interrupted as stop:
+            print(
+                f"interrupted ({signal.Signals(stop.signum).name}): the study's runs are marked KILLED and "
+                "its interrupted trials queued again; run the same command to resume it",
+                file=sys.stderr,
+            )
+            raise SystemExit(stop.exit_code) from None
 
     def _sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-        from cappuccino.hparams_search.report import finish_study, study_tracker
+        from cappuccino.hparams_search.report import end_killed_trial_runs, finish_study, study_tracker
 
         search = self.search
         base = base_config(self.config)
@@ -153,8 +165,10 @@ class StudySweeper(Sweeper):
         project_dir = Path.cwd()  # the trials' project folder: where train.py started
         tracker: Tracker | None = None  # the study's run: started once the worker holding trial 0 is known
         job_index = len(study.trials)  # resumed studies keep numbering their job folders
+        killed: list[int] = []  # trials of killed workers, their MLflow runs still to be ended KILLED
         try:
             while True:
+                killed += fail_killed_trials(study) if storage is not None else []
                 trials = ask(study, storage, search.n_trials, search.n_jobs)
                 if not trials:
                     if not wait_for_others(study, self.heartbeat_interval):
@@ -162,14 +176,17 @@ class StudySweeper(Sweeper):
                     continue
                 if tracker is None:
                     tracker = study_tracker(base.logger, study, project_dir, creator=any(t.number == 0 for t in trials))
+                end_killed_trial_runs(tracker, killed)
+                killed = []
                 overrides = search._configure_trials(trials, space, fixed, fixed_overrides)
                 overrides = [[*o, *tracking_overrides(trial, tracker)] for o, trial in zip(overrides, trials)]
-                with heartbeats(storage, trials, self.heartbeat_interval):
+                with heartbeats(storage, trials, self.heartbeat_interval), requeued_if_interrupted(study, trials):
                     returns = search.launcher.launch(overrides, initial_job_idx=job_index)
                 job_index += len(returns)
                 failures = [tell(study, trial, result) for trial, result in zip(trials, returns)]
                 check_failure_rate([f for f in failures if f is not None], returns, search.max_failure_rate)
             tracker = tracker or study_tracker(base.logger, study, project_dir, creator=True)
+            end_killed_trial_runs(tracker, killed)
             finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials, self.pbo_blocks)
         except BaseException as error:
             if tracker is not None:
@@ -260,19 +277,14 @@ def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fro
 def ask(study: optuna.Study, storage: Any, n_trials: int, n_jobs: int) -> list[optuna.Trial]:
     """Up to ``n_jobs`` new trials, none beyond the study's ``n_trials``.
 
-    Trials of killed processes are failed (and queued again) first. A trial that a concurrent
+    A trial that a concurrent
     worker's ask made surplus is pruned unrun: trial numbers are given out by the storage in
     order, so counting the trials numbered below ours decides it the same way in every worker.
     """
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
     with warnings.catch_warnings():
-        # Optuna warns that heartbeats are meant for Study.optimize: here they come from heartbeats().
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        fail_stale_trials(study)
         free = n_trials - len(counted(study.get_trials(deepcopy=False)))
         trials = [study.ask() for _ in range(max(0, min(n_jobs, free)))]
     if storage is not None:
@@ -288,6 +300,22 @@ def ask(study: optuna.Study, storage: Any, n_trials: int, n_jobs: int) -> list[o
         else:
             kept.append(trial)
     return kept
+
+
+def fail_killed_trials(study: optuna.Study) -> list[int]:
+    """Fail (and queue again) the trials of killed processes, whose heartbeats stopped more than
+    the grace period ago; their numbers."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize: here they come from heartbeats().
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        fail_stale_trials(study)
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running)
 
 
 def wait_for_others(study: optuna.Study, interval: int) -> bool:
@@ -323,6 +351,26 @@ def heartbeats(storage: Any, trials: Sequence[optuna.Trial], interval: int) -> I
     finally:
         stop.set()
         thread.join()
+
+
+@contextmanager
+def requeued_if_interrupted(study: optuna.Study, trials: Sequence[optuna.Trial]) -> Iterator[None]:
+    """A stop request (``Interrupted``) while ``trials`` run fails those still running and queues
+    their parameters again, as the heartbeat would after the grace period: a resumed study runs
+    them next, at once."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    try:
+        yield
+    except Interrupted:
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        for trial in trials:
+            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                study.tell(trial, state=TrialState.FAIL)
+                retry(study, study._storage.get_trial(trial._trial_id))
+                log.info(f"Trial {trial.number} was interrupted: failed, and its parameters queued again")
+        raise
 
 
 def tracking_overrides(trial: optuna.Trial, tracker: Tracker) -> list[str]:
