@@ -3,6 +3,7 @@ reference implementation (rtdl_revisiting_models), config validation and end-to-
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from cappuccino.config import FTTransformerEncoderConfig, validate
 from cappuccino.data.tensors import MarketTensors
 from cappuccino.errors import ArgumentError, ConfigError
 from cappuccino.models.ft_transformer import FTTransformerEncoder
-from cappuccino.models.loading import policy_from_config
+from cappuccino.models.loading import load_policy, policy_from_config
 from cappuccino.runtime import RunPaths
 from cappuccino.training import train
 
@@ -240,8 +241,11 @@ def _paths(tmp_path) -> RunPaths:
 
 def test_smoke_run_with_ft_small_returns_a_finite_objective(compose_config, tmp_path):
     cfg_dict = compose_config(FT_TINY)
-    assert math.isfinite(train(validate(cfg_dict), OmegaConf.to_yaml(cfg_dict, resolve=True), _paths(tmp_path)))
-    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    objective = train(validate(cfg_dict), OmegaConf.to_yaml(cfg_dict, resolve=True), _paths(tmp_path))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert math.isfinite(objective) and objective == metrics["objective"] == metrics["val/excess_sharpe"]
+    policy = load_policy(tmp_path / "run" / "checkpoint.pt")
+    assert isinstance(policy.module.actor_encoder, FTTransformerEncoder)  # the FT-Transformer really trained
 
 
 def test_every_ft_transformer_setting_is_read_during_a_run(compose_config, tmp_path):
