@@ -242,3 +242,51 @@ def test_a_spike_at_the_end_of_a_test_group_moves_no_training_feature_after_the_
         # the spike does move features inside the embargo: the check has teeth
         assert change[test.stop : after[0].start].max() > 1e-3
     assert checked >= 1
+
+
+# Gaps found by mutation testing (mutmut over cappuccino/evaluation/cpcv.py).
+
+
+def test_purge_and_embargo_on_a_hand_worked_example():
+    """60 bars in 3 groups of 20, one test group, purge 2, embargo 3: 2 bars go before a test
+    group and 2 + 3 after it; every other bar trains."""
+    cv = CombinatorialPurgedCV(n_groups=3, n_test_groups=1, purge_bars=2, embargo_bars=3)
+    splits = list(cv.split(100, 160))
+    assert [s.test for s in splits] == [(Segment(100, 120),), (Segment(120, 140),), (Segment(140, 160),)]
+    assert [s.train for s in splits] == [
+        (Segment(125, 160),),  # [120, 125) lost after group 0
+        (Segment(100, 118), Segment(145, 160)),  # [118, 120) before, [140, 145) after group 1
+        (Segment(100, 138),),  # [138, 140) before group 2
+    ]
+
+
+def test_the_defaults_are_six_groups_two_tested_and_no_purge_or_embargo():
+    cv = CombinatorialPurgedCV()
+    assert (cv.n_groups, cv.n_test_groups, cv.purge_bars, cv.embargo_bars) == (6, 2, 0, 0)
+    assert cv.get_n_splits() == 15 and cv.n_paths == 5
+    # no purge, no embargo: each split trains on exactly the bars it does not test
+    for split in cv.split(0, 60):
+        assert bars(split.train).size + bars(split.test).size == 60
+
+
+def test_groups_just_large_enough_for_purge_and_embargo_are_accepted_one_bar_less_is_not():
+    cv = CombinatorialPurgedCV(n_groups=3, n_test_groups=1, purge_bars=2, embargo_bars=3)  # blocks 2 * 2 + 3 = 7
+    assert [s.stop - s.start for s in cv.groups(10, 10 + 3 * 8)] == [8, 8, 8]
+    assert all(split.train for split in cv.split(10, 10 + 3 * 8))  # the middle group keeps one bar
+    with pytest.raises(ValueError) as error:
+        cv.groups(10, 10 + 3 * 7 + 2)
+    assert str(error.value) == (
+        "23 bars make groups of 7 bars, which a training group between two test groups loses entirely to "
+        "2 * cv.purge_bars + cv.embargo_bars = 7: use more data, fewer cv.n_groups, or a smaller purge or embargo"
+    )
+
+
+def test_a_null_embargo_reads_feature_memory_in_groups_and_split():
+    cv = CombinatorialPurgedCV(n_groups=2, n_test_groups=1, purge_bars=0, embargo_bars=None)
+    # no feature memory by default: a null embargo is 0 and one-bar groups are enough
+    assert cv.groups(0, 2) == [Segment(0, 1), Segment(1, 2)]
+    assert [s.train for s in cv.split(0, 2)] == [(Segment(1, 2),), (Segment(0, 1),)]
+    # a feature memory longer than a group makes the null embargo swallow it: split must say so
+    with pytest.raises(ValueError, match=r"cv\.embargo_bars = 10:"):
+        list(cv.split(0, 20, feature_memory=10))
+    assert [s.train for s in cv.split(0, 24, feature_memory=10)] == [(Segment(22, 24),), (Segment(0, 12),)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -540,3 +541,193 @@ def test_rebalance_band_skips_orders_smaller_than_the_band():
     assert banded.holdings[0, 1] == pytest.approx(0.5)  # a 20% order is outside it: traded
     unbanded = plan_and_fill(cash, holdings, weights, price, no_min, symbols)
     assert unbanded.holdings[0, 0] == pytest.approx(0.525)
+
+
+# ------------------------------------------------- gaps closed after mutation testing (mutmut)
+def test_episode_sampling_validation_in_full_and_its_edges() -> None:
+    cases = [
+        ({"num_envs": 0}, "num_envs", "must be >= 1, got 0"),
+        ({"episode_length": 1}, "episode_length", "must be >= 2, got 1"),
+        ({"initial_cash": 0.0}, "initial_cash", "must be > 0, got 0.0"),
+        ({"reward": "x"}, "reward", "must be one of ['log_return', 'excess_log_return'], got 'x'"),
+        ({"reward_scale": 0.0}, "reward_scale", "must be > 0, got 0.0"),
+    ]
+    for kwargs, argument, message in cases:
+        with pytest.raises(ArgumentError, match=f"^{re.escape(f'{argument}: {message}')}$") as error:
+            EpisodeSampling(**kwargs)
+        assert error.value.argument == argument
+    edges = EpisodeSampling(num_envs=1, episode_length=2, initial_cash=0.5, reward="log_return", reward_scale=1e-3)
+    assert (edges.num_envs, edges.episode_length, edges.initial_cash, edges.reward_scale) == (1, 2, 0.5, 1e-3)
+
+
+def test_env_input_errors_in_full() -> None:
+    features, open_, close = random_market(40, 2, 1, seed=30)
+    cfg = env_config(num_envs=2)
+
+    def env(segments=None, o=open_, c=close, **kwargs) -> PortfolioEnv:
+        segments = [Segment(0, 40)] if segments is None else segments
+        return make_env(features, o, c, segments, cfg, 3, torch.zeros(2), **kwargs)
+
+    cases = [
+        (dict(num_envs=0), "num_envs must be >= 1, got 0"),
+        (dict(episode_length=0), "episode_length must be >= 1 or None, got 0"),
+        (dict(segments=[]), "segments is empty: pass at least one Segment(start, stop)"),
+        (dict(segments=[Segment(5, 5)]), "Segment(start=5, stop=5) is not a bar range inside [0, 40)"),
+        (dict(segments=[Segment(-1, 10)]), "Segment(start=-1, stop=10) is not a bar range inside [0, 40)"),
+        (dict(segments=[Segment(0, 41)]), "Segment(start=0, stop=41) is not a bar range inside [0, 40)"),
+        (
+            dict(segments=[Segment(10, 13)]),
+            "Segment(start=10, stop=13) has 3 bars, too few for lookback=3: one step needs lookback + 1 = 4 bars",
+        ),
+    ]
+    bad = "Segment(start=0, stop=40) has non-finite or non-positive open/close prices"
+    for bar, value in ((7, 0.0), (8, -1.0), (9, math.inf)):
+        o = open_.clone()
+        o[bar, 1] = value
+        cases += [(dict(o=o), bad)]
+        cases += [(dict(c=o), bad)]  # the same bad value as a close
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            env(**kwargs)
+
+    unnamed = MarketTensors(features, open_, close, lookback=3)  # no symbols
+    message = (
+        "market has 0 symbols for 2 assets: build it with MarketTensors(..., symbols=...) or "
+        "MarketTensors.from_market, so the rules find each asset's minimum order size"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        PortfolioEnv(unnamed, [Segment(0, 40)], rules=cfg.rules, sampling=cfg.sampling)
+    with pytest.raises(RuntimeError, match=r"^call reset\(\) before step\(\) or reading the portfolio$"):
+        _ = env().cash
+
+
+def test_smallest_valid_inputs_are_accepted() -> None:
+    features, open_, close = random_market(40, 2, 1, seed=31)
+    cfg = env_config(num_envs=4)
+    # A segment of lookback + 1 bars is one decision step; episodes of one step end every step.
+    for kwargs in (dict(segments=[Segment(0, 4)]), dict(segments=[Segment(0, 40)], episode_length=1)):
+        segments = kwargs.pop("segments")
+        env = make_env(features, open_, close, segments, cfg, 3, torch.zeros(2), **kwargs)
+        obs = env.reset()
+        for action in actions(5, 4, 2, seed=32):
+            step = env.step(action)
+            assert step.done.all() and torch.equal(step.final_obs.bar, obs.bar + 1)
+            obs = step.obs
+    # Prices below 1 (a cheap token) are prices like any other.
+    cheap = make_env(features, 1e-3 * open_, 1e-3 * close, [Segment(0, 40)], cfg, 3, torch.zeros(2))
+    cheap.reset()
+    assert torch.isfinite(cheap.step(torch.zeros(4, 2)).reward).all()
+
+
+def test_num_envs_overrides_the_sampling_config() -> None:
+    features, open_, close = random_market(40, 2, 1, seed=33)
+    cfg = env_config(num_envs=3)
+    default = make_env(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2))
+    override = make_env(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2), num_envs=5)
+    assert default.num_envs == 3 and default.reset().bar.shape == (3,)
+    assert override.num_envs == 5 and override.reset().bar.shape == (5,)
+    assert override.step(torch.zeros(5, 2)).reward.shape == (5,)
+
+
+def test_default_seed_is_zero() -> None:
+    features, open_, close = random_market(300, 2, 1, seed=34)
+    cfg = env_config(num_envs=64, episode_length=10)
+    bars = {
+        seed: make_env(features, open_, close, [Segment(0, 300)], cfg, 3, torch.zeros(2), **kw).reset().bar
+        for seed, kw in (("default", {}), (0, dict(seed=0)), (1, dict(seed=1)))
+    }
+    assert torch.equal(bars["default"], bars[0]) and not torch.equal(bars[0], bars[1])
+
+
+def test_whole_segment_episodes_pick_each_segment_equally_and_reproducibly() -> None:
+    """random_start with episode_length=None: each episode runs one whole segment, from its first
+    decision bar to its last, and every segment is equally likely whatever its length."""
+    features, open_, close = random_market(80, 2, 1, seed=35)
+    segments = [Segment(0, 10), Segment(20, 60), Segment(70, 75)]  # 7, 37 and 2 decision steps
+    first_bar, steps = {2: 0, 22: 1, 72: 2}, [7, 37, 2]
+    cfg = env_config(num_envs=3000)
+
+    def env(seed: int) -> PortfolioEnv:
+        return make_env(features, open_, close, segments, cfg, 3, torch.zeros(2), episode_length=None, seed=seed)
+
+    a, b = env(5), env(5)
+    for _ in range(3):  # the env's own generator: interleaved resets of two same-seed envs agree
+        assert torch.equal(a.reset().bar, b.reset().bar)
+    obs = a.reset()
+    assert set(obs.bar.tolist()) == set(first_bar)
+    share = torch.bincount(torch.tensor([first_bar[bar] for bar in obs.bar.tolist()]), minlength=3) / 3000
+    assert (share - 1 / 3).abs().max() < 0.04, share
+    segment = torch.tensor([first_bar[bar] for bar in obs.bar.tolist()])
+    stop = torch.tensor([s.stop for s in segments])[segment]
+    length, ended = torch.zeros(3000, dtype=torch.long), torch.zeros(3000, dtype=torch.bool)
+    action = torch.zeros(3000, 2)
+    for _ in range(37):
+        step = a.step(action)
+        length += ~ended
+        newly = step.done & ~ended
+        assert torch.equal(step.final_obs.bar[newly], stop[newly] - 1)  # the segment's last fill bar
+        ended |= step.done
+    assert ended.all() and torch.equal(length, torch.tensor(steps)[segment])
+
+
+def test_a_fresh_episode_is_all_cash_in_float64() -> None:
+    features, open_, close = random_market(40, 3, 1, seed=36)
+    cfg = env_config(num_envs=4, initial_cash=1234.5)
+    env = make_env(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(3))
+    env.reset()
+    assert env.cash.dtype == env.holdings.dtype == torch.float64
+    assert env.cash.tolist() == [1234.5] * 4
+    assert env.holdings.shape == (4, 3) and (env.holdings == 0).all()
+
+
+def test_excess_reward_of_each_env_is_minus_its_own_benchmark_when_holding_cash() -> None:
+    # Two envs on different segments stay all cash (action -1: weight 0), so their value stays
+    # 1000 and the excess reward is -scale * log(B[t+1] / B[t]) of each env's own benchmark:
+    # 500 / (1.01 * open) units of each asset, bought at the open after its first decision bar.
+    open_ = [[10.0, 20.0], [10.0, 20.0], [11.0, 18.0], [12.0, 22.0]]
+    close = [[10.0, 20.0], [11.0, 18.0], [12.0, 22.0], [13.0, 21.0]]
+    open_t, close_t = torch.tensor(open_, dtype=torch.float64), torch.tensor(close, dtype=torch.float64)
+    cfg = env_config(num_envs=2, reward="excess_log_return", reward_scale=10.0)
+    env = make_env(
+        torch.zeros(4, 2, 1), open_t, close_t, [Segment(0, 3), Segment(1, 4)], cfg, 1, [0.0, 0.0],
+        random_start=False, episode_length=None,
+    )  # fmt: skip
+    assert env.reset().bar.tolist() == [0, 1]
+    units = [[500 / (1.01 * 10.0), 500 / (1.01 * 20.0)], [500 / (1.01 * 11.0), 500 / (1.01 * 18.0)]]
+    bench = [[1000.0] + [units[0][0] * close[t][0] + units[0][1] * close[t][1] for t in (1, 2)],
+             [1000.0] + [units[1][0] * close[t][0] + units[1][1] * close[t][1] for t in (2, 3)]]  # fmt: skip
+    for k in range(2):
+        step = env.step(-torch.ones(2, 2))
+        assert step.value.tolist() == [1000.0, 1000.0] and step.fees.tolist() == [0.0, 0.0]
+        expected = [-10.0 * math.log(bench[b][k + 1] / bench[b][k]) for b in range(2)]
+        torch.testing.assert_close(step.reward, torch.tensor(expected, dtype=torch.float32), rtol=1e-6, atol=1e-6)
+    assert step.done.all()
+
+
+def test_equal_weight_buy_and_hold_on_batched_inputs() -> None:
+    # (E, A) first opens and (E, N, A) closes: each batch row is its own benchmark.
+    g = torch.Generator().manual_seed(37)
+    open_first = 10.0 + torch.rand(3, 2, generator=g, dtype=torch.float64)
+    close = 10.0 + torch.rand(3, 5, 2, generator=g, dtype=torch.float64)
+    batched = equal_weight_buy_and_hold(open_first, close, 1000.0, 0.01)
+    assert batched.shape == (3, 5)
+    for e in range(3):
+        units = 500.0 / (1.01 * open_first[e])
+        torch.testing.assert_close(batched[e], (units * close[e]).sum(-1), rtol=1e-15, atol=0.0)
+
+
+def test_observations_are_float32_whatever_the_default_dtype() -> None:
+    features, open_, close = random_market(40, 2, 1, seed=38)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = env_config(num_envs=2, episode_length=2)
+        env = make_env(features, open_, close, [Segment(0, 40)], cfg, 3, torch.zeros(2))
+        reset = env.reset()
+        steps = [env.step(torch.zeros(2, 2)) for _ in range(3)]
+    finally:
+        torch.set_default_dtype(default)
+    weights = [reset.weights] + [w for s in steps for w in (s.obs.weights, s.final_obs.weights)]
+    assert {w.dtype for w in weights} == {torch.float32}
+    assert {s.reward.dtype for s in steps} == {torch.float32}
+    assert env.cash.dtype == torch.float64

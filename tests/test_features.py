@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -10,10 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cappuccino.data.cleaning import DataError
 from cappuccino.data.features import (
     CLIP,
     FEATURE_NAMES,
+    INDICATOR_REACH,
+    REACH_TOLERANCE,
     WARMUP_BARS,
+    _forgotten_after,
     causal_zscore,
     compute_features,
     feature_memory,
@@ -149,8 +155,11 @@ def bars() -> np.ndarray:
     return random_walk_ohlcv(n_bars=240, n_assets=3, seed=1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def raw(bars: np.ndarray) -> np.ndarray:
+    # Function scope on purpose: a module-scoped fixture runs inside the first test that asks for
+    # it, so mutmut links raw_indicators to that test only and never runs the reference tests
+    # against its mutants. Computing it costs a few milliseconds.
     return raw_indicators(bars)
 
 
@@ -275,3 +284,143 @@ def test_with_features_attaches_compute_features_to_the_market(bars: np.ndarray)
     assert featured.first_valid == first_valid == first_valid_bar(30)
     assert featured.feature_memory == feature_memory(30) > first_valid
     assert featured.ohlcv is market.ohlcv and market.features is None  # the bars are shared, not changed
+
+
+# ------------------------------------------------- gaps closed after mutation testing (mutmut)
+def test_warm_up_and_memory_are_the_hand_computed_bar_counts() -> None:
+    # Warm-up: the 50-bar mean of an ATR that starts at bar 14 is first defined at bar 63.
+    assert WARMUP_BARS == 63
+    assert [first_valid_bar(w) for w in (2, 30, 500)] == [64, 92, 562]
+    # A Wilder(14) average forgets a bar after ceil(log 1e-6 / log(13/14)) = 187 bars; the
+    # re-acceleration chains two of them plus a second difference: 2 * 187 + 3 = 377 bars.
+    assert INDICATOR_REACH == 377
+    assert [feature_memory(w) for w in (2, 20, 500)] == [378, 396, 876]
+
+
+@pytest.mark.parametrize(("alpha", "bars"), [(1 / 14, 187), (2 / 27, 180), (2 / 10, 62)])
+def test_forgotten_after_is_the_first_lag_weighted_below_the_tolerance(alpha: float, bars: int) -> None:
+    assert _forgotten_after(alpha) == bars
+    assert (1 - alpha) ** bars <= REACH_TOLERANCE < (1 - alpha) ** (bars - 1)
+
+
+@pytest.mark.parametrize("column", FEATURE_NAMES)
+def test_every_feature_column_is_causal_and_live(column: str) -> None:
+    """Changing bars after k leaves rows <= k of this column unchanged, raw and z-scored, and
+    does change the column later (so the check is not vacuous)."""
+    c = FEATURE_NAMES.index(column)
+    bars = random_walk_ohlcv(n_bars=200, n_assets=2, seed=11)
+    base_raw, (base, first_valid) = raw_indicators(bars), compute_features(bars, zscore_window=20)
+    for k in (first_valid - 1, 120, 180):
+        changed = bars.copy()
+        changed[k + 1 :] *= np.random.default_rng(k).uniform(0.7, 1.4, changed[k + 1 :].shape)
+        raw, (features, _) = raw_indicators(changed), compute_features(changed, zscore_window=20)
+        assert np.array_equal(raw[: k + 1, :, c], base_raw[: k + 1, :, c], equal_nan=True), (column, k)
+        assert np.array_equal(features[: k + 1, :, c], base[: k + 1, :, c], equal_nan=True), (column, k)
+        assert not np.array_equal(raw[k + 1 :, :, c], base_raw[k + 1 :, :, c], equal_nan=True), (column, k)
+        assert not np.array_equal(features[k + 1 :, :, c], base[k + 1 :, :, c], equal_nan=True), (column, k)
+
+
+def test_causal_zscore_known_answer_population_std() -> None:
+    # Window (1, 2, 3): mean 2, population std sqrt(2/3), so z = 1 / sqrt(2/3) = sqrt(1.5);
+    # the sample std (ddof=1) would give exactly 1.
+    z = causal_zscore(np.array([5.0, 1.0, 2.0, 3.0]).reshape(4, 1, 1), window=3)[:, 0, 0]
+    assert np.isnan(z[:2]).all()
+    assert z[2] == pytest.approx(-2.0 / math.sqrt(26.0), rel=1e-12)  # (5, 1, 2): mean 8/3, std sqrt(26)/3
+    assert z[3] == pytest.approx(math.sqrt(1.5), rel=1e-12)
+
+
+def test_zscore_window_of_two_is_the_smallest_accepted() -> None:
+    bars = random_walk_ohlcv(n_bars=70, n_assets=1, seed=2)
+    features, first_valid = compute_features(bars, zscore_window=2)
+    assert first_valid == 64 and np.isfinite(features[64:]).all() and np.isnan(features[:64]).all()
+    with pytest.raises(ValueError, match=r"^zscore_window must be >= 2 bars, got 1$"):
+        compute_features(bars, zscore_window=1)
+
+
+def test_history_must_be_longer_than_the_first_valid_bar() -> None:
+    bars = random_walk_ohlcv(n_bars=93, n_assets=1, seed=3)
+    features, first_valid = compute_features(bars, zscore_window=30)  # 93 bars: exactly one valid row
+    assert first_valid == 92 and np.isfinite(features[92]).all() and np.isnan(features[:92]).all()
+    message = (
+        "ohlcv has 92 bars but features need more than 92 (63 indicator warm-up + zscore_window=30 - 1): "
+        "load a longer history (e.g. data.n_bars, or data.start / data.end) or lower window.zscore_window"
+    )
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+        compute_features(bars[:92], zscore_window=30)
+    with pytest.raises(DataError, match=r"^ohlcv has 0 bars but"):
+        compute_features(np.float64(1.0), zscore_window=30)  # not even an array of bars
+
+
+def test_raw_indicators_need_more_than_the_warm_up_and_say_so_in_full() -> None:
+    bars = random_walk_ohlcv(n_bars=64, n_assets=2, seed=4)
+    assert np.isfinite(raw_indicators(bars)[63]).all()
+    cases = [
+        (bars[:63], "ohlcv has 63 bars; the indicators need more than 63"),
+        (
+            np.where(np.arange(5) == 1, np.inf, bars),
+            "ohlcv contains NaN or inf: fill or drop missing bars before computing features",
+        ),
+        (np.where(np.arange(5) == 2, 0.0, bars), "ohlcv prices (open, high, low, close) must be > 0"),
+        (np.where(np.arange(5) == 4, -1.0, bars), "ohlcv volume must be >= 0"),
+        (bars[..., :4], "ohlcv must have shape (T, A, 5) [open, high, low, close, volume], got (64, 2, 4)"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            raw_indicators(bad)
+
+
+def test_indicators_are_scale_free_so_prices_below_one_work() -> None:
+    bars = random_walk_ohlcv(n_bars=150, n_assets=2, seed=5)
+    cheap = bars.copy()
+    cheap[..., :4] *= 1e-3  # a token at 0.1: every price below 1
+    np.testing.assert_allclose(raw_indicators(cheap), raw_indicators(bars), rtol=1e-8, atol=1e-10)
+
+
+def test_integer_bars_give_the_same_indicators_as_float_bars() -> None:
+    bars = np.round(random_walk_ohlcv(n_bars=120, n_assets=2, seed=6) * [10, 10, 10, 10, 1]).astype(np.int64)
+    assert np.array_equal(raw_indicators(bars), raw_indicators(bars.astype(np.float64)), equal_nan=True)
+
+
+@pytest.mark.parametrize("volume", [0.0, 5.0])
+def test_flat_markets_raise_no_numpy_warnings(volume: float) -> None:
+    bars = np.full((150, 2, 5), 100.0)
+    bars[..., 4] = volume
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 0 / 0 would warn "invalid value" or "divide by zero"
+        compute_features(bars, zscore_window=20)
+
+
+def test_breakout_after_a_zero_volume_baseline_has_relative_volume_one() -> None:
+    # Flat at 100 with no volume, then bar 40 closes at 110 (asset 0) or 90 (asset 1) on volume 7:
+    # a breakout whose 20-bar volume baseline is 0, so its relative volume is the neutral 1.
+    bars = np.full((80, 2, 5), 100.0)
+    bars[..., 4] = 0.0
+    bars[40:, 0, :4] = 110.0
+    bars[40:, 1, :4] = 90.0
+    bars[40, 0, 1], bars[40, 1, 2] = 111.0, 89.0  # the breakout bar's high and low
+    bars[40, :, 0] = 100.0  # opened at the old level
+    bars[40, :, 4] = 7.0
+    breakout = raw_indicators(bars)[:, :, FEATURE_NAMES.index("breakout_volume")]
+    assert breakout[40].tolist() == [1.0, -1.0]
+    assert (breakout[20:40] == 0.0).all() and np.isnan(breakout[:20]).all()
+
+
+def test_flat_market_indicators_take_their_neutral_values() -> None:
+    # Every ratio's denominator is 0: RSI 50, CCI / DX / atr_regime 0, no breakout.
+    bars = np.full((120, 2, 5), 100.0)
+    bars[..., 4] = 3.0
+    raw = raw_indicators(bars)[WARMUP_BARS:]
+    expected = dict.fromkeys(FEATURE_NAMES, 0.0) | {"rsi": 50.0}
+    for name, value in expected.items():
+        assert (raw[..., FEATURE_NAMES.index(name)] == value).all(), name
+
+
+def test_equal_expansion_both_ways_is_no_directional_movement() -> None:
+    # Each bar's high is 1 above the previous high and its low 1 below the previous low:
+    # +DM == -DM, so (as in TA-Lib) neither counts and DX stays 0 although the range grows.
+    T = 100
+    high, low = 210.0 + np.arange(T), 200.0 - np.arange(T) * 1.0
+    close = (high + low) / 2
+    bars = np.stack([close, high, low, close, np.ones(T)], -1)[:, None, :]
+    dx = raw_indicators(bars)[:, 0, FEATURE_NAMES.index("dx")]
+    assert np.isnan(dx[:14]).all() and (dx[14:] == 0.0).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -89,3 +90,76 @@ def test_bad_input_is_rejected_with_a_clear_message(equity: np.ndarray, kwargs: 
 def test_periods_per_year_rejects_a_non_positive_interval() -> None:
     with pytest.raises(ValueError, match="positive duration"):
         periods_per_year("0h")
+
+
+# Gaps found by mutation testing (mutmut over cappuccino/evaluation/metrics.py).
+
+
+def test_periods_per_year_accepts_the_shortest_interval_and_rejects_negative_ones() -> None:
+    assert periods_per_year("1ns") == 365 * 86400 * 1e9
+    with pytest.raises(ValueError, match=r"^interval must be a positive duration, got -1 days \+23:00:00$"):
+        periods_per_year("-1h")
+
+
+def test_fees_and_turnover_default_to_zero() -> None:
+    m = performance_metrics(np.array([100.0, 101.0, 100.5]), periods_per_year=8760)
+    assert (m["fees_paid"], m["turnover"]) == (0.0, 0.0)
+
+
+def test_fewer_than_one_period_per_year_is_a_valid_annualisation() -> None:
+    # Two-year bars: 0.5 periods a year, so two periods are one year of growth.
+    m = performance_metrics(np.array([100.0, 110.0, 121.0]), periods_per_year=0.5)
+    assert m["annual_return"] == pytest.approx(math.sqrt(1.21) ** 0.5 - 1)
+    assert m["annual_volatility"] == 0.0  # both returns are 10 %
+
+
+def test_equity_below_one_is_valid() -> None:
+    """An equity curve normalised to V_0 = 1 that loses money: values under 1 are fine, only
+    values <= 0 make returns undefined."""
+    equity = np.array([1.0, 0.8, 0.5, 0.6])
+    m = performance_metrics(equity, periods_per_year=3)
+    assert m["total_return"] == pytest.approx(-0.4)
+    assert m["max_drawdown"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("equity", "kwargs", "message"),
+    [
+        (np.array([100.0, -1.0, 50.0]), {}, "equity values must be finite and > 0 (returns are ratios of consecutive values)"),
+        (np.array([100.0, np.inf, 50.0]), {}, "equity values must be finite and > 0 (returns are ratios of consecutive values)"),
+        (np.array([100.0, 101.0, 102.0]), {"turnover": -1.0}, "turnover must be a finite number >= 0, got -1.0"),
+        (np.array([100.0, 101.0, 102.0]), {"turnover": np.nan}, "turnover must be a finite number >= 0, got nan"),
+        (np.array([100.0, 101.0, 102.0]), {"fees_paid": np.inf}, "fees_paid must be a finite number >= 0, got inf"),
+        (np.array([100.0, 101.0, 102.0]), {"periods_per_year": -3.0}, "periods_per_year must be > 0, got -3.0"),
+        (
+            np.array([[100.0, 101.0, 102.0]]),
+            {},
+            r"equity must be a 1-D series V_0..V_N with N >= 2 periods (a volatility needs two returns), got shape (1, 3)",
+        ),
+    ],
+)
+def test_bad_input_messages_are_exact(equity: np.ndarray, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        performance_metrics(equity, **{"periods_per_year": 8760, **kwargs})
+    assert str(error.value) == message
+
+
+def test_annual_return_overflows_to_inf_without_a_warning() -> None:
+    """The docstring's promise: a short, steep curve extrapolates to inf, and quietly (a warning
+    would be turned into an error by a strict test run or a `-W error` sweep)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = performance_metrics(np.array([1.0, 10.0, 100.0]), periods_per_year=105120)
+    assert m["annual_return"] == math.inf
+    assert m["total_return"] == pytest.approx(99.0)
+
+
+def test_float32_equity_is_computed_in_float64() -> None:
+    equity = (100.0 * np.exp(np.cumsum(np.random.default_rng(9).normal(1e-4, 1e-3, 200)))).astype(np.float32)
+    low = performance_metrics(equity, periods_per_year=8760)
+    exact = performance_metrics(equity.astype(np.float64), periods_per_year=8760)
+    assert low == pytest.approx(exact, rel=1e-12, abs=0)
+
+
+def test_integer_equity_gives_the_same_metrics_as_float_equity() -> None:
+    assert performance_metrics([100, 110, 99, 120], 3) == performance_metrics(np.array([100.0, 110.0, 99.0, 120.0]), 3)

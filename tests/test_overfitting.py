@@ -4,6 +4,7 @@ expected maximum Sharpe against their formulas and a Monte-Carlo maximum."""
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import combinations
 from statistics import NormalDist
 
@@ -159,3 +160,175 @@ def test_expected_maximum_matches_a_monte_carlo_maximum(n_trials: int) -> None:
 def test_sharpe_statistics_reject_bad_input(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# Gaps found by mutation testing (mutmut over cappuccino/evaluation/overfitting.py).
+
+
+def _reference_selected_sharpes(performance: np.ndarray, n_partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per split, the in-sample best trial's Sharpe (mean / std, ddof=1) in and out of sample, from
+    np.mean / np.std on the rows themselves."""
+    blocks = np.array_split(np.arange(len(performance)), n_partitions)
+    is_best, oos_best = [], []
+    for chosen in combinations(range(n_partitions), n_partitions // 2):
+        is_rows = np.concatenate([blocks[i] for i in chosen])
+        oos_rows = np.setdiff1d(np.arange(len(performance)), is_rows)
+        is_sr = performance[is_rows].mean(axis=0) / performance[is_rows].std(axis=0, ddof=1)
+        oos_sr = performance[oos_rows].mean(axis=0) / performance[oos_rows].std(axis=0, ddof=1)
+        best = np.argmax(is_sr)
+        is_best.append(is_sr[best])
+        oos_best.append(oos_sr[best])
+    return np.array(is_best), np.array(oos_best)
+
+
+@pytest.mark.parametrize(("n_periods", "n_partitions"), [(40, 8), (37, 6), (9, 2)])
+def test_pbo_reports_the_selected_trials_sharpes_with_ddof_1(n_periods: int, n_partitions: int) -> None:
+    # Every trial's half has the same length, so ranks (and logits) do not see the ddof; these do.
+    performance = np.random.default_rng(10).normal(0.001, 0.01, size=(n_periods, 5))
+    result = probability_of_backtest_overfitting(performance, n_partitions)
+    is_sharpe, oos_sharpe = _reference_selected_sharpes(performance, n_partitions)
+    np.testing.assert_allclose(result.is_sharpe, is_sharpe, rtol=1e-9)
+    np.testing.assert_allclose(result.oos_sharpe, oos_sharpe, rtol=1e-9)
+
+
+@pytest.mark.parametrize("factor", [1e-12, 1e-6, 1e6])
+def test_rescaling_one_trial_changes_no_sharpe_and_no_logit(factor: float) -> None:
+    """Sharpe ratios are scale-free and the zero-std guard is relative to each trial's own
+    returns: one trial reported in other units (or tiny excess returns) must not be read as flat."""
+    performance = np.random.default_rng(11).normal(0.002, 0.01, size=(48, 5))
+    base = probability_of_backtest_overfitting(performance, 4)
+    scaled = performance.copy()
+    scaled[:, 2] *= factor
+    result = probability_of_backtest_overfitting(scaled, 4)
+    np.testing.assert_allclose(result.logits, base.logits, rtol=1e-12)
+    np.testing.assert_allclose(result.is_sharpe, base.is_sharpe, rtol=1e-9)
+    np.testing.assert_allclose(result.oos_sharpe, base.oos_sharpe, rtol=1e-9)
+
+
+def test_a_trial_on_a_large_offset_keeps_its_exact_sharpe() -> None:
+    """Each trial is centred on its own mean before sums of squares are taken: a trial whose
+    returns sit far from the others' (scores around 1000 next to returns around 0) keeps full
+    precision."""
+    rng = np.random.default_rng(12)
+    performance = rng.normal(0.0, 0.01, size=(40, 4))
+    performance[:, 0] = 1000.0 + rng.normal(0.0, 1e-3, size=40)  # Sharpe ~1e6: picked in every split
+    result = probability_of_backtest_overfitting(performance, 4)
+    is_sharpe, oos_sharpe = _reference_selected_sharpes(performance, 4)
+    np.testing.assert_allclose(result.is_sharpe, is_sharpe, rtol=1e-9)
+    np.testing.assert_allclose(result.oos_sharpe, oos_sharpe, rtol=1e-9)
+
+
+def test_a_trial_that_never_trades_has_sharpe_zero_without_warnings() -> None:
+    performance = np.random.default_rng(13).normal(0.0, 0.01, size=(32, 3))
+    performance[:, 1] = 0.0  # a flat agent: zero excess return every period
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = probability_of_backtest_overfitting(performance, 4)
+    np.testing.assert_allclose(result.logits, _reference_logits(performance, 4), rtol=1e-12)
+
+
+def test_float32_returns_are_computed_in_float64() -> None:
+    performance = np.random.default_rng(14).normal(0.001, 0.01, size=(40, 4)).astype(np.float32)
+    low = probability_of_backtest_overfitting(performance, 4)
+    exact = probability_of_backtest_overfitting(performance.astype(np.float64), 4)
+    np.testing.assert_array_equal(low.logits, exact.logits)
+    np.testing.assert_allclose(low.is_sharpe, exact.is_sharpe, rtol=1e-12)
+    np.testing.assert_allclose(low.oos_sharpe, exact.oos_sharpe, rtol=1e-12)
+
+
+def test_pbo_accepts_the_smallest_valid_inputs() -> None:
+    """Two trials are enough to rank, and n_periods == n_partitions is fine when a half still
+    holds two periods."""
+    performance = np.array([[0.013, 0.021], [-0.011, 0.004], [0.022, 0.009], [0.002, -0.017]])
+    result = probability_of_backtest_overfitting(performance, 4)
+    np.testing.assert_allclose(result.logits, _reference_logits(performance, 4), rtol=1e-12)
+    assert result.n_combinations == 6
+
+
+def test_identical_trials_share_the_average_of_their_ranks() -> None:
+    """Two copies of the best trial: whichever is picked in sample, out of sample the copies tie and
+    share the average of ranks N - 1 and N (scipy's "average"), so omega = (N - 1/2) / (N + 1)."""
+    rng = np.random.default_rng(15)
+    performance = rng.normal(0.0, 0.01, size=(40, 4))
+    performance[:, 1] = 0.004 + rng.normal(0.0, 0.001, size=40)  # the best trial everywhere
+    performance[:, 3] = performance[:, 1]
+    result = probability_of_backtest_overfitting(performance, 4)
+    np.testing.assert_allclose(result.logits, math.log(3.5 / 1.5))  # omega = 3.5 / 5
+    np.testing.assert_allclose(result.logits, _reference_logits(performance, 4), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("performance", "n_partitions", "message"),
+    [
+        (np.full((32, 3), np.inf), 4, "performance contains NaN or inf; drop or fill those periods first"),
+        (
+            np.zeros((10, 3)),
+            16,
+            "performance has 10 periods (rows), fewer than n_partitions=16; lower n_partitions or pass more periods",
+        ),
+        (
+            np.zeros((3, 3)),
+            2,
+            "with n_partitions=2 and 3 periods a half holds a single period, too few for a Sharpe ratio; "
+            "pass at least 4 periods",
+        ),
+    ],
+)
+def test_pbo_error_messages_are_exact(performance: np.ndarray, n_partitions: int, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        probability_of_backtest_overfitting(performance, n_partitions)
+    assert str(error.value) == message
+
+
+def test_psr_accepts_two_observations() -> None:
+    assert probabilistic_sharpe_ratio(0.1, 2, 0.0, 3.0) == pytest.approx(Z.cdf(0.1 / math.sqrt(1 + 0.01 / 2)), rel=1e-12)
+
+
+def test_psr_with_positive_skew_narrows_the_standard_error() -> None:
+    # 1 - 1.0 * 0.5 + (3 - 1) / 4 * 0.25 = 0.625 < 1: positive skew raises the PSR above the normal case.
+    psr = probabilistic_sharpe_ratio(0.5, 10, 1.0, 3.0)
+    assert psr == pytest.approx(Z.cdf(0.5 * 3 / math.sqrt(0.625)), rel=1e-12)
+    assert psr > probabilistic_sharpe_ratio(0.5, 10, 0.0, 3.0)
+
+
+@pytest.mark.parametrize("name", ["sharpe", "skewness", "kurtosis", "benchmark"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_psr_names_the_argument_that_is_not_finite(name: str, bad: float) -> None:
+    arguments = {"sharpe": 0.1, "skewness": 0.0, "kurtosis": 3.0, "benchmark": 0.0, name: bad}
+    with pytest.raises(ValueError) as error:
+        probabilistic_sharpe_ratio(n_observations=100, **arguments)
+    assert str(error.value) == f"{name} must be finite, got {bad}"
+
+
+def test_psr_rejects_a_zero_variance_with_the_exact_message() -> None:
+    # A two-point distribution sits on the bound kurtosis = 1 + skew^2: here 1 - 1 * 2 + 1/4 * 4 = 0.
+    with pytest.raises(ValueError) as error:
+        probabilistic_sharpe_ratio(2.0, 100, 1.0, 2.0)
+    assert str(error.value) == (
+        "1 - skewness * sharpe + (kurtosis - 1) / 4 * sharpe^2 = 0.0 is not positive; "
+        "kurtosis must be the non-excess kurtosis (>= 1 + skewness^2), e.g. 3 for normal returns"
+    )
+
+
+def test_expected_maximum_matches_the_closed_form_on_known_numbers() -> None:
+    """Two trials at -1 and +1: V = 2 (ddof=1), and Z^-1(1 - 1/2) = 0 leaves only the gamma term."""
+    from scipy.stats import norm
+
+    gamma = 0.5772156649015329
+    assert expected_maximum_sharpe([-1.0, 1.0]) == pytest.approx(math.sqrt(2) * gamma * norm.ppf(1 - 1 / (2 * math.e)))
+    trials = [0.1, 0.2, 0.3, 0.4]  # V = 1/60
+    quantile = (1 - gamma) * norm.ppf(0.75) + gamma * norm.ppf(1 - 1 / (4 * math.e))
+    assert expected_maximum_sharpe(trials) == pytest.approx(math.sqrt(1 / 60) * quantile, rel=1e-12)
+
+
+def test_expected_maximum_rejects_bad_input_exactly() -> None:
+    with pytest.raises(ValueError) as error:
+        expected_maximum_sharpe([0.1, math.nan])
+    assert str(error.value) == "trial_sharpes contains NaN or inf"
+    with pytest.raises(ValueError, match=r"flat sequence, got shape \(2, 2\)"):
+        expected_maximum_sharpe([[0.1, 0.2], [0.3, 0.4]])
+
+
+def test_expected_maximum_of_float32_sharpes_is_computed_in_float64() -> None:
+    trials = np.random.default_rng(16).normal(0.0, 0.02, size=50).astype(np.float32)
+    assert expected_maximum_sharpe(trials) == pytest.approx(expected_maximum_sharpe(trials.astype(np.float64)), rel=1e-12)

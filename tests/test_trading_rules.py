@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -252,3 +253,68 @@ def test_no_order_below_the_band_and_fees_are_fee_times_notional(seed: int) -> N
     notional = ((orders.sell + orders.buy) * price).sum(-1)
     assert torch.equal(fill.fees, fee * notional) and (fill.fees[notional > 0] > 0).all()
     torch.testing.assert_close(fill.turnover, notional / value.squeeze(-1), rtol=1e-15, atol=0.0, equal_nan=True)
+
+
+# ------------------------------------------------- gaps closed after mutation testing (mutmut)
+def test_actions_above_one_count_as_one() -> None:
+    # (2, -1, 0) -> raw (1, 0, 0.5): the 2 is clamped before the total is scaled down by 1.5;
+    # unclamped it would be (1.5, 0, 0.5) / 2 = (0.75, 0, 0.25).
+    got = target_weights(torch.tensor([[2.0, -1.0, 0.0]], dtype=F64), cash_reserve=0.1)
+    torch.testing.assert_close(got, torch.tensor([[0.6, 0.0, 0.3]], dtype=F64), rtol=1e-15, atol=1e-16)
+
+
+def test_target_weights_work_on_any_leading_shape() -> None:
+    action = 2.0 * torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
+    rows = target_weights(action.reshape(12, 5), cash_reserve=0.05).reshape(4, 3, 5)
+    assert torch.equal(target_weights(action, cash_reserve=0.05), rows)  # (T, B, A)
+    assert torch.equal(target_weights(action[1, 2], cash_reserve=0.05), rows[1, 2])  # one portfolio (A,)
+
+
+def test_an_order_of_exactly_the_minimum_size_is_sent() -> None:
+    # V = 1000 at price 100: a 5% target is exactly 0.5 units, the minimum: the exchange takes it.
+    cash, holdings = torch.tensor([1000.0], dtype=F64), torch.zeros(1, 1, dtype=F64)
+    price, weights = torch.tensor([[100.0]], dtype=F64), torch.tensor([[0.05]], dtype=F64)
+    rules = TradingRules(fee=0.0, rebalance_band=0.0, min_order_size={"ETH": 0.5})
+    assert plan_orders(cash, holdings, weights, price, rules, rules.for_symbols(["ETH"])).buy.item() == 0.5
+    # Rounded down to the increment, 0.6 units become 0.5 == the minimum: still sent, both sides.
+    stepped = TradingRules(fee=0.0, rebalance_band=0.0, min_order_size={"ETH": 0.5}, qty_increment={"ETH": 0.25})
+    up = plan_orders(cash, holdings, torch.tensor([[0.06]], dtype=F64), price, stepped, stepped.for_symbols(["ETH"]))
+    assert up.buy.item() == 0.5 and up.sell.item() == 0.0
+    held = torch.tensor([[0.6]], dtype=F64)
+    down = plan_orders(cash, held, torch.zeros(1, 1, dtype=F64), price, stepped, stepped.for_symbols(["ETH"]))
+    assert down.sell.item() == 0.5 and down.buy.item() == 0.0
+
+
+def test_an_order_worth_exactly_the_band_is_sent() -> None:
+    # "Skip orders worth less than the band": 50 of V = 1000 with a 5% band is not less.
+    cash, holdings = torch.tensor([1000.0], dtype=F64), torch.zeros(1, 2, dtype=F64)
+    price, weights = torch.tensor([[100.0, 100.0]], dtype=F64), torch.tensor([[0.05, 0.0499]], dtype=F64)
+    rules = TradingRules(fee=0.0, rebalance_band=0.05, min_order_size={"A": 0.0, "B": 0.0})
+    orders = plan_orders(cash, holdings, weights, price, rules, rules.for_symbols(["A", "B"]))
+    assert orders.buy.tolist() == [[0.5, 0.0]]
+
+
+def test_validation_messages_in_full() -> None:
+    cases = [
+        ({"fee": 0.1}, "fee: must be in [0, 0.1), got 0.1"),
+        ({"cash_reserve": 1.0}, "cash_reserve: must be in [0, 1), got 1.0"),
+        ({"rebalance_band": -0.5}, "rebalance_band: must be in [0, 1), got -0.5"),
+        ({"min_order_size": {"X": -1}}, "min_order_size.X: must be >= 0, got -1"),
+        ({"qty_increment": {"X": -0.5}}, "qty_increment.X: must be >= 0, got -0.5"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            TradingRules(**kwargs)
+    rules = TradingRules(min_order_size={"A": 0.0, "B": 0.0})
+    with pytest.raises(ValueError, match=f"^{re.escape(SYMBOLS_STRING)}$"):
+        rules.for_symbols("AB")
+    cash, holdings, weights, price = random_portfolios(0, B=2, A=3)
+    with pytest.raises(ValueError, match=f"^{re.escape(SHAPE_MESSAGE)}$"):
+        plan_orders(cash, holdings, weights, price, rules, rules.for_symbols(["A", "B"]))
+
+
+SYMBOLS_STRING = "symbols: must be a sequence of symbols, got the string 'AB'"
+SHAPE_MESSAGE = (
+    "symbol_rules: has shapes (2,) and (2,), expected (3,) like holdings; "
+    "build it with rules.for_symbols(symbols) for the symbols of the holdings columns"
+)
