@@ -35,6 +35,7 @@ class SyntheticDataConfig(DataConfig):
     n_bars: int = 17520  # two years of hourly bars
     signal_strength: float = 0.1
     signal_half_life: float = 6.0
+    annual_drift: float = 0.3
 
 
 @dataclass
