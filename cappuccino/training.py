@@ -8,6 +8,7 @@ that the tracker, ``metrics.json`` and ``result.json`` receive.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -21,12 +22,14 @@ from cappuccino.agents.ppo import PPO
 from cappuccino.config import CPCVConfig, HoldoutConfig, TrainConfig, build
 from cappuccino.data import load_market
 from cappuccino.data.market import MarketData
+from cappuccino.data.synthetic import SyntheticSource, planted_signal
 from cappuccino.data.tensors import MarketTensors, Segment
 from cappuccino.env.portfolio import EpisodeSampling, PortfolioEnv
 from cappuccino.errors import ConfigError
 from cappuccino.evaluation.backtest import Backtest, stitch
 from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, save_split_scores
 from cappuccino.evaluation.metrics import periods_per_year
+from cappuccino.evaluation.references import mean_reference_metrics, oracle_gain, reference_backtests, reference_metrics
 from cappuccino.evaluation.results import OOS_RETURNS_FILE, RESULT_FILE, Result, save_result
 from cappuccino.evaluation.scoring import SplitBacktests, evaluate, objective_key, oos_excess_returns, score_cv, score_holdout
 from cappuccino.evaluation.splits import Split, select_splits
@@ -109,15 +112,35 @@ def train(
             score_holdout(backtests[0], ppy) if holdout
             else score_cv(tests, ppy, cfg.cv.std_penalty, paths_of)  # type: ignore[attr-defined]
         )  # fmt: skip
+        references = score_references(cfg, market, tensors, splits, rules, ppy)
+        result = dataclasses.replace(result, references=mean_reference_metrics(list(references.values())))
         metrics = result.metrics()
         metrics["objective"] = metrics[objective]
         tracker.log_metrics(metrics, step=steps)  # at the last training step, where the val/ curves end
         tracker.log_metrics(resource_metrics(device))
         write_outputs(paths.run_dir, config_yaml, metrics, result, tracker)
         if not holdout:
-            write_split_scores(paths.run_dir, tests, paths_of, splitter, cfg, market, tracker)
-    print_training_summary(result, metrics["objective"], market, paths.run_dir, tracker.ui_command)
+            write_split_scores(paths.run_dir, tests, references, paths_of, splitter, cfg, market, tracker)
+    print_training_summary(result, objective, metrics["objective"], market, paths.run_dir, tracker.ui_command)
     return metrics["objective"]
+
+
+def score_references(
+    cfg: TrainConfig, market: MarketData, tensors: MarketTensors, splits: Sequence[tuple[int, Split]], rules: TradingRules, ppy: float
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Per split, the reference strategies' metrics on its test segments (``evaluation.references``);
+    the oracle only where the market's generator is known (synthetic data)."""
+    source = build(cfg.data)
+    gain = oracle_gain(planted_signal(source), market, tensors.close.device) if isinstance(source, SyntheticSource) else None
+    return {
+        index: reference_metrics(
+            reference_backtests(
+                tensors, split.test, rules, cfg.env.initial_cash, gain=gain, init_log_std=cfg.agent.init_log_std, seed=cfg.trainer.seed + index
+            ),
+            ppy,
+        )
+        for index, split in splits
+    }
 
 
 def encoder_settings(config_yaml: str) -> dict:
@@ -301,6 +324,7 @@ def resource_metrics(device: torch.device) -> dict[str, float]:
 def write_split_scores(
     run_dir: Path,
     tests: dict[int, list[Backtest]],
+    references: dict[int, dict[str, dict[str, float]]],
     paths_of: list[list[tuple[int, int]]] | None,
     splitter: object,
     cfg: TrainConfig,
@@ -312,7 +336,9 @@ def write_split_scores(
     (``oos_returns.npy``, along ``paths_of``, the paths this run could stitch)."""
     every_path = splitter.paths() if isinstance(cfg.cv, CPCVConfig) else None  # type: ignore[attr-defined]
     n_splits = splitter.get_n_splits(market.first_valid, market.n_bars)  # type: ignore[attr-defined]
-    scores = SplitScores(tests, every_path, n_splits, cfg.cv.std_penalty, periods_per_year(market.interval), market.content_hash)  # type: ignore[attr-defined]
+    scores = SplitScores(
+        tests, every_path, n_splits, cfg.cv.std_penalty, periods_per_year(market.interval), market.content_hash, references  # type: ignore[attr-defined]
+    )
     save_split_scores(run_dir / BACKTESTS_FILE, scores)
     np.save(run_dir / OOS_RETURNS_FILE, oos_excess_returns(tests, paths_of))
     for name in (BACKTESTS_FILE, OOS_RETURNS_FILE):

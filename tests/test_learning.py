@@ -12,7 +12,8 @@ import pytest
 from cappuccino.config import build, validate
 from cappuccino.data import load_market
 from cappuccino.data.tensors import MarketTensors
-from cappuccino.evaluation.backtest import RandomPolicy, backtest
+from cappuccino.evaluation.backtest import backtest
+from cappuccino.evaluation.references import RandomPolicy
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.runtime import RunPaths
 
@@ -51,7 +52,7 @@ def _train(compose_config, tmp_path, strength: float, precision: str = "32") -> 
     market, _ = load_market(cfg.data, cfg.window.zscore_window)
     split = next(iter(build(cfg.cv).split(market.first_valid, market.n_bars)))
     tensors = MarketTensors.from_market(market, cfg.window.lookback, "cpu")
-    (random_run,) = backtest(RandomPolicy(market.n_assets, seed=0), tensors, split.test, build(cfg.rules), cfg.env.initial_cash)
+    (random_run,) = backtest(RandomPolicy(market.n_assets, seed=0, log_std=cfg.agent.init_log_std), tensors, split.test, build(cfg.rules), cfg.env.initial_cash)
     return metrics, random_run.metrics(periods_per_year(market.interval))["sharpe"]
 
 

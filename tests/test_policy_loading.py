@@ -16,6 +16,7 @@ from cappuccino.data import load_market
 from cappuccino.data.tensors import MarketTensors
 from cappuccino.evaluation.backtest import backtest, stitch
 from cappuccino.evaluation.metrics import periods_per_year
+from cappuccino.evaluation.results import BACKTEST_METRICS
 from cappuccino.evaluation.splits import select_splits
 from cappuccino.hparams_search.best import best_trial_folders
 from cappuccino.models.checkpoint import CheckpointError, CheckpointMismatch
@@ -66,7 +67,7 @@ def test_a_loaded_policy_backtests_to_the_runs_own_test_metrics(compose_config, 
     runs = backtest(policy, tensors, split.test, build(cfg.rules), cfg.env.initial_cash)
     metrics = stitch(runs).metrics(periods_per_year(market.interval))
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert {f"test/{k}": v for k, v in metrics.items()} == {k: v for k, v in saved.items() if k.startswith("test/")}
+    assert {f"test/{k}": v for k, v in metrics.items()} == {f"test/{k}": saved[f"test/{k}"] for k in BACKTEST_METRICS}
 
 
 def test_an_ensemble_of_every_split_comes_from_the_folder_and_from_the_mlflow_run(cpcv_run):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from cappuccino.data.tensors import MarketTensors, Segment
 from cappuccino.env.portfolio import EpisodeSampling, PortfolioEnv, equal_weight_buy_and_hold
 from cappuccino.evaluation.metrics import performance_metrics
 from cappuccino.models.loading import Policy
-from cappuccino.trading.rules import TradingRules, target_weights
+from cappuccino.trading.rules import TradingRules
 
 
 @dataclass(frozen=True)
@@ -36,25 +37,30 @@ class Backtest:
         out = dict(agent)
         out.update({f"benchmark_{k}": v for k, v in bench.items() if k not in ("fees_paid", "turnover", "n_periods")})
         out["excess_sharpe"] = agent["sharpe"] - bench["sharpe"]
+        out["annual_turnover"] = self.turnover * periods_per_year / max(agent["n_periods"], 1)
         return out
 
 
 @torch.no_grad()
 def backtest(
-    policy: Policy, market: MarketTensors, segments: Sequence[Segment], rules: TradingRules, initial_cash: float
+    policy: Policy | BarRule, market: MarketTensors, segments: Sequence[Segment], rules: TradingRules, initial_cash: float
 ) -> list[Backtest]:
     """Run ``policy`` through each of ``segments`` once, from its first decision bar, all cash."""
     return [_backtest_segment(policy, market, segment, rules, initial_cash) for segment in segments]
 
 
-def _backtest_segment(policy: Policy, market: MarketTensors, segment: Segment, rules: TradingRules, initial_cash: float) -> Backtest:
+def _backtest_segment(policy: Policy | BarRule, market: MarketTensors, segment: Segment, rules: TradingRules, initial_cash: float) -> Backtest:
     sampling = EpisodeSampling(num_envs=1, initial_cash=initial_cash)
     env = PortfolioEnv(market, [segment], rules=rules, sampling=sampling, random_start=False, episode_length=None)
     obs = env.reset()
     first_bar = int(obs.bar[0])
     values, fees, turnover = [initial_cash], 0.0, 0.0
     while True:
-        step = env.step_to(policy.target_weights(env.window(obs.bar), obs.weights, rules.cash_reserve))
+        if isinstance(policy, BarRule):  # a reference rule reading the bar itself (the oracle)
+            weights = policy.target_weights_at(obs.bar, obs.weights, rules.cash_reserve)
+        else:
+            weights = policy.target_weights(env.window(obs.bar), obs.weights, rules.cash_reserve)
+        step = env.step_to(weights)
         values.append(float(step.value[0]))
         fees += float(step.fees[0])
         turnover += float(step.turnover[0])
@@ -67,16 +73,12 @@ def _backtest_segment(policy: Policy, market: MarketTensors, segment: Segment, r
     return Backtest(bars, np.asarray(values, dtype=np.float64), benchmark, fees, turnover)
 
 
-class RandomPolicy:
-    """Uniform actions in [-1, 1]: the baseline a learned policy must clearly beat."""
+@runtime_checkable
+class BarRule(Protocol):
+    """A fixed rule that decides from the decision bars themselves, not the observed windows:
+    a reference that knows the market's generator (``references.OracleRule``)."""
 
-    def __init__(self, n_assets: int, seed: int) -> None:
-        self.n_assets = n_assets
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def target_weights(self, window: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
-        action = torch.rand(window.shape[0], self.n_assets, generator=self.generator) * 2 - 1
-        return target_weights(action.to(window.device, torch.float64), cash_reserve)
+    def target_weights_at(self, bars: Tensor, weights: Tensor, cash_reserve: float) -> Tensor: ...
 
 
 def stitch(backtests: Sequence[Backtest]) -> Backtest:

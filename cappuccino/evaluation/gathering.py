@@ -1,8 +1,8 @@
 """Cross-validation splits run in separate processes (``cv.split=i``), gathered into the score
 the same configuration gets with every split in one process.
 
-Each cross-validated run writes ``split_backtests.npz``: its splits' test backtests, the CPCV
-paths, the objective's std penalty, the total number of splits and the data's content hash.
+Each cross-validated run writes ``split_backtests.npz``: its splits' test backtests and the
+reference strategies' test metrics, the CPCV paths, the objective's std penalty, the total number of splits and the data's content hash.
 ``gather_splits`` checks that the runs are one configuration on the same bars (configs equal
 but for ``cv.split``, every split exactly once) and scores them with ``score_cv``, so the
 objective, per-path Sharpes and the overfitting statistics' inputs are the ones one process gets.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from cappuccino.evaluation.backtest import Backtest
+from cappuccino.evaluation.references import mean_reference_metrics
 from cappuccino.evaluation.results import CVResult
 from cappuccino.evaluation.scoring import oos_excess_returns, score_cv
 
@@ -37,6 +38,8 @@ class SplitScores:
     std_penalty: float
     periods_per_year: float
     data_hash: str
+    # split index -> reference strategy -> its test metrics (``evaluation.references``)
+    references: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 def save_split_scores(path: Path, scores: SplitScores) -> None:
@@ -51,6 +54,7 @@ def save_split_scores(path: Path, scores: SplitScores) -> None:
         "std_penalty": scores.std_penalty,
         "periods_per_year": scores.periods_per_year,
         "data_hash": scores.data_hash,
+        "references": {str(i): refs for i, refs in scores.references.items()},
     }
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -67,7 +71,8 @@ def load_split_scores(path: Path) -> SplitScores:
             tests.setdefault(i, []).append((int(test.removeprefix("test")), backtest))
     ordered = {i: [b for _, b in sorted(pieces, key=lambda p: p[0])] for i, pieces in sorted(tests.items())}
     paths = None if meta["paths"] is None else [[tuple(piece) for piece in path] for path in meta["paths"]]
-    return SplitScores(ordered, paths, meta["n_splits"], meta["std_penalty"], meta["periods_per_year"], meta["data_hash"])
+    references = {int(i): refs for i, refs in meta.get("references", {}).items()}
+    return SplitScores(ordered, paths, meta["n_splits"], meta["std_penalty"], meta["periods_per_year"], meta["data_hash"], references)
 
 
 def gather_splits(runs: Mapping[str, SplitScores], configs: Mapping[str, str]) -> tuple[CVResult, np.ndarray]:
@@ -81,16 +86,19 @@ def gather_splits(runs: Mapping[str, SplitScores], configs: Mapping[str, str]) -
     if len(set(hashes.values())) > 1:
         raise ValueError(f"the runs trained on different bars (data hashes {hashes}); gather runs of one dataset")
     tests: dict[int, list[Backtest]] = {}
+    references: dict[int, dict[str, dict[str, float]]] = {}
     for name, scores in runs.items():
         for i, backtests in scores.tests.items():
             if i in tests:
                 raise ValueError(f"split {i} was run twice (again in {name}); gather each split once")
             tests[i] = backtests
+        references.update(scores.references)
     missing = sorted(set(range(first.n_splits)) - set(tests))
     if missing:
         raise ValueError(f"splits {missing} of {first.n_splits} are missing; run them (cv.split=<i>) and gather again")
     tests = dict(sorted(tests.items()))
     result = score_cv(tests, first.periods_per_year, first.std_penalty, first.paths)
+    result = replace(result, references=mean_reference_metrics([references[i] for i in sorted(references)]))
     return result, oos_excess_returns(tests, first.paths)
 
 

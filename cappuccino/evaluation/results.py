@@ -18,11 +18,15 @@ OOS_RETURNS_FILE = "oos_returns.npy"  # a cross-validated run's out-of-sample ex
 # Metrics of one backtest (Backtest.metrics), the agent's then the benchmark's.
 BACKTEST_METRICS = (
     "total_return", "annual_return", "annual_volatility", "sharpe", "sortino", "max_drawdown",
-    "calmar", "fees_paid", "turnover", "n_periods", "excess_sharpe",
+    "calmar", "fees_paid", "turnover", "annual_turnover", "n_periods", "excess_sharpe",
     "benchmark_total_return", "benchmark_annual_return", "benchmark_annual_volatility",
     "benchmark_sharpe", "benchmark_sortino", "benchmark_max_drawdown", "benchmark_calmar",
 )  # fmt: skip
 HOLDOUT_PARTS = ("val", "test")
+# What each reference strategy (``references``) reports beside the agent, and the agent's share
+# of the oracle's excess Sharpe ratio.
+REFERENCE_METRICS = ("sharpe", "excess_sharpe", "total_return", "max_drawdown", "annual_turnover", "fees_paid")
+ORACLE_RATIO = "agent_oracle_ratio"
 CV_METRICS = ("objective", "excess_sharpe_mean", "sharpe_mean", "sharpe_std", "benchmark_sharpe_mean")
 
 
@@ -39,13 +43,19 @@ class ReturnMoments:
 
 @dataclass(frozen=True)
 class HoldoutResult:
-    """Metrics of the stitched validation and test backtests."""
+    """Metrics of the stitched validation and test backtests, and of the reference strategies
+    on the same test bars (``references``: name -> metrics; ``evaluation.references``)."""
 
     val: dict[str, float]
     test: dict[str, float]
+    references: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        return {f"{part}/{k}": v for part in HOLDOUT_PARTS for k, v in getattr(self, part).items()}
+        out = {f"{part}/{k}": v for part in HOLDOUT_PARTS for k, v in getattr(self, part).items()}
+        out.update(_reference_metrics("test", self.references))
+        if "oracle" in self.references:
+            out[f"test/{ORACLE_RATIO}"] = oracle_ratio(self.test["excess_sharpe"], self.references["oracle"]["excess_sharpe"])
+        return out
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class CVResult:
     objective: float
     moments: ReturnMoments
     path_sharpes: tuple[float, ...] | None = None  # CPCV's backtest paths, when every split ran
+    # Each reference strategy's metrics on the splits' test groups, averaged over the splits.
+    references: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def split_excess_sharpes(self) -> list[float]:
         return [split.test["excess_sharpe"] for split in self.splits]
@@ -78,7 +90,20 @@ class CVResult:
             out.update({f"cv/path{p}/sharpe": s for p, s in enumerate(self.path_sharpes)})
             out.update({"cv/path_sharpe_mean": float(np.mean(self.path_sharpes)), "cv/path_sharpe_min": min(self.path_sharpes)})
         out.update({f"cv/{k}": v for k, v in dataclasses.asdict(self.moments).items()})
+        out.update({f"cv/{k}_mean": v for k, v in _reference_metrics("", self.references).items()})
+        if "oracle" in self.references:
+            out[f"cv/{ORACLE_RATIO}"] = oracle_ratio(self.excess_sharpe_mean, self.references["oracle"]["excess_sharpe"])
         return out
+
+
+def oracle_ratio(agent_excess_sharpe: float, oracle_excess_sharpe: float) -> float:
+    """The agent's share of the oracle's excess Sharpe ratio; NaN when the oracle has none."""
+    return agent_excess_sharpe / oracle_excess_sharpe if oracle_excess_sharpe > 0 else float("nan")
+
+
+def _reference_metrics(prefix: str, references: dict[str, dict[str, float]]) -> dict[str, float]:
+    head = f"{prefix}/" if prefix else ""
+    return {f"{head}{name}_{k}": metrics[k] for name, metrics in references.items() for k in REFERENCE_METRICS}
 
 
 Result = HoldoutResult | CVResult

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from cappuccino.data.cleaning import DataReport
 from cappuccino.data.market import MarketData
-from cappuccino.evaluation.results import CVResult, HoldoutResult, Result
+from cappuccino.evaluation.results import CVResult, HoldoutResult, Result, oracle_ratio
 from cappuccino.progress import console
 
 
@@ -28,23 +28,52 @@ def print_outputs(run_dir: Path, ui_command: str | None) -> None:
         console.print(f"browse runs: {ui_command}")
 
 
-def print_training_summary(result: Result, objective: float, market: MarketData, run_dir: Path, ui_command: str | None) -> None:
+def print_training_summary(
+    result: Result, objective_name: str, objective: float, market: MarketData, run_dir: Path, ui_command: str | None
+) -> None:
     data = data_label(market)
     console.print(holdout_table(result, data) if isinstance(result, HoldoutResult) else splits_table(result, data))
-    console.print(f"objective = {objective:.4f}")
+    console.print(verdict(result))
+    console.print(f"objective ({objective_name}, {OBJECTIVE_SOURCES[objective_name.split('/')[0]]}) = {objective:.4f}")
     print_outputs(run_dir, ui_command)
+
+
+# Where each objective's numbers come from: never the test table above it, for a holdout run.
+OBJECTIVE_SOURCES = {"val": "the validation split", "cv": "the splits' test groups"}
+
+
+def verdict(result: Result) -> str:
+    """One line: did the agent beat buy-and-hold after fees on the test bars, beside the oracle."""
+    if isinstance(result, HoldoutResult):
+        excess, where = result.test["excess_sharpe"], "on the test split"
+    else:
+        excess, where = result.excess_sharpe_mean, f"on the test groups of {len(result.splits)} splits (mean)"
+    beat = "beat" if excess > 0 else "did not beat"
+    line = f"agent {beat} buy-and-hold after fees {where}: excess Sharpe {excess:+.2f}"
+    oracle = result.references.get("oracle")
+    if oracle is not None:
+        ratio = oracle_ratio(excess, oracle["excess_sharpe"])
+        share = f", {ratio:.0%} of it" if excess > 0 and not math.isnan(ratio) else ""
+        line += f" (oracle {oracle['excess_sharpe']:+.2f}{share})"
+    return line
 
 
 def holdout_table(result: HoldoutResult, data: str) -> Table:
     table = Table(title=f"test split ({data})")
-    for column in ("metric", "agent", "buy & hold"):
+    references = list(result.references)
+    for column in ("metric", "agent", "buy & hold", *references):
         table.add_column(column, justify="left" if column == "metric" else "right")
     test = result.test
-    for name in ("total_return", "sharpe", "sortino", "max_drawdown", "calmar"):
-        table.add_row(name, f"{test[name]:.4f}", f"{test[f'benchmark_{name}']:.4f}")
-    table.add_row("turnover", f"{test['turnover']:.2f}", "")
-    table.add_row("fees_paid", f"{test['fees_paid']:.2f}", "")
+    for name in ("total_return", "sharpe", "excess_sharpe", "sortino", "max_drawdown", "calmar", "annual_turnover", "fees_paid"):
+        bench = test.get(f"benchmark_{name}")
+        cells = [_cell(name, test[name]), "" if bench is None else _cell(name, bench)]
+        cells += [_cell(name, result.references[r][name]) if name in result.references[r] else "" for r in references]
+        table.add_row(name, *cells)
     return table
+
+
+def _cell(name: str, value: float) -> str:
+    return f"{value:,.0f}" if name == "fees_paid" else f"{value:.2f}" if name == "annual_turnover" else f"{value:.4f}"
 
 
 def splits_table(result: CVResult, data: str) -> Table:
