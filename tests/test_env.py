@@ -477,6 +477,28 @@ def test_excess_rewards_sum_to_log_growth_over_benchmark() -> None:
     assert total / 100.0 == pytest.approx(expected, abs=1e-5)
 
 
+def test_the_turnover_penalty_charges_each_steps_turnover_in_the_reward_only() -> None:
+    features, open_, close = random_market(60, 3, 2, seed=26)
+
+    def rollout(penalty: float) -> list:
+        cfg = env_config(fee=0.0025, reward="excess_log_return", reward_scale=100.0, turnover_penalty=penalty)
+        env = make_env(
+            features, open_, close, [Segment(0, 60)], cfg, 5, torch.full((3,), 0.01),
+            num_envs=1, random_start=False, episode_length=None,
+        )  # fmt: skip
+        env.reset()
+        return [env.step(action) for action in actions(20, 1, 3, seed=27)]
+
+    plain, penalised = rollout(0.0), rollout(0.004)
+    for a, b in zip(plain, penalised):
+        assert torch.equal(a.value, b.value) and torch.equal(a.fees, b.fees)  # the same trades, the same money
+        expected = a.reward.double() - 100.0 * 0.004 * a.turnover
+        torch.testing.assert_close(b.reward.double(), expected, rtol=0, atol=1e-4)
+    assert sum(float(s.turnover) for s in plain) > 1.0  # the actions do trade: the penalty is not vacuous
+    with pytest.raises(ArgumentError, match="turnover_penalty: must be >= 0, got -0.1"):
+        EpisodeSampling(turnover_penalty=-0.1)
+
+
 # ------------------------------------------------------------------ reset, determinism
 def test_reset_leaves_no_state_behind() -> None:
     features, open_, close = random_market(200, 3, 2, seed=18)

@@ -82,6 +82,7 @@ class EnvConfig(Node):
     initial_cash: float = 100_000.0
     reward: str = "excess_log_return"
     reward_scale: float = 100.0
+    turnover_penalty: float = 0.0
 
 
 # ---------------------------------------------------------------------------------- rules

@@ -66,6 +66,9 @@ class EpisodeSampling:
 
     ``reward``: "excess_log_return" (over equal-weight buy-and-hold) removes the market's common
     moves from the reward and matches the objective; "log_return" is the plain log return.
+    ``turnover_penalty`` charges each step's turnover (traded notional / value) once more in the
+    reward, beyond the fees its return already paid: a training signal against churn that no
+    backtest or metric sees.
     """
 
     num_envs: int = 64
@@ -73,6 +76,7 @@ class EpisodeSampling:
     initial_cash: float = 100_000.0
     reward: str = "excess_log_return"
     reward_scale: float = 100.0
+    turnover_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.num_envs >= 1, "num_envs", f"must be >= 1, got {self.num_envs}")
@@ -80,6 +84,7 @@ class EpisodeSampling:
         require(self.initial_cash > 0, "initial_cash", f"must be > 0, got {self.initial_cash}")
         require(self.reward in REWARDS, "reward", f"must be one of {list(REWARDS)}, got {self.reward!r}")
         require(self.reward_scale > 0, "reward_scale", f"must be > 0, got {self.reward_scale}")
+        require(self.turnover_penalty >= 0, "turnover_penalty", f"must be >= 0, got {self.turnover_penalty}")
 
 
 class Observation(NamedTuple):
@@ -288,7 +293,7 @@ class PortfolioEnv:
         bench_value = (state.bench_holdings * price_close).sum(-1)
         if self.sampling.reward == "excess_log_return":
             log_return = log_return - torch.log(bench_value / state.bench_value)
-        reward = (self.sampling.reward_scale * log_return).float()
+        reward = (self.sampling.reward_scale * (log_return - self.sampling.turnover_penalty * fill.turnover)).float()
         done = bar > state.last_bar
         final_obs = Observation(bar, _weights(fill.cash, fill.holdings, price_close, value))
 
