@@ -92,14 +92,15 @@ def no_data(monkeypatch):
 def test_frozen_pretrained_encoder_keeps_the_files_weights_through_ppo(compose_config, tmp_path, shared):
     path, weights = _encoder_file(compose_config, tmp_path, [f"encoder.shared={shared}"])
     overrides = [*FT_TINY, "logger=none", f"encoder.shared={shared}", f"encoder.pretrained={path}", "encoder.freeze=true"]
-    run(compose_config(overrides), _run_paths(tmp_path))
+    cfg = compose_config(overrides)
+    run(cfg, _run_paths(tmp_path))
     state = _trained_policy_state(tmp_path)
     for prefix in ("actor_encoder.", "critic_encoder."):
         for name, tensor in weights.items():
             if name.startswith("head."):  # an FT-Transformer's head is never pre-trained: it trains on
                 continue
             assert torch.equal(state[prefix + name], tensor), prefix + name
-    assert not torch.equal(state["log_std"], torch.full((N_ASSETS,), -0.5))  # the rest did train
+    assert not torch.equal(state["log_std"], torch.full((N_ASSETS,), cfg.agent.init_log_std))  # the rest did train
 
 
 def test_unfrozen_pretrained_encoder_starts_from_the_file_and_then_learns(compose_config, tmp_path):

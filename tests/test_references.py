@@ -120,7 +120,7 @@ def default_test_split():
     from .conftest import CONF_DIR
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = validate(compose("config"))
     market, _ = load_market(cfg.data, cfg.window.zscore_window)
     ((_, split),) = select_splits(build(cfg.cv), None, market.first_valid, market.n_bars)
@@ -137,7 +137,10 @@ def test_the_default_market_gives_the_oracle_a_clear_edge_after_fees(default_tes
     oracle, random, flat = (runs[name].metrics(8760.0) for name in ("oracle", "random", "flat"))
     assert oracle["excess_sharpe"] >= 1.0, oracle  # what the issue asks of the default market
     assert oracle["fees_paid"] > 0 and oracle["annual_turnover"] > 12  # it trades, and pays for it
-    assert random["excess_sharpe"] < -5 and random["fees_paid"] > 2 * oracle["fees_paid"]  # exploring churns
+    assert random["excess_sharpe"] < oracle["excess_sharpe"] - 1 and random["excess_sharpe"] < 0 < random["fees_paid"]
+    # The exploration noise of the old default (init_log_std -0.5) alone pays away most of the capital.
+    noisy = reference_backtests(tensors, split.test, rules, cfg.env.initial_cash, gain=None, init_log_std=-0.5, seed=0)["random"]
+    assert noisy.metrics(8760.0)["excess_sharpe"] < -5 and noisy.fees_paid > 2 * oracle["fees_paid"]
     assert flat["total_return"] == 0.0 and flat["fees_paid"] == 0.0 and flat["sharpe"] == 0.0
 
 

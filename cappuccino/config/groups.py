@@ -94,7 +94,7 @@ class RulesConfig(Node):
     _target_: str = "cappuccino.trading.rules.TradingRules"
     fee: float = 0.0025
     cash_reserve: float = 0.02
-    rebalance_band: float = 0.02
+    rebalance_band: float = 0.05
     min_order_size: dict[str, float] = field(default_factory=dict)
     qty_increment: dict[str, float] = field(default_factory=dict)
 
@@ -123,7 +123,7 @@ class PPOConfig(Node):
     max_grad_norm: float = 0.5
     target_kl: Optional[float] = 0.03
     norm_adv: bool = True
-    init_log_std: float = -0.5
+    init_log_std: float = -2.0
 
 
 # -------------------------------------------------------------------------------- encoder

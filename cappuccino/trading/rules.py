@@ -58,7 +58,7 @@ class TradingRules:
 
     fee: float = 0.0025  # per side, fraction of traded notional
     cash_reserve: float = 0.02  # share of portfolio value never invested
-    rebalance_band: float = 0.02  # skip orders worth less than this share of portfolio value
+    rebalance_band: float = 0.05  # skip orders worth less than this share of portfolio value
     min_order_size: Mapping[str, float] = field(default_factory=dict)  # per symbol, asset units
     qty_increment: Mapping[str, float] = field(default_factory=dict)  # per symbol, asset units; missing or 0 = any
 
