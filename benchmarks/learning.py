@@ -64,7 +64,7 @@ def train_one(condition: Condition, seed: int, overrides: list[str], out: Path, 
             "logger=none", "trainer.progress=false", f"trainer.torch_threads={threads}", f"trainer.seed={seed}",
             f"data.signal_strength={condition.strength}", f"rules.fee={condition.fee}", *overrides,
         ]  # fmt: skip
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        with initialize_config_dir(config_dir=str(ROOT / "conf")):
             cfg = compose("config", overrides=arguments)
         run(cfg, RunPaths(run_dir=run_dir, project_dir=out))
     test = {k.removeprefix("test/"): v for k, v in json.loads(metrics_file.read_text()).items() if k.startswith("test/")}
