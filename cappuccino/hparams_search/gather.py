@@ -42,7 +42,7 @@ from cappuccino.evaluation.results import (
 )
 from cappuccino.hparams_search import STUDY_RUN_ENV
 from cappuccino.progress import console
-from cappuccino.reporting.console import splits_table
+from cappuccino.reporting.console import objective_line, splits_table
 from cappuccino.tracking import Tracker, build_tracker, run_name_from_overrides
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class GatherSplits(Callback):
                 for file in out.iterdir():
                     tracker.log_artifact(file, out.name)
                 console.print(splits_table(result, f"gathered from {len(group)} jobs"))
-                console.print(f"objective = {result.objective:.4f}\ngathered: {out}")
+                console.print(f"{objective_line('cv/objective', result.objective)}\ngathered: {out}")
 
 
 def _configurations(folders: Sequence[Path]) -> list[list[Path]]:
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.exit(2, f"error: {error}\n")
         write_gathered(result, returns, args.out)
     console.print(splits_table(result, f"gathered from {len(folders)} runs"))
-    console.print(f"objective = {result.objective:.4f}\ngathered: {args.out}")
+    console.print(f"{objective_line('cv/objective', result.objective)}\ngathered: {args.out}")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,13 @@ def print_training_summary(
     data = data_label(market)
     console.print(holdout_table(result, data) if isinstance(result, HoldoutResult) else splits_table(result, data))
     console.print(verdict(result))
-    console.print(f"objective ({objective_name}, {OBJECTIVE_SOURCES[objective_name.split('/')[0]]}) = {objective:.4f}")
+    console.print(objective_line(objective_name, objective))
     print_outputs(run_dir, ui_command)
+
+
+def objective_line(name: str, value: float) -> str:
+    """``objective (val/excess_sharpe, the validation split) = 0.1234``: the metric and its split."""
+    return f"objective ({name}, {OBJECTIVE_SOURCES[name.split('/')[0]]}) = {value:.4f}"
 
 
 # Where each objective's numbers come from: never the test table above it, for a holdout run.
