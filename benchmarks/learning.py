@@ -124,11 +124,11 @@ def figure(table: list[dict[str, object]], path: Path) -> None:
     for k, strategy in enumerate(shown):
         for ax, column in zip(axes, ("excess_sharpe", "annual_turnover")):
             rows = {str(r["condition"]): r for r in table if r["strategy"] == strategy and column in r}
-            xs = [i + k * width for i, c in enumerate(conditions) if c in rows]
-            mid = [float(rows[c][column]) for c in conditions if c in rows]  # type: ignore[arg-type]
-            low = [m - float(rows[c][f"{column}_min"]) for m, c in zip(mid, [c for c in conditions if c in rows])]  # type: ignore[arg-type]
-            high = [float(rows[c][f"{column}_max"]) - m for m, c in zip(mid, [c for c in conditions if c in rows])]  # type: ignore[arg-type]
-            ax.bar(xs, mid, width, yerr=[low, high], capsize=3, label=strategy)
+            present = [(i, rows[c]) for i, c in enumerate(conditions) if c in rows]
+            mid = [float(row[column]) for _, row in present]  # type: ignore[arg-type]
+            low = [m - float(row[f"{column}_min"]) for m, (_, row) in zip(mid, present)]  # type: ignore[arg-type]
+            high = [float(row[f"{column}_max"]) - m for m, (_, row) in zip(mid, present)]  # type: ignore[arg-type]
+            ax.bar([i + k * width for i, _ in present], mid, width, yerr=[low, high], capsize=3, label=strategy)
     axes[0].set_title("test excess Sharpe over buy-and-hold (median, min-max over seeds)")
     axes[0].axhline(0, color="black", lw=0.8)
     axes[1].set_title("test turnover per year (x portfolio value)")

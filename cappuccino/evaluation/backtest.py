@@ -54,13 +54,15 @@ def _backtest_segment(policy: Policy | BarRule, market: MarketTensors, segment: 
     env = PortfolioEnv(market, [segment], rules=rules, sampling=sampling, random_start=False, episode_length=None)
     obs = env.reset()
     first_bar = int(obs.bar[0])
+    if isinstance(policy, BarRule):  # a reference rule reading the bar itself (the oracle)
+        decide = policy.target_weights_at
+    else:
+        def decide(bars: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
+            return policy.target_weights(env.window(bars), weights, cash_reserve)
+
     values, fees, turnover = [initial_cash], 0.0, 0.0
     while True:
-        if isinstance(policy, BarRule):  # a reference rule reading the bar itself (the oracle)
-            weights = policy.target_weights_at(obs.bar, obs.weights, rules.cash_reserve)
-        else:
-            weights = policy.target_weights(env.window(obs.bar), obs.weights, rules.cash_reserve)
-        step = env.step_to(weights)
+        step = env.step_to(decide(obs.bar, obs.weights, rules.cash_reserve))
         values.append(float(step.value[0]))
         fees += float(step.fees[0])
         turnover += float(step.turnover[0])

@@ -29,7 +29,6 @@ from cappuccino.data.tensors import LEDGER_DTYPE, MarketTensors, Segment
 from cappuccino.evaluation.backtest import Backtest, backtest, stitch
 from cappuccino.trading.rules import TradingRules, target_weights
 
-REFERENCES = ("oracle", "random", "flat")
 
 
 class OracleRule:
@@ -50,9 +49,10 @@ class OracleRule:
     def target_weights_at(self, bars: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
         gain = self.gain[bars]  # (B, A)
         new_episode = torch.ones_like(bars, dtype=torch.bool).unsqueeze(-1)  # (B, 1)
+        previous = torch.ones_like(gain, dtype=torch.bool)  # a new episode starts held
         if self._held is not None and self._bars is not None and self._held.shape == gain.shape:
             new_episode = (bars != self._bars + 1).unsqueeze(-1)
-        previous = new_episode | (self._held if self._held is not None else new_episode)  # a new episode starts held
+            previous = self._held | new_episode
         held = (previous & (gain >= -self.threshold)) | (~previous & (gain > self.threshold))
         self._held, self._bars = held, bars.clone()
         # A kept position keeps its weight (it drifts with its price, as buy-and-hold's does); a
@@ -125,7 +125,6 @@ def mean_reference_metrics(per_split: Sequence[Mapping[str, Mapping[str, float]]
 
 
 __all__ = [
-    "REFERENCES",
     "FlatPolicy",
     "OracleRule",
     "RandomPolicy",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 STUDY_RUN_ENV = "CAPPUCCINO_STUDY_RUN_ID"  # MLflow run of the study: trials nest under it
 TRIAL_ENV = "CAPPUCCINO_TRIAL_NUMBER"  # Optuna trial number of the job
 SKIPPED_ATTR = "skipped"  # user attribute of a trial never run: the study was full, or its parameters invalid
+OUTPUT_DIR_ATTR = "output_dir"  # user attribute: the trial's run folder (checkpoints, result.json)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from cappuccino.errors import ConfigError
+from cappuccino.hparams_search import OUTPUT_DIR_ATTR
 from cappuccino.secrets import mask_text, mask_url, url_secrets
-
-OUTPUT_DIR_ATTR = "output_dir"
 
 
 def best_trial_folders(study_name: str, storage: str, top_k: int = 1) -> list[Path]:

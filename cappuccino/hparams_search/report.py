@@ -39,6 +39,7 @@ from rich.table import Table
 from cappuccino.config import LoggerConfig
 from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
 from cappuccino.evaluation.results import OOS_RETURNS_FILE
+from cappuccino.hparams_search import OUTPUT_DIR_ATTR
 from cappuccino.progress import console
 from cappuccino.secrets import mask_text, mask_url
 from cappuccino.tracking import Tracker, build_tracker
@@ -120,7 +121,7 @@ def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trial
 def write_best_config(best: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path | None:
     """``best_trial.yaml``: the trial's resolved config under a defaults list with its group
     choices, so Hydra types and checks it exactly as it did for the trial."""
-    output_dir = Path(best.user_attrs.get("output_dir", ""))
+    output_dir = Path(best.user_attrs.get(OUTPUT_DIR_ATTR, ""))
     config_file, hydra_file = output_dir / "config.yaml", output_dir / ".hydra" / "hydra.yaml"
     if not (config_file.is_file() and hydra_file.is_file()):
         log.warning(f"Trial {best.number} ran elsewhere ({output_dir}): its config is the config.yaml artifact of its run")
@@ -184,7 +185,7 @@ def overfitting(complete: list[optuna.trial.FrozenTrial], best: optuna.trial.Fro
     A statistic that its inputs cannot give is reported as null with the reason.
     """
     out: dict[str, Any] = {"n_trials": len(complete)}
-    histories = [np.load(file) for t in complete if (file := Path(t.user_attrs.get("output_dir", "")) / OOS_RETURNS_FILE).is_file()]
+    histories = [np.load(file) for t in complete if (file := Path(t.user_attrs.get(OUTPUT_DIR_ATTR, "")) / OOS_RETURNS_FILE).is_file()]
     if histories:  # trials of one cv scheme on the same bars: the usual length (a resumed study could mix)
         n_bars = Counter(len(h) for h in histories).most_common(1)[0][0]
         histories = [h for h in histories if len(h) == n_bars]

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, open_dict
 from cappuccino.config import TrainConfig, validate
 from cappuccino.errors import ConfigError
 from cappuccino.runtime import Interrupted, graceful_interrupts, one_line_errors
-from cappuccino.hparams_search import SKIPPED_ATTR, STUDY_RUN_ENV, TRIAL_ENV
+from cappuccino.hparams_search import OUTPUT_DIR_ATTR, SKIPPED_ATTR, STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.hparams_search.space import check_search_space, drop_invalid_queued_trials
 from cappuccino.hparams_search.config import register_sweeper_config
 from cappuccino.secrets import mask_url, refuse_passwords
@@ -277,9 +277,9 @@ def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fro
 def ask(study: optuna.Study, storage: Any, n_trials: int, n_jobs: int) -> list[optuna.Trial]:
     """Up to ``n_jobs`` new trials, none beyond the study's ``n_trials``.
 
-    A trial that a concurrent
-    worker's ask made surplus is pruned unrun: trial numbers are given out by the storage in
-    order, so counting the trials numbered below ours decides it the same way in every worker.
+    A trial that a concurrent worker's ask made surplus is pruned unrun: trial numbers are given
+    out by the storage in order, so counting the trials numbered below ours decides it the same
+    way in every worker. Trials of killed processes are failed first (``fail_killed_trials``).
     """
     from optuna.trial import TrialState
 
@@ -406,7 +406,7 @@ def trial_results(result: JobReturn) -> dict[str, Any]:
     from cappuccino.evaluation.results import RESULT_FILE, CVResult, load_result
 
     output_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
-    out: dict[str, Any] = {"output_dir": str(output_dir)}
+    out: dict[str, Any] = {OUTPUT_DIR_ATTR: str(output_dir)}
     result_file = output_dir / RESULT_FILE
     if not result_file.is_file():
         return out
