@@ -47,7 +47,7 @@ from cappuccino.models.ft_transformer import FTTransformerEncoder
 N_ASSETS, N_FEATURES = 7, 14
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SIZES = ("ft_small", "ft_default", "ft_large")
-LAYOUTS = ("asset_time", "time", "feature")
+LAYOUTS = ("patch", "asset_time", "time", "feature")
 RTDL = "rtdl"
 
 
@@ -163,7 +163,7 @@ def largest_batch(batch: int, heads: int, n_tokens: int, cap_mb: float) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="ft_default layouts + other sizes' asset_time, 0.5 s each")
+    parser.add_argument("--quick", action="store_true", help="ft_default layouts + other sizes' patch, 0.5 s each")
     parser.add_argument("--lookbacks", type=int, nargs="+", default=[10, 60])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row (at least 2 steps)")
@@ -188,7 +188,7 @@ def main() -> None:
     cap_mb = args.attention_cap_mb or (1024.0 if args.quick else 2048.0)
     plan = list(rows(args.lookbacks, SIZES, LAYOUTS, with_rtdl))
     if args.quick:
-        plan = [r for r in plan if r[1] in ("-", "asset_time") or r[0] in ("ft_default", RTDL)]
+        plan = [r for r in plan if r[1] in ("-", "patch") or r[0] in ("ft_default", RTDL)]
 
     print(
         f"device {args.device}, torch threads {args.threads or torch.get_num_threads()}, "

@@ -251,7 +251,7 @@ class SplitJob:
         stats, cls = summarize_attention(encoder, tensors.window(bars), weights)
         tracker.log_metrics(stats)
         title = f"{name + ' ' if name else ''}{part}: [CLS] attention, mean over heads and {len(bars)} all-cash windows"
-        figure = attention_figure(cls, title, tensors.lookback, self.market.symbols)
+        figure = attention_figure(cls, title, tensors.lookback, self.market.symbols, encoder.bars_per_token)
         figure.savefig(self.run_dir / f"attention{'_' + name if name else ''}.png", dpi=110, bbox_inches="tight")
         tracker.log_figure(figure, "attention.png")
 

@@ -23,6 +23,7 @@ from .conftest import TINY
 L, A, F = 5, 3, 4  # bars, assets, features per asset
 FT_TINY = [o for o in TINY if not o.startswith("encoder.")] + [
     "encoder=ft_small",
+    "encoder.patch_bars=4",
     "encoder.d_token=16",
     "encoder.out_dim=32",
 ]
@@ -43,9 +44,9 @@ def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return window, weights
 
 
-@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time"])
+@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time", "patch"])
 def test_maps_are_probability_rows_over_every_token(tokens):
-    model = encoder(tokens)
+    model = encoder(tokens, patch_bars=2)
     maps = attention_maps(model, *inputs(6))
     assert len(maps) == 2
     for p in maps:
@@ -122,14 +123,14 @@ def test_chunked_summary_equals_one_pass(monkeypatch):
     np.testing.assert_allclose(cls, cls_attention(maps), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time"])
+@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time", "patch"])
 def test_heat_map_draws_every_layout_and_rejects_a_wrong_lookback(tokens):
-    model = encoder(tokens)
+    model = encoder(tokens, patch_bars=2)
     cls = cls_attention(attention_maps(model, *inputs(3)))
-    figure = attention_figure(cls, "probe", L, ["BTC", "ETH", "SOL"])
+    figure = attention_figure(cls, "probe", L, ["BTC", "ETH", "SOL"], model.bars_per_token)
     assert len(figure.axes) == 2 * 2 * 2  # (market, portfolio) panels and their colour bars, per block
     with pytest.raises(ValueError, match="lookback"):
-        attention_figure(cls, "probe", L + 2, ["BTC", "ETH", "SOL"])
+        attention_figure(cls, "probe", L + 2 * model.bars_per_token, ["BTC", "ETH", "SOL"], model.bars_per_token)
 
 
 def test_training_run_logs_attention_stats_parameter_counts_and_heat_map(compose_config, tmp_path):

@@ -27,7 +27,7 @@ EXPECTED = {
     "cv": (Splitter, {}),
     "encoder": (Encoder, {"lookback": 4, "n_assets": 7, "n_features": 14}),
 }
-EXTRA = {"data=csv": ["data.path=bars.csv"]}
+EXTRA = {"data=csv": ["data.path=bars.csv"], **{f"encoder={o}": ["encoder.patch_bars=4"] for o in ("ft_small", "ft_default", "ft_large")}}
 
 
 def _options(group: str) -> list[str]:

@@ -24,6 +24,7 @@ from .conftest import TINY
 A, F = 3, 4  # assets, features per asset
 FT_TINY = [o for o in TINY if not o.startswith("encoder.")] + [
     "encoder=ft_small",
+    "encoder.patch_bars=4",
     "encoder.d_token=16",
     "encoder.out_dim=32",
     "logger=none",
@@ -53,10 +54,11 @@ def inputs(n: int, lookback: int) -> tuple[torch.Tensor, torch.Tensor]:
         ("feature", lambda L: L * A * F + A + 1),
         ("asset_time", lambda L: L * A + A + 1),
         ("time", lambda L: L + A + 1),
+        ("patch", lambda L: math.ceil(L / min(4, L)) * A + A + 1),
     ],
 )
 def test_every_layout_maps_to_out_dim_and_trains_every_parameter(lookback, tokens, n_tokens):
-    model = encoder(lookback, tokens)
+    model = encoder(lookback, tokens, patch_bars=min(4, lookback))
     assert model.n_tokens == n_tokens(lookback) + 1  # + [CLS]
     out = model(*inputs(2, lookback))
     assert out.shape == (2, 5) and torch.isfinite(out).all()
@@ -65,11 +67,11 @@ def test_every_layout_maps_to_out_dim_and_trains_every_parameter(lookback, token
     assert untrained == []
 
 
-@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time"])
+@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time", "patch"])
 def test_output_at_bar_t_does_not_depend_on_later_bars(tokens):
     lookback, n_bars = 6, 30
     features = torch.randn(n_bars, A, F, generator=torch.Generator().manual_seed(2))
-    model = encoder(lookback, tokens).eval()
+    model = encoder(lookback, tokens, patch_bars=4).eval()  # patch: the oldest patch is half padding
     bars = torch.tensor([10, 20])  # decision bars t
     weights = torch.softmax(torch.randn(2, A + 1), -1)
 
@@ -87,6 +89,28 @@ def test_output_at_bar_t_does_not_depend_on_later_bars(tokens):
     bar_20_changed[20] += 10.0
     after = encode(bar_20_changed)
     assert torch.equal(after[0], before[0]) and not torch.allclose(after[1], before[1])
+
+
+@pytest.mark.parametrize("lookback, patch_bars", [(6, 3), (7, 3)])
+def test_patch_token_is_its_assets_bars_projected_plus_patch_and_asset_embeddings(lookback, patch_bars):
+    model = encoder(lookback, "patch", patch_bars=patch_bars)
+    tokenizer = model.tokenizer
+    window, weights = inputs(2, lookback)
+    padded = torch.cat([torch.zeros(2, tokenizer.padding, A, F), window], dim=1)  # zeros before the oldest bar
+    tokens = tokenizer(window, weights)
+    for p in range(tokenizer.n_patches):
+        for a in range(A):
+            bars = padded[:, p * patch_bars : (p + 1) * patch_bars, a, :].flatten(1)  # (N, patch_bars * F), bar-major
+            expected = tokenizer.project(bars) + tokenizer.patch_embedding[p] + tokenizer.asset_embedding[a]
+            torch.testing.assert_close(tokens[:, p * A + a], expected)
+    assert tokenizer.padding == -lookback % patch_bars
+    torch.testing.assert_close(tokens[:, tokenizer.n_market_tokens :], tokenizer.portfolio(weights))
+
+
+def test_patch_bars_longer_than_the_window_is_refused():
+    with pytest.raises(ArgumentError, match="patch_bars"):
+        encoder(5, "patch", patch_bars=6)
+    encoder(5, "asset_time", patch_bars=6)  # other layouts ignore it
 
 
 @pytest.mark.parametrize("dropout", ["attention_dropout", "ffn_dropout", "residual_dropout"])
@@ -222,7 +246,7 @@ def test_bad_settings_fail_validation_naming_the_key(compose_config, override, k
 @pytest.mark.parametrize(
     "name, d_token, n_blocks, n_heads", [("ft_small", 32, 1, 2), ("ft_default", 64, 2, 4), ("ft_large", 96, 3, 8)]
 )
-def test_shipped_sizes_build_a_policy_reading_429_tokens_at_lookback_60(
+def test_shipped_sizes_build_a_policy_reading_51_patch_tokens_at_lookback_60(
     compose_config, name, d_token, n_blocks, n_heads
 ):
     cfg = validate(compose_config([f"encoder={name}", "window.lookback=60"]))
@@ -230,7 +254,7 @@ def test_shipped_sizes_build_a_policy_reading_429_tokens_at_lookback_60(
     assert (cfg.encoder.d_token, cfg.encoder.n_blocks, cfg.encoder.n_heads) == (d_token, n_blocks, n_heads)
     policy = policy_from_config(cfg.encoder, cfg.agent.init_log_std, cfg.window.lookback, 7, 14)
     assert isinstance(policy.actor_encoder, FTTransformerEncoder)
-    assert policy.actor_encoder.n_tokens == 7 * 60 + 8 + 1
+    assert policy.actor_encoder.n_tokens == 7 * 6 + 8 + 1  # 6 patches of 10 bars per asset, portfolio, [CLS]
     assert len(policy.actor_encoder.blocks) == n_blocks
 
 

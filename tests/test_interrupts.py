@@ -73,7 +73,7 @@ def test_a_signal_ends_training_after_the_update_saves_the_weights_and_kills_the
 
 def test_a_signal_ends_pretraining_with_its_encoder_files_and_a_killed_run(tmp_path):
     overrides = [
-        "data.n_bars=1500", "window.lookback=8", "window.zscore_window=50", "encoder=ft_small", "encoder.d_token=16",
+        "data.n_bars=1500", "window.lookback=8", "window.zscore_window=50", "encoder=ft_small", "encoder.patch_bars=4", "encoder.d_token=16",
         "cv.embargo_bars=4", "pretrain.batch_size=32", "pretrain.max_steps=10000000", "pretrain.warmup_steps=5",
         "pretrain.eval_every=20", "pretrain.patience=100000", "pretrain.val_fraction=0.2",
     ]  # fmt: skip

@@ -25,7 +25,6 @@ from cappuccino.pretrain import (
     replace_features,
     run,
     split_decision_bars,
-    token_values,
     validate,
 )
 from cappuccino.pretrain.trainer import training_segments, training_windows
@@ -36,7 +35,7 @@ from .config_reads import record_reads, unread_leaves
 from .conftest import CONF_DIR, TINY
 from .conftest import run_train as train_run
 
-ENCODER = ["encoder=ft_small", "encoder.d_token=16", "encoder.out_dim=32"]
+ENCODER = ["encoder=ft_small", "encoder.patch_bars=4", "encoder.d_token=16", "encoder.out_dim=32"]
 PRETRAIN_TINY = [
     "data.n_bars=1500",
     "window.lookback=8",
@@ -104,15 +103,23 @@ def test_rfd_replaces_about_p_of_values_from_the_same_feature_of_other_windows()
     assert not (from_itself & replaced).any()  # ... of another window
 
 
-@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time"])
+@pytest.mark.parametrize("tokens", ["feature", "asset_time", "time", "patch"])
 def test_each_token_is_made_of_its_token_values_and_a_mask_keeps_its_position(tokens):
     torch.manual_seed(0)
-    model = FTTransformerEncoder(lookback=5, n_assets=A, n_features=F, d_token=8, n_blocks=2, n_heads=2, out_dim=4, tokens=tokens)
+    model = FTTransformerEncoder(
+        lookback=5, n_assets=A, n_features=F, d_token=8, n_blocks=2, n_heads=2, out_dim=4, tokens=tokens, patch_bars=2
+    )
     window, weights = torch.randn(2, 5, A, F), torch.softmax(torch.randn(2, A + 1), -1)
     n = model.n_market_tokens
     k = n // 2
+    # Which window values token k is made of: label every value by its position (+1; padding is 0).
+    labels = model.token_values(torch.arange(1, window[0].numel() + 1.0).reshape(1, *window.shape[1:]))
+    assert labels.shape == (1, n, model.values_per_token)
+    assert torch.equal(labels[labels > 0].sort().values, torch.arange(1, window[0].numel() + 1.0))  # each value once
+    own = labels[0, k][labels[0, k] > 0].long() - 1
+    assert len(own) > 0
     changed = window.clone()
-    token_values(changed, n)[:, k] += 1.0  # a view: edits the values of market token k
+    changed.view(2, -1)[:, own] += 1.0  # edits the values of market token k only
     before, after = model.tokenizer(window, weights), model.tokenizer(changed, weights)
     differs = (before != after).any(-1).any(0)  # (T - 1,)
     assert differs.nonzero().flatten().tolist() == [k]
@@ -189,7 +196,9 @@ def test_too_short_a_training_segment_names_the_settings():
 
 # ------------------------------------------------------------------------------------------ runs
 def test_short_run_lowers_validation_loss_and_its_encoder_loads_into_train_py(tmp_path):
-    best = run(compose_pretrain([*PRETRAIN_TINY, "logger=none"]), paths(tmp_path))
+    # (bar, asset) tokens: a masked one is 4 values its neighbours' bars tell much about, so 60
+    # steps beat mean imputation; a masked patch of 4 bars x 4 features takes longer.
+    best = run(compose_pretrain([*PRETRAIN_TINY, "encoder.tokens=asset_time", "logger=none"]), paths(tmp_path))
     run_dir = tmp_path / "run"
     for name in ("best_encoder.pt", "final_encoder.pt", "training_history.json", "config.yaml"):
         assert (run_dir / name).is_file(), name
@@ -202,7 +211,7 @@ def test_short_run_lowers_validation_loss_and_its_encoder_loads_into_train_py(tm
 
     encoder_file = run_dir / "best_encoder.pt"
     weights = torch.load(encoder_file, weights_only=True)["state_dict"]
-    overrides = [*TRAIN_TINY, f"encoder.pretrained={encoder_file}", "encoder.freeze=true"]
+    overrides = [*TRAIN_TINY, "encoder.tokens=asset_time", f"encoder.pretrained={encoder_file}", "encoder.freeze=true"]
     train_run(train_compose(overrides), paths(tmp_path, "train"))
     policy = torch.load(tmp_path / "train" / "checkpoint.pt", weights_only=True)["state_dict"]
     for name, tensor in weights.items():  # frozen, except the head pre-training never trained
@@ -216,12 +225,12 @@ def train_compose(overrides):
 
 
 def test_rfd_run_starts_at_the_constant_guess_learns_and_is_reproducible(tmp_path):
-    overrides = [*PRETRAIN_TINY, "logger=none", "pretrain.objective=rfd", "pretrain.eval_every=1"]
+    overrides = [*PRETRAIN_TINY, "encoder.tokens=asset_time", "logger=none", "pretrain.objective=rfd", "pretrain.eval_every=1"]
     run(compose_pretrain([*overrides, "pretrain.max_steps=1", "pretrain.warmup_steps=0"]), paths(tmp_path, "one"))
     (one,) = json.loads((tmp_path / "one" / "training_history.json").read_text())["evals"]
     assert one["detection_ratio"] == pytest.approx(1.0, abs=1e-3)  # one small step from the guess
 
-    overrides = [*PRETRAIN_TINY, "logger=none", "pretrain.objective=rfd"]
+    overrides = [*PRETRAIN_TINY, "encoder.tokens=asset_time", "logger=none", "pretrain.objective=rfd"]
     run(compose_pretrain(overrides), paths(tmp_path, "a"))
     run(compose_pretrain(overrides), paths(tmp_path, "b"))
     first, second = (json.loads((tmp_path / d / "training_history.json").read_text()) for d in "ab")

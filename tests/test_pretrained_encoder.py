@@ -28,7 +28,7 @@ from .conftest import run_train as run
 
 # Only FT-Transformer encoders are pre-trained (encoder=mlp refuses encoder.pretrained), so these
 # runs use a small one in place of TINY's MLP.
-ENCODER = ["encoder=ft_small", "encoder.d_token=16", "encoder.out_dim=32"]
+ENCODER = ["encoder=ft_small", "encoder.patch_bars=4", "encoder.d_token=16", "encoder.out_dim=32"]
 FT_TINY = [o for o in TINY if not o.startswith("encoder.")] + ENCODER
 PRETRAIN = ["data.n_bars=1500", "window.lookback=8", "window.zscore_window=50", *ENCODER, "logger=none", "pretrain.progress=false"]
 N_ASSETS, N_FEATURES = len(DEFAULT_SYMBOLS), len(FEATURE_NAMES)
@@ -132,7 +132,7 @@ def test_freezing_without_pretrained_weights_fails_before_work(compose_config):
 
 def test_freezing_an_ft_transformer_keeps_its_output_head_trainable(compose_config, tmp_path):
     """Pre-training never trains the [CLS]-to-policy head, so freezing must leave it learning."""
-    ft = ["encoder=ft_small", "window.lookback=8"]
+    ft = ["encoder=ft_small", "encoder.patch_bars=4", "window.lookback=8"]
     cfg_dict = compose_config(ft)
     cfg = validate(cfg_dict)
     encoder = policy_from_config(cfg.encoder, cfg.agent.init_log_std, 8, N_ASSETS, N_FEATURES).actor_encoder

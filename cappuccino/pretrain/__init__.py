@@ -13,7 +13,6 @@ from cappuccino.pretrain.objectives import (
     masked_mse,
     random_token_mask,
     replace_features,
-    token_values,
 )
 from cappuccino.pretrain.trainer import WindowBars, pretrain, run, split_decision_bars, validate
 
@@ -30,6 +29,5 @@ __all__ = [
     "replace_features",
     "run",
     "split_decision_bars",
-    "token_values",
     "validate",
 ]

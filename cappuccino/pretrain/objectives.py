@@ -3,8 +3,10 @@
 Both tasks read the final embeddings of the encoder's market tokens (``encode_tokens``) through
 one head, ``LayerNorm -> Linear(d_token, V)``, where V is the number of window values a market
 token holds: F for ``tokens=asset_time`` (one (bar, asset) token), A*F for ``time`` (one bar),
-1 for ``feature`` (one value). Every layout flattens the window in (bar, asset, feature) order,
-so ``token_values`` is one reshape and the head's row v of token k is value v of that token.
+1 for ``feature`` (one value), patch_bars*F for ``patch`` (one asset's patch of bars). The
+encoder's ``token_values`` says which values each token holds, so the head's row v of token k
+is value v of that token (a ``patch`` window's zero left-padding included: a constant that the
+token's position gives away).
 The LayerNorm is there because the encoder's token outputs are the un-normalised residual
 stream of a pre-norm Transformer (its own [CLS] head starts with a LayerNorm as well).
 
@@ -47,11 +49,6 @@ class Corruption(NamedTuple):
     target: Tensor  # (N, n, V) each token's original values (mfm), 1.0 where replaced (rfd)
 
 
-def token_values(window: Tensor, n_tokens: int) -> Tensor:
-    """(N, L, A, F) -> (N, n_tokens, V): the values each market token is made from."""
-    return window.reshape(window.shape[0], n_tokens, -1)
-
-
 def random_token_mask(n: int, n_tokens: int, ratio: float, generator: torch.Generator) -> Tensor:
     """(n, n_tokens) bool with exactly max(1, round(ratio * n_tokens)) True per row, uniformly placed."""
     k = max(1, round(ratio * n_tokens))
@@ -91,10 +88,8 @@ class PretextModel(nn.Module, abc.ABC):
         super().__init__()
         self.encoder = encoder
         self.mask_ratio = mask_ratio
-        lookback, n_assets, n_features = encoder.input_shape
         self.n_tokens = encoder.n_market_tokens
-        values_per_token = lookback * n_assets * n_features // self.n_tokens
-        self.head = nn.Sequential(nn.LayerNorm(encoder.d_token), nn.Linear(encoder.d_token, values_per_token))
+        self.head = nn.Sequential(nn.LayerNorm(encoder.d_token), nn.Linear(encoder.d_token, encoder.values_per_token))
 
     def predict(
         self, window: Tensor, weights: Tensor, token_mask: Tensor | None = None, mask_token: Tensor | None = None
@@ -128,7 +123,7 @@ class MaskedFeatureModelling(PretextModel):
 
     def corrupt(self, window: Tensor, generator: torch.Generator) -> Corruption:
         mask = random_token_mask(window.shape[0], self.n_tokens, self.mask_ratio, generator)
-        return Corruption(window, mask, token_values(window, self.n_tokens))
+        return Corruption(window, mask, self.encoder.token_values(window))
 
     def value_losses(self, corruption: Corruption, weights: Tensor) -> Tensor:
         assert corruption.token_mask is not None
@@ -137,7 +132,7 @@ class MaskedFeatureModelling(PretextModel):
 
     def baseline_losses(self, corruption: Corruption, feature_mean: Tensor) -> Tensor:
         assert corruption.token_mask is not None
-        imputed = token_values(feature_mean.expand_as(corruption.window), self.n_tokens)
+        imputed = self.encoder.token_values(feature_mean.expand_as(corruption.window))
         return masked_squared_errors(imputed, corruption.target, corruption.token_mask)
 
 
@@ -158,7 +153,7 @@ class ReplacedFeatureDetection(PretextModel):
 
     def corrupt(self, window: Tensor, generator: torch.Generator) -> Corruption:
         corrupted, replaced = replace_features(window, self.mask_ratio, generator)
-        return Corruption(corrupted, None, token_values(replaced.to(window.dtype), self.n_tokens))
+        return Corruption(corrupted, None, self.encoder.token_values(replaced.to(window.dtype)))
 
     def value_losses(self, corruption: Corruption, weights: Tensor) -> Tensor:
         logits = self.predict(corruption.window, weights)

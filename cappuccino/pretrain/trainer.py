@@ -82,7 +82,7 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = (), encoder
     ``encoder_option`` is the ``encoder`` group's choice, for the fine-tune command printed."""
     typed = validate(cfg)
     best = pretrain(typed, OmegaConf.to_yaml(cfg, resolve=True), paths, overrides)
-    console.print(f"fine-tune it: {fine_tune_command(typed, encoder_option, overrides, paths.run_dir / 'best_encoder.pt')}")
+    console.print(f"fine-tune it: {fine_tune_command(typed, encoder_option, overrides, paths.run_dir / 'best_encoder.pt')}", soft_wrap=True)  # one line to copy, never wrapped
     return best
 
 

@@ -69,14 +69,16 @@ def equity_figure(
 
 
 def attention_figure(
-    cls_attention: np.ndarray, title: str, lookback: int, asset_names: Sequence[str]
+    cls_attention: np.ndarray, title: str, lookback: int, asset_names: Sequence[str], patch_bars: int = 1
 ) -> Figure:
     """Where the [CLS] query looks, one row of panels per block.
 
     Left: attention on the market tokens as a (assets x bars) map, bars on x counted back from
     the decision bar (0 = the decision bar). ``feature`` tokens (one per bar, asset and feature)
     are summed over features into their (bar, asset) cell; ``time`` tokens (one per bar) show as
-    a single "all assets" row. Right: a strip with the portfolio tokens (cash, each holding) and
+    a single "all assets" row; ``patch`` tokens (one per asset and patch of ``patch_bars`` bars)
+    show as cells ``patch_bars`` bars wide, the oldest one reaching back over the window's
+    zero padding. Right: a strip with the portfolio tokens (cash, each holding) and
     [CLS] itself. Each panel has its own colour scale: the few portfolio tokens often take far more
     attention than any one market token, and a shared scale would leave the market map blank.
 
@@ -86,14 +88,17 @@ def attention_figure(
         title: figure title, e.g. "val: [CLS] attention".
         lookback: L, bars per window.
         asset_names: the A asset symbols, in the env's order.
+        patch_bars: bars per market token column: the encoder's ``patch_bars`` for ``patch``
+            tokens, 1 for the other layouts.
     """
     cls_attention = np.asarray(cls_attention, dtype=np.float64)
     n_assets = len(asset_names)
     if cls_attention.ndim != 2:
         raise ValueError(f"cls_attention must be (blocks, T_key), got shape {cls_attention.shape}")
     n_market = cls_attention.shape[1] - n_assets - 2
-    rows = _market_rows(n_market, lookback, n_assets)
-    market = cls_attention[:, :n_market].reshape(len(cls_attention), lookback, rows, -1).sum(-1)  # (B, L, rows)
+    columns = -(-lookback // patch_bars)  # bars, or patches of bars
+    rows = _market_rows(n_market, columns, n_assets)
+    market = cls_attention[:, :n_market].reshape(len(cls_attention), columns, rows, -1).sum(-1)  # (B, columns, rows)
     side = cls_attention[:, n_market:]  # (B, A + 2): cash, holdings, [CLS]
     row_names = list(asset_names) if rows == n_assets else ["all assets"]
     side_names = ["cash", *(f"{asset} held" for asset in asset_names), "[CLS]"]
@@ -102,7 +107,7 @@ def attention_figure(
     figure = Figure(figsize=(11, 1.0 + n_blocks * (0.9 + 0.3 * max(rows, n_assets + 2))), layout="constrained")
     figure.suptitle(title)
     axes = figure.subplots(n_blocks, 2, squeeze=False, width_ratios=[6, 1])
-    bars = np.arange(1 - lookback, 1)
+    bars = np.arange(1 - columns * patch_bars, 1)  # the first patch_bars - 1 of them padding when patched
     for b, (market_ax, side_ax) in enumerate(axes):
         image = market_ax.imshow(
             market[b].T, aspect="auto", cmap="viridis", vmin=0.0,
@@ -120,15 +125,15 @@ def attention_figure(
     return figure
 
 
-def _market_rows(n_market: int, lookback: int, n_assets: int) -> int:
-    """Rows of the market map: A for ``asset_time`` and ``feature`` tokens, 1 for ``time``."""
-    if n_market == lookback:
+def _market_rows(n_market: int, columns: int, n_assets: int) -> int:
+    """Rows of the market map: A for ``asset_time``, ``patch`` and ``feature`` tokens, 1 for ``time``."""
+    if n_market == columns:
         return 1
-    if n_market > 0 and n_market % (lookback * n_assets) == 0:
+    if n_market > 0 and n_market % (columns * n_assets) == 0:
         return n_assets
     raise ValueError(
-        f"{n_market} market tokens fit no token layout for lookback={lookback} and {n_assets} assets "
-        "(expected L, L*A or L*A*F); pass the lookback and asset names the encoder was built with"
+        f"{n_market} market tokens fit no token layout for {columns} bars (or patches) and {n_assets} assets "
+        "(expected L, L*A, L*A*F or patches*A); pass the lookback, asset names and patch_bars the encoder was built with"
     )
 
 
