@@ -25,7 +25,7 @@ def print_data_report(report: DataReport) -> None:
 def print_outputs(run_dir: Path, ui_command: str | None) -> None:
     console.print(f"outputs: {run_dir}")
     if ui_command:
-        console.print(f"browse runs: {ui_command}")
+        console.print(f"browse runs: {ui_command}", soft_wrap=True)
 
 
 def print_training_summary(
