@@ -112,6 +112,7 @@ def test_act_returns_consistent_action_log_prob_and_value():
 
     mean_action, _, _ = model.act(window, weights, deterministic=True)
     torch.testing.assert_close(mean_action, model.distribution(window, weights).mean)
+    assert torch.equal(model.mean_action(window, weights), mean_action)  # the actor alone, the same numbers
 
 
 def test_initial_policy_is_near_zero_mean_with_the_configured_std():

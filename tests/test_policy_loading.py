@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -17,6 +18,7 @@ from cappuccino.data.tensors import MarketTensors
 from cappuccino.evaluation.backtest import backtest, stitch
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.evaluation.results import BACKTEST_METRICS
+from cappuccino.evaluation.scoring import evaluate
 from cappuccino.evaluation.splits import select_splits
 from cappuccino.hparams_search.best import best_trial_folders
 from cappuccino.models.checkpoint import CheckpointError, CheckpointMismatch
@@ -64,10 +66,21 @@ def test_a_loaded_policy_backtests_to_the_runs_own_test_metrics(compose_config, 
     policy.schema.check(market, cfg.window.lookback, cfg.window.zscore_window)
     ((_, split),) = select_splits(build(cfg.cv), None, market.first_valid, market.n_bars)
     tensors = MarketTensors.from_market(market, policy.schema.lookback, "cpu")
-    runs = backtest(policy, tensors, split.test, build(cfg.rules), cfg.env.initial_cash)
+    runs = evaluate(policy, tensors, split, build(cfg.rules), cfg.env.initial_cash)["test"]  # the run's own path
     metrics = stitch(runs).metrics(periods_per_year(market.interval))
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert {f"test/{k}": v for k, v in metrics.items()} == {f"test/{k}": saved[f"test/{k}"] for k in BACKTEST_METRICS}
+
+    # Segments batched together give each segment's own backtest; the batch size changes only
+    # the matmuls' float rounding.
+    segments = [split.validation[0], split.test[0], dataclasses.replace(split.test[0], stop=split.test[0].start + 40)]
+    together = backtest(policy, tensors, segments, build(cfg.rules), cfg.env.initial_cash)
+    for segment, batched in zip(segments, together):
+        (alone,) = backtest(policy, tensors, [segment], build(cfg.rules), cfg.env.initial_cash)
+        assert np.array_equal(batched.bars, alone.bars) and np.array_equal(batched.benchmark, alone.benchmark)
+        np.testing.assert_allclose(batched.equity, alone.equity, rtol=1e-9)
+        assert batched.turnover == pytest.approx(alone.turnover, rel=1e-9) and batched.fees_paid == pytest.approx(alone.fees_paid, rel=1e-9, abs=1e-9)
+    assert len(together[2].equity) == 1 + 40 - cfg.window.lookback  # the start, then one value per decision bar
 
 
 def test_an_ensemble_of_every_split_comes_from_the_folder_and_from_the_mlflow_run(cpcv_run):

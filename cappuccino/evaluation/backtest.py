@@ -45,34 +45,50 @@ class Backtest:
 def backtest(
     policy: Policy | BarRule, market: MarketTensors, segments: Sequence[Segment], rules: TradingRules, initial_cash: float
 ) -> list[Backtest]:
-    """Run ``policy`` through each of ``segments`` once, from its first decision bar, all cash."""
-    return [_backtest_segment(policy, market, segment, rules, initial_cash) for segment in segments]
+    """Run ``policy`` through each of ``segments`` once, from its first decision bar, all cash.
 
-
-def _backtest_segment(policy: Policy | BarRule, market: MarketTensors, segment: Segment, rules: TradingRules, initial_cash: float) -> Backtest:
-    sampling = EpisodeSampling(num_envs=1, initial_cash=initial_cash)
-    env = PortfolioEnv(market, [segment], rules=rules, sampling=sampling, random_start=False, episode_length=None)
+    The segments step together, one env each. A deterministic policy depends on its own past
+    trades only through the portfolio weights it observes, so the bars of one segment must run
+    in order, one forward pass per bar; separate segments are independent and share every
+    forward pass (batch = number of segments). A segment that ends first keeps stepping,
+    auto-reset, until the longest one ends; those steps are not recorded.
+    """
+    if not segments:
+        return []
+    sampling = EpisodeSampling(num_envs=len(segments), initial_cash=initial_cash)
+    env = PortfolioEnv(market, list(segments), rules=rules, sampling=sampling, random_start=False, episode_length=None)
     obs = env.reset()
-    first_bar = int(obs.bar[0])
+    first_bars = obs.bar.tolist()
+    lengths = [len(market.decision_bars(segment)) for segment in segments]  # steps until each one ends
     if isinstance(policy, BarRule):  # a reference rule reading the bar itself (the oracle)
         decide = policy.target_weights_at
     else:
         def decide(bars: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
             return policy.target_weights(env.window(bars), weights, cash_reserve)
 
-    values, fees, turnover = [initial_cash], 0.0, 0.0
-    while True:
+    values, fees, turnover = [], [], []  # per step, (B,) each: no host sync inside the loop
+    for _ in range(max(lengths)):
         step = env.step_to(decide(obs.bar, obs.weights, rules.cash_reserve))
-        values.append(float(step.value[0]))
-        fees += float(step.fees[0])
-        turnover += float(step.turnover[0])
-        if bool(step.done[0]):
-            break
+        values.append(step.value)
+        fees.append(step.fees)
+        turnover.append(step.turnover)
         obs = step.obs
-    bars = np.arange(first_bar, first_bar + len(values))
+    value, fee, traded = (torch.stack(x).cpu().numpy() for x in (values, fees, turnover))  # (S, B) each
+    return [
+        _segment_backtest(market, first_bars[b], value[:n, b], float(fee[:n, b].sum()), float(traded[:n, b].sum()), rules, initial_cash)
+        for b, n in enumerate(lengths)
+    ]
+
+
+def _segment_backtest(
+    market: MarketTensors, first_bar: int, values: np.ndarray, fees: float, turnover: float, rules: TradingRules, initial_cash: float
+) -> Backtest:
+    """One segment's backtest from its per-step portfolio values, with buy-and-hold on its bars."""
+    bars = np.arange(first_bar, first_bar + len(values) + 1)
     held = equal_weight_buy_and_hold(market.open[first_bar + 1], market.close[first_bar + 1 : bars[-1] + 1], initial_cash, rules.fee)
     benchmark = np.concatenate([[initial_cash], held.cpu().numpy()])
-    return Backtest(bars, np.asarray(values, dtype=np.float64), benchmark, fees, turnover)
+    equity = np.concatenate([[initial_cash], values]).astype(np.float64)
+    return Backtest(bars, equity, benchmark, fees, turnover)
 
 
 @runtime_checkable

@@ -129,7 +129,9 @@ class TrainedPolicy:
     @torch.no_grad()
     def act(self, window: Tensor, weights: Tensor, deterministic: bool = True) -> Tensor:
         """(N, A) actions; ``deterministic`` takes the Gaussian's mean."""
-        return self.module.act(window, weights, deterministic=deterministic)[0]
+        if deterministic:
+            return self.module.mean_action(window, weights)
+        return self.module.act(window, weights)[0]
 
     def target_weights(self, window: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
         return target_weights(self.act(window, weights).to(torch.float64), cash_reserve)

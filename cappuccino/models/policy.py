@@ -76,6 +76,11 @@ class ActorCritic(nn.Module):
         """pi(.|s): independent Normal per asset, batch shape (N, A)."""
         return self._normal(self.actor_encoder(window, weights))
 
+    def mean_action(self, window: Tensor, weights: Tensor) -> Tensor:
+        """The Gaussian's mean, (N, A): the deterministic action, from the actor alone (backtests
+        and trading never need the critic's value or a log-prob)."""
+        return self.actor_head(self.actor_encoder(window, weights)).float()
+
     def act(
         self, window: Tensor, weights: Tensor, deterministic: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
