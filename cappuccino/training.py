@@ -43,7 +43,7 @@ from cappuccino.progress import progress_bar
 from cappuccino.reporting.console import data_label, print_data_report, print_training_summary
 from cappuccino.reporting.figures import attention_figure, equity_figure
 from cappuccino.runtime import Interrupted, RunPaths, check_interrupt, deferred_interrupts, resolve_device, seed_everything
-from cappuccino.tracking import Tracker, run_name_from_overrides
+from cappuccino.tracking import Tracker, overrides_tags, short_run_name
 from cappuccino.tracking.job import tracked_job
 from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
 from cappuccino.trading.rules import TradingRules
@@ -83,10 +83,9 @@ def train(
     schema = PolicySchema.of(market, cfg.window.lookback, cfg.window.zscore_window, encoder_settings(config_yaml))
     job = SplitJob(cfg, config_yaml, market, tensors, schema, rules, sampling, device, paths.run_dir)
 
-    run_name = run_name_from_overrides(overrides)
-    tags = {}
-    if trial is not None:
-        run_name, tags = f"trial {trial}: {run_name}", {"optuna.trial": str(trial)}
+    run_name, tags = short_run_name(overrides), overrides_tags(overrides)
+    if trial is not None:  # a sweep's trial: its overrides are in its tags and params
+        run_name, tags = f"trial {trial}", {**tags, "optuna.trial": str(trial)}
     with tracked_job(cfg.logger, run_name, paths.project_dir, market, config_yaml, tags, parent_run_id) as tracker:
         tracker.log_params(parameter_counts(cfg, market))
         if isinstance(cfg.cv, CPCVConfig):  # a null embargo is derived from the features
@@ -98,7 +97,7 @@ def train(
                 tracker.log_artifact(paths.run_dir / "checkpoint.pt")
                 continue
             # A nested run per split: the UI compares splits side by side under the same metric names.
-            with tracker.child(f"split{index}") as split_run:
+            with tracker.child(f"{run_name} · split {index}") as split_run:  # told apart across runs
                 split_run.set_tags({"cv.split": str(index)})
                 backtests[index], steps = job.run(split, index, f"split{index}", split_run)
                 split_metrics = stitch(backtests[index]["test"]).metrics(periods_per_year(market.interval))

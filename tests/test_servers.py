@@ -390,17 +390,41 @@ def test_readme_recipe_on_postgresql_and_an_mlflow_server_two_workers_one_killed
             assert not any(password in text for password in passwords.values()), path
 
 
-def test_a_trial_run_name_fits_the_250_characters_of_mlflows_sql_stores(tmp_path: Path) -> None:
-    """Without a server: SQLite keeps a longer name, PostgreSQL and MySQL refuse it."""
-    from cappuccino.tracking import MAX_RUN_NAME_LENGTH, run_name_from_overrides
+def _store_long_names(uri: str, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A trial run with far more overrides than fit a name, and a split child, in the store at ``uri``."""
+    from cappuccino.tracking import overrides_tags, short_run_name
     from cappuccino.tracking.mlflow_tracker import MLflowTracker
 
-    overrides = [f"agent.param{i}=0.00012520653814999459" for i in range(12)]  # a trial's sampled values
-    name = f"trial 12: {run_name_from_overrides(overrides)}"  # as training.py names a trial's run
-    tracker = MLflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "cappuccino", name, tmp_path)
-    stored = tracker.client.get_run(tracker.run_id).info.run_name
-    tracker.close()
-    assert len(stored) <= MAX_RUN_NAME_LENGTH and stored.startswith("trial 12: agent.param0=")
+    overrides = [f"agent.param{i}=0.00012520653814999459" for i in range(400)]  # 16,000 characters
+    name = short_run_name(overrides)
+    with MLflowTracker(uri, "cappuccino", "trial 12", tmp_path) as trial:
+        trial.set_tags(overrides_tags(overrides))
+        with trial.child(f"{name} · split 0") as split:
+            split.set_tags(overrides_tags(overrides))
+        run = trial.client.get_run(split.run_id)
+    return run.info.run_name, run.data.tags
+
+
+def _check_long_names(stored_name: str, tags: dict[str, str]) -> None:
+    from cappuccino.tracking import MAX_RUN_NAME_LENGTH, MAX_TAG_VALUE_LENGTH
+
+    assert stored_name.startswith("param0=0.000125 param1=0.000125") and stored_name.endswith("· split 0")
+    assert len(stored_name) <= MAX_RUN_NAME_LENGTH
+    assert tags["overrides"].startswith("agent.param0=0.00012520653814999459 agent.param1=")  # in full, as typed
+    assert all(len(tags[k]) <= MAX_TAG_VALUE_LENGTH for k in ("overrides", "mlflow.note.content"))
+
+
+def test_run_names_and_override_tags_fit_mlflows_limits_in_sqlite(tmp_path: Path) -> None:
+    """SQLite keeps any length; the names and tags are cut to what PostgreSQL and MySQL keep."""
+    _check_long_names(*_store_long_names(f"sqlite:///{tmp_path}/mlflow.db", tmp_path))
+
+
+@pytest.mark.slow
+def test_run_names_and_override_tags_fit_mlflows_limits_in_postgresql(postgres: Postgres, tmp_path: Path) -> None:
+    """PostgreSQL refuses a run name over VARCHAR(250) (StringDataRightTruncation) and a tag over its column."""
+    done = subprocess.run(["createdb", "names"], env=postgres.client_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    _check_long_names(*_store_long_names(postgres.superuser_url("names"), tmp_path))
 
 
 # -- a new database opened at once ---------------------------------------------------------------

@@ -73,7 +73,11 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
     trial_runs = child_runs(client, parent.info.run_id)
     assert sorted(int(r.data.tags["optuna.trial"]) for r in trial_runs) == [0, 1, 2]
     for run in trial_runs:
-        assert sorted(r.data.tags["cv.split"] for r in child_runs(client, run.info.run_id)) == ["0", "1", "2", "3"]
+        splits = child_runs(client, run.info.run_id)
+        assert sorted(r.data.tags["cv.split"] for r in splits) == ["0", "1", "2", "3"]
+        trial = run.data.tags["optuna.trial"]
+        assert run.info.run_name == f"trial {trial}" and "agent.lr=" in run.data.tags["overrides"]
+        assert sorted(r.info.run_name for r in splits) == [f"trial {trial} · split {k}" for k in range(4)]
     best_run = parent.data.tags["best.run_id"]
     assert int(client.get_run(best_run).data.tags["optuna.trial"]) == study.best_trial.number
     checkpoints = {a.path for a in client.list_artifacts(best_run)} & {f"checkpoint_split{i}.pt" for i in range(4)}

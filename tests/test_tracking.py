@@ -20,11 +20,13 @@ from mlflow import MlflowClient
 from cappuccino.config import LoggerConfig, MLflowLoggerConfig, NoLoggerConfig, PPOConfig, validate
 from cappuccino.tracking import (
     MAX_PARAM_VALUE_LENGTH,
-    MAX_RUN_NAME_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    SHORT_NAME_LENGTH,
     NullTracker,
     build_tracker,
     flatten_config,
-    run_name_from_overrides,
+    overrides_tags,
+    short_run_name,
 )
 from cappuccino.reporting.figures import equity_figure
 from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
@@ -274,14 +276,27 @@ def test_long_params_are_accepted_by_mlflow(project_dir: Path) -> None:
     assert len(params) == 120 and all(len(v) == MAX_PARAM_VALUE_LENGTH for v in params.values())
 
 
-def test_run_name_from_overrides() -> None:
-    assert run_name_from_overrides(["encoder=mlp", "agent.lr=1e-4"]) == "encoder=mlp,agent.lr=1e-4"
-    assert run_name_from_overrides([]) == "default"
-    assert run_name_from_overrides(["  ", ""]) == "default"
-    assert run_name_from_overrides(["note='two\nlines'\x00"]) == "note='two lines'"
-    long_name = run_name_from_overrides([f"k{i}=value" for i in range(100)])
-    assert len(long_name) == MAX_RUN_NAME_LENGTH and long_name.endswith("...")
+def test_a_run_is_named_by_its_choices_and_rounded_settings() -> None:
+    assert short_run_name(["encoder=ft_default", "agent.lr=0.00031234", "trainer.seed=1"]) == "ft_default lr=0.000312 seed=1"
+    assert short_run_name(["+data.n_bars=17520", "logger.tracking_uri=http://h:5000", "logger=mlflow"]) == "n_bars=17520"
+    assert short_run_name(["agent.lr=1e-4", "window.lookback=60"]) == "lr=0.0001 lookback=60"
+    assert short_run_name(["pretrain"]) == "pretrain"  # a bare word, as a job's own name
+    assert short_run_name([]) == "default"
+    assert short_run_name(["  ", ""]) == "default"
+    assert short_run_name(["data.note='two\nlines'\x00"]) == "note='two lines'"
+    long_name = short_run_name([f"agent.k{i}=value" for i in range(100)])
+    assert len(long_name) == SHORT_NAME_LENGTH and long_name.endswith("...")
 
+
+def test_the_overrides_are_kept_in_full_as_a_tag_and_the_runs_description() -> None:
+    overrides = ["encoder=ft_default", "agent.lr=0.00031234"]
+    assert overrides_tags(overrides) == {
+        "overrides": "encoder=ft_default agent.lr=0.00031234",
+        "mlflow.note.content": "python train.py encoder=ft_default agent.lr=0.00031234",
+    }
+    assert overrides_tags([]) == {"overrides": "(none: the defaults)"}
+    long = overrides_tags([f"agent.k{i}=value" for i in range(1000)])
+    assert all(len(v) == MAX_TAG_VALUE_LENGTH for v in long.values())
 
 def test_equity_figure_normalises_and_has_two_panels() -> None:
     timestamps, agent, benchmark = _equity_inputs()

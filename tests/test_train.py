@@ -60,7 +60,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(compose_config, tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (experiment,) = [e for e in client.search_experiments() if e.name == "cappuccino"]
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
-    assert mlflow_run.info.run_name == "agent.lr=1e-4"
+    assert mlflow_run.info.run_name == "lr=0.0001"  # short; the overrides as typed are a tag and the description
+    assert mlflow_run.data.tags["overrides"] == "agent.lr=1e-4"
+    assert mlflow_run.data.tags["mlflow.note.content"] == "python train.py agent.lr=1e-4"
     assert mlflow_run.data.params["agent.gamma"] == "0.99"
     assert "val/excess_sharpe" in mlflow_run.data.metrics and "objective" in mlflow_run.data.metrics
     history = client.get_metric_history(mlflow_run.info.run_id, "train/policy_loss")

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 import cappuccino.evaluation.backtest as backtest_module
-from cappuccino.evaluation.references import FlatPolicy, OracleRule, RandomPolicy
+import cappuccino.evaluation.scoring as scoring_module
+import cappuccino.evaluation.validation as validation_module
 from cappuccino import training
 from cappuccino.config import build, validate
 from cappuccino.data import load_market
@@ -60,14 +61,15 @@ def test_periodic_validation_logs_val_metrics_at_crossed_steps_and_never_backtes
     compose_config, tmp_path, monkeypatch
 ):
     segments = []
-    real_backtest = backtest_module._backtest_segment  # every backtest, periodic or final, runs each segment here
+    real_backtest = backtest_module.backtest
 
-    def spy(policy, market, segment, *args):
-        if not isinstance(policy, (OracleRule, RandomPolicy, FlatPolicy)):  # the agent's backtests, not the references'
-            segments.append(segment)
-        return real_backtest(policy, market, segment, *args)
+    def spy(policy, market, batch, *args):
+        segments.extend(batch)
+        return real_backtest(policy, market, batch, *args)
 
-    monkeypatch.setattr(backtest_module, "_backtest_segment", spy)
+    # Every backtest of the agent, periodic or final; the references' run on the test segments by design.
+    for module in (scoring_module, validation_module):
+        monkeypatch.setattr(module, "backtest", spy)
     store = tmp_path / "store.db"
     cfg = compose_config([*TINY, EVAL_EVERY, f"logger.tracking_uri=sqlite:///{store}"])
     run(cfg, _paths(tmp_path))
@@ -141,8 +143,8 @@ def test_transfer_experiment_runs_end_to_end(compose_config, tmp_path, monkeypat
     assert unread_leaves(cfg, reads) == []
 
     client, runs = _runs_by_name(store)
-    parent = runs["experiment=transfer_1h_5m"]
-    assert set(runs) == {"study", "experiment=transfer_1h_5m", "pretrain", "scratch", "pretrained"}
+    parent = runs["transfer_1h_5m"]
+    assert set(runs) == {"study", "transfer_1h_5m", "pretrain", "scratch", "pretrained"}
     assert parent.data.tags["mlflow.parentRunId"] == study.run_id
     for name in ("pretrain", "scratch", "pretrained"):
         assert runs[name].data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -39,7 +39,7 @@ from cappuccino.progress import console
 from cappuccino.reporting.console import print_outputs, transfer_table
 from cappuccino.reporting.figures import transfer_figure
 from cappuccino.runtime import RunPaths
-from cappuccino.tracking import Tracker, build_tracker, flatten_config, run_name_from_overrides
+from cappuccino.tracking import Tracker, build_tracker, flatten_config, overrides_tags, short_run_name
 from cappuccino.training import train
 
 ARMS = {"scratch": "from scratch", "pretrained": "pre-trained encoder"}  # run name: legend label
@@ -68,8 +68,8 @@ def run(
     plain: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     job, job_yaml = pretrain_job(cfg, experiment, plain)
 
-    with build_tracker(cfg.logger, run_name_from_overrides(overrides), paths.project_dir, parent_run_id) as tracker:
-        tracker.set_tags({"experiment": experiment.name})
+    with build_tracker(cfg.logger, short_run_name(overrides), paths.project_dir, parent_run_id) as tracker:
+        tracker.set_tags({"experiment": experiment.name, **overrides_tags(overrides)})
         tracker.log_params(flatten_config(plain))
         pretrain_dir = paths.job("pretrain")
         pretrain(job, job_yaml, pretrain_dir, ("pretrain",), tracker.run_id)

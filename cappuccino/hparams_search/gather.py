@@ -43,7 +43,7 @@ from cappuccino.evaluation.results import (
 from cappuccino.hparams_search import STUDY_RUN_ENV
 from cappuccino.progress import console
 from cappuccino.reporting.console import objective_line, splits_table
-from cappuccino.tracking import Tracker, build_tracker, run_name_from_overrides
+from cappuccino.tracking import Tracker, build_tracker, overrides_tags, short_run_name
 
 log = logging.getLogger(__name__)
 GATHERED_DIR = "gathered"
@@ -95,7 +95,8 @@ class GatherSplits(Callback):
 
         base = base_config(config)
         others = [o for o in overrides if not o.startswith("cv.split=")]
-        self.tracker = build_tracker(base.logger, f"splits: {run_name_from_overrides(others)}", Path.cwd())
+        self.tracker = build_tracker(base.logger, f"splits: {short_run_name(others)}", Path.cwd())
+        self.tracker.set_tags(overrides_tags(others))
         if self.tracker.run_id is not None:
             os.environ[STUDY_RUN_ENV] = self.tracker.run_id  # each job's run nests under it
 

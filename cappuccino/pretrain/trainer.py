@@ -57,7 +57,7 @@ from cappuccino.pretrain.objectives import Corruption, PretextModel, build_prete
 from cappuccino.progress import console, progress_bar
 from cappuccino.reporting.console import print_data_report, print_outputs
 from cappuccino.runtime import Interrupted, RunPaths, deferred_interrupts, pending_interrupt, resolve_device, seed_everything
-from cappuccino.tracking import Tracker, run_name_from_overrides
+from cappuccino.tracking import Tracker, overrides_tags, short_run_name
 from cappuccino.tracking.job import tracked_job
 from cappuccino.tracking.resources import peak_rss_mb
 
@@ -128,8 +128,8 @@ def pretrain(
     model = build_model(cfg, market.n_assets, len(market.feature_names), schema).to(device)
 
     run_dir = paths.run_dir
-    run_name = run_name_from_overrides(overrides)
-    with tracked_job(cfg.logger, run_name, paths.project_dir, market, config_yaml, {"job": "pretrain"}, parent_run_id) as tracker:
+    tags = {"job": "pretrain", **overrides_tags(overrides)}
+    with tracked_job(cfg.logger, short_run_name(overrides), paths.project_dir, market, config_yaml, tags, parent_run_id) as tracker:
 
         def save_best() -> None:
             save_checkpoint(run_dir / "best_encoder.pt", model.encoder, "encoder", config_yaml, schema)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 # flattening a config or naming a run does not import MLflow.
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_RUN_NAME_LENGTH = 250
+MAX_TAG_VALUE_LENGTH = 5000  # the SQL stores' tag column of older MLflow schemas; newer ones keep 8000
+SHORT_NAME_LENGTH = 80  # what the runs table and chart legends show without cutting
 _TRUNCATION_MARK = "..."
 
 
@@ -154,17 +156,51 @@ def flatten_config(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[st
     return flat
 
 
-def run_name_from_overrides(overrides: Sequence[str]) -> str:
-    """Name a run after its command-line overrides: ``encoder=mlp,agent.lr=1e-4``.
+def short_run_name(overrides: Sequence[str]) -> str:
+    """A short, readable run name from the command-line overrides, e.g. ``ft_default lr=3e-4 seed=1``.
 
-    No overrides gives ``"default"``. Whitespace runs (newlines included) collapse to one space
-    and other control characters are dropped, so the name shows on one line in the MLflow UI; the
-    name is truncated to the 250 characters MLflow's SQL schema stores.
+    A config group's choice shows as its option (``encoder=ft_default`` -> ``ft_default``), a
+    setting as its last key with numbers rounded to 3 significant digits (``agent.lr=0.00031234``
+    -> ``lr=0.000312``; integers below a million as they are); ``logger``
+    overrides say where a run is stored, not what ran, and are left out. No overrides give
+    ``"default"``. Whitespace runs collapse to one space and other control characters are dropped,
+    so the name shows on one line; it is cut to ``SHORT_NAME_LENGTH`` characters. The overrides
+    in full are in the run's tags (``overrides_tags``).
     """
-    name = ",".join(override.strip() for override in overrides if override.strip())
-    name = re.sub(r"\s+", " ", name)
-    name = "".join(ch for ch in name if ch.isprintable())
-    return truncate(name, MAX_RUN_NAME_LENGTH) or "default"
+    words = []
+    for override in overrides:
+        key, equals, value = override.strip().lstrip("+~").partition("=")
+        if not key or key.split(".")[0] in ("logger", "hydra"):
+            continue
+        if not equals:  # a bare word (a job's own name)
+            words.append(key)
+        else:
+            words.append(value if "." not in key else f"{key.rsplit('.', 1)[-1]}={_rounded(value)}")
+    name = "".join(ch for ch in re.sub(r"\s+", " ", " ".join(words)) if ch.isprintable()).strip()
+    return truncate(name, SHORT_NAME_LENGTH) or "default"
+
+
+def _rounded(value: str) -> str:
+    """A number to 3 significant digits (an integer as it is below 10^6); anything else as given."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if number.is_integer() and abs(number) < 1e6:
+        return str(int(number))
+    return f"{number:.3g}"
+
+
+def overrides_tags(overrides: Sequence[str]) -> dict[str, str]:
+    """The overrides in full: an ``overrides`` tag (searchable) and the run's description
+    (``mlflow.note.content``, shown on the run's page), within MLflow's tag-value limit."""
+    joined = " ".join(o.strip() for o in overrides if o.strip())
+    if not joined:
+        return {"overrides": "(none: the defaults)"}
+    return {
+        "overrides": truncate(joined, MAX_TAG_VALUE_LENGTH),
+        "mlflow.note.content": truncate(f"python train.py {joined}", MAX_TAG_VALUE_LENGTH),
+    }
 
 
 def truncate(text: str, limit: int) -> str:
@@ -175,11 +211,13 @@ def truncate(text: str, limit: int) -> str:
 __all__ = [
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_RUN_NAME_LENGTH",
+    "MAX_TAG_VALUE_LENGTH",
     "NullTracker",
     "Tracker",
     "TrackingError",
     "build_tracker",
     "flatten_config",
-    "run_name_from_overrides",
+    "overrides_tags",
+    "short_run_name",
     "truncate",
 ]
