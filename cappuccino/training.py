@@ -120,7 +120,7 @@ def train(
         write_outputs(paths.run_dir, config_yaml, metrics, result, tracker)
         if not holdout:
             write_split_scores(paths.run_dir, tests, references, paths_of, splitter, cfg, market, tracker)
-    print_training_summary(result, objective, metrics["objective"], market, paths.run_dir, tracker.ui_command)
+    print_training_summary(result, objective, metrics["objective"], market, paths.run_dir, tracker.ui_command, tracker.run_url)
     return metrics["objective"]
 
 

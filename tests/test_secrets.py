@@ -299,7 +299,7 @@ def test_tracker_sends_the_credentials_as_basic_auth_and_never_shows_them(
     assert server.requests and all(auth == _basic("user", SECRET) for _, _, auth, _ in server.requests)
     assert any(method == "PUT" for method, *_ in server.requests)
     # What the tracker shows: the credential-free URL.
-    assert tracker.ui_command == f"http://127.0.0.1:{server.port}/#/experiments/1/runs/{run_id}"
+    assert tracker.ui_command == f"http://127.0.0.1:{server.port}/#/experiments/1/runs/{run_id}?workflowType=machine_learning"
     assert tracker.tracking_uri == f"http://127.0.0.1:{server.port}/" and SECRET not in repr(vars(tracker))
     # What it logged: masked params and tags; the username kept; other values untouched.
     params = {p["key"]: p["value"] for p in server.run_data(run_id)["params"]}

@@ -73,6 +73,25 @@ def test_default_store_lives_in_project_dir(project_dir: Path, finished_run: tup
     assert ui_command == f"mlflow ui --backend-store-uri sqlite:///{project_dir.resolve()}/mlflow.db"
 
 
+def test_the_runs_page_is_linked_on_the_machine_learning_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cappuccino.reporting import console as console_module
+
+    with build_tracker(MLflowLoggerConfig(experiment_name=EXPERIMENT), "run", tmp_path / ("deep" * 30)) as tracker:
+        experiment_id = MlflowClient(tracking_uri=tracker.tracking_uri).get_run(tracker.run_id).info.experiment_id
+        assert tracker.run_url == (
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{tracker.run_id}?workflowType=machine_learning"
+        )
+        out = io.StringIO()
+        monkeypatch.setattr(console_module, "console", Console(file=out, width=60))
+        console_module.print_outputs(tmp_path, tracker.ui_command, tracker.run_url)
+    lines = out.getvalue().splitlines()
+    assert f"browse runs: {tracker.ui_command}" in lines and f"this run:    {tracker.run_url}" in lines  # never wrapped
+
+
 def test_run_records_name_status_params_and_tags(project_dir: Path, finished_run: tuple[str, str]) -> None:
     run = _client(project_dir).get_run(finished_run[0])
     assert run.info.run_name == "encoder=mlp"

@@ -85,7 +85,7 @@ def run(
         )
         log_comparison(curves, summary, metric, title, encoder_file, paths.run_dir, tracker)
     console.print(transfer_table(summary, metric, ARMS))
-    print_outputs(paths.run_dir, tracker.ui_command)
+    print_outputs(paths.run_dir, tracker.ui_command, tracker.run_url)
     return summary["pretrained"]["final"]
 
 

@@ -263,9 +263,14 @@ def print_study(
         value = stats.get(key)
         table.add_row(label, "n/a" if value is None else f"{value:.3f}")
     console.print(table)
+    lines = []
     if best_config is not None:
-        console.print(f"run the best trial again: python train.py --config-dir {best_config.parent} --config-name best_trial")
+        lines.append(f"run the best trial again: python train.py --config-dir {best_config.parent} --config-name best_trial")
     if best_run is not None:
-        console.print(f"best trial's MLflow run (its checkpoints): {best_run}")
+        lines.append(f"best trial's MLflow run (its checkpoints): {best_run}")
     if tracker.ui_command:
-        console.print(f"browse the study: {mask_url(tracker.ui_command)}")
+        lines.append(f"browse the study: {mask_url(tracker.ui_command)}")
+    if tracker.run_url and tracker.run_url != tracker.ui_command:
+        lines.append(f"the study's run: {mask_url(tracker.run_url)}")
+    for line in lines:  # commands and links to copy: one line each, never wrapped
+        console.print(line, soft_wrap=True, markup=False, highlight=False)

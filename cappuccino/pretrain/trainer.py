@@ -376,4 +376,4 @@ def print_summary(history: dict[str, Any], ratio_name: str, run_dir: Path, track
         f"at step {best['step']:,} (baseline {history['baseline_val_loss']:.4f})"
     )
     console.print(f"{ratio_name} = {best[ratio_name]:.4f} (validation loss / baseline loss, on held-out windows)")
-    print_outputs(run_dir, tracker.ui_command)
+    print_outputs(run_dir, tracker.ui_command, tracker.run_url)

@@ -22,20 +22,24 @@ def print_data_report(report: DataReport) -> None:
         console.print(f"[yellow]data:[/] {line}")
 
 
-def print_outputs(run_dir: Path, ui_command: str | None) -> None:
+def print_outputs(run_dir: Path, ui_command: str | None, run_url: str | None = None) -> None:
+    """Where the run's files are, the command that opens the tracking UI, and the run's page in it."""
     console.print(f"outputs: {run_dir}")
     if ui_command:
-        console.print(f"browse runs: {ui_command}", soft_wrap=True)
+        console.print(f"browse runs: {ui_command}", soft_wrap=True, markup=False, highlight=False)
+    if run_url and run_url != ui_command:
+        console.print(f"this run:    {run_url}", soft_wrap=True, markup=False, highlight=False)
 
 
 def print_training_summary(
-    result: Result, objective_name: str, objective: float, market: MarketData, run_dir: Path, ui_command: str | None
+    result: Result, objective_name: str, objective: float, market: MarketData, run_dir: Path, ui_command: str | None,
+    run_url: str | None = None,
 ) -> None:
     data = data_label(market)
     console.print(holdout_table(result, data) if isinstance(result, HoldoutResult) else splits_table(result, data))
     console.print(verdict(result))
     console.print(objective_line(objective_name, objective))
-    print_outputs(run_dir, ui_command)
+    print_outputs(run_dir, ui_command, run_url)
 
 
 def objective_line(name: str, value: float) -> str:

@@ -46,6 +46,7 @@ class Tracker(Protocol):
     """
 
     ui_command: str | None
+    run_url: str | None  # the run's page in the UI that ui_command opens
     run_id: str | None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -91,6 +92,7 @@ class NullTracker(Tracker):
 
     def __init__(self, **_: Any) -> None:  # takes build_tracker's run arguments, and needs none
         self.ui_command: str | None = None
+        self.run_url: str | None = None
         self.run_id: str | None = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:

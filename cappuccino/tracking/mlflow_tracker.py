@@ -60,6 +60,7 @@ for _name in ("alembic", "mlflow.store.db.utils"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 
 # A tracking server must answer this fast at start-up: MLflow itself retries a refused
@@ -154,6 +155,7 @@ class MLflowTracker(Tracker):
                 self.client.update_run(run_id, status="RUNNING")
                 self.run_id, self._closed = run_id, False
                 self.ui_command = _ui_command(self.tracking_uri, self.experiment_id, run_id)
+                self.run_url = _run_url(self.tracking_uri, self.experiment_id, run_id)
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - whatever the store raised, shown masked
@@ -171,6 +173,7 @@ class MLflowTracker(Tracker):
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id: str | None = run.info.run_id
         self.ui_command: str | None = _ui_command(self.tracking_uri, self.experiment_id, run.info.run_id)
+        self.run_url: str | None = _run_url(self.tracking_uri, self.experiment_id, run.info.run_id)
         self._closed = False
 
     def child(self, run_name: str) -> MLflowTracker:
@@ -301,8 +304,17 @@ def _ui_command(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """Shell command that serves a local store, or the run's page on a tracking server (masked)."""
     tracking_uri = mask_url(tracking_uri)
     if urlparse(tracking_uri).scheme in ("http", "https"):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return _run_url(tracking_uri, experiment_id, run_id)
     return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+
+
+def _run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page: on its tracking server, or where ``mlflow ui`` serves a local store by
+    default. ``workflowType=machine_learning``: MLflow 3's UI otherwise opens experiments on
+    its GenAI view (traces, token usage), empty for these runs."""
+    tracking_uri = mask_url(tracking_uri)
+    base = tracking_uri.rstrip("/") if urlparse(tracking_uri).scheme in ("http", "https") else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def _as_float(key: str, value: Any) -> float:
