@@ -31,7 +31,9 @@ from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, save_sp
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.evaluation.references import mean_reference_metrics, oracle_gain, reference_backtests, reference_metrics
 from cappuccino.evaluation.results import OOS_RETURNS_FILE, RESULT_FILE, Result, save_result
-from cappuccino.evaluation.scoring import SplitBacktests, evaluate, objective_key, oos_excess_returns, score_cv, score_holdout
+from cappuccino.evaluation.scoring import (
+    SplitBacktests, evaluate, objective_definition, objective_key, oos_excess_returns, score_cv, score_holdout,
+)  # fmt: skip
 from cappuccino.evaluation.splits import Split, select_splits
 from cappuccino.evaluation.validation import VALIDATION_CURVE, PeriodicValidation
 from cappuccino.models.attention_probe import summarize_attention
@@ -88,6 +90,7 @@ def train(
         run_name, tags = f"trial {trial}", {**tags, "optuna.trial": str(trial)}
     with tracked_job(cfg.logger, run_name, paths.project_dir, market, config_yaml, tags, parent_run_id) as tracker:
         tracker.log_params(parameter_counts(cfg, market))
+        tracker.set_tags({"objective.key": objective, "objective.definition": objective_definition(objective, getattr(cfg.cv, "std_penalty", 0.0))})
         if isinstance(cfg.cv, CPCVConfig):  # a null embargo is derived from the features
             tracker.log_params({"cv.embargo_bars_used": splitter.embargo_for(market.feature_memory)})
         backtests: dict[int, SplitBacktests] = {}

@@ -63,8 +63,16 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parent = client.get_run(study.user_attrs["mlflow_run_id"])
     assert parent.info.run_name == "study ppo_mlp" and parent.info.status == "FINISHED"
-    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    # One objective name at every level: the study's is its best trial's so far, one point per batch.
+    assert parent.data.metrics["objective"] == pytest.approx(study.best_value)
+    history = client.get_metric_history(parent.info.run_id, "objective")
+    assert sorted({m.step for m in history}) == [1, 2, 3]
+    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert values == sorted(values)  # the best so far never gets worse (maximised)
     assert parent.data.tags["best.trial"] == str(study.best_trial.number)
+    assert parent.data.params["study.objective"] == "cv/objective" and parent.data.params["study.n_trials"] == "3"
+    assert parent.data.params["study.sampler"] == "TPESampler" and parent.data.params["study.direction"] == "maximize"
+    assert parent.data.params["search.agent.lr"].startswith("FloatDistribution(")
     assert {"pbo", "deflated_sharpe", "trials_complete"} <= set(parent.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     expected = {"best_trial.yaml", "optimization_results.yaml", "overfitting.json", "optimization_history.png", "param_importances.png"}
@@ -77,6 +85,9 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
         assert sorted(r.data.tags["cv.split"] for r in splits) == ["0", "1", "2", "3"]
         trial = run.data.tags["optuna.trial"]
         assert run.info.run_name == f"trial {trial}" and "agent.lr=" in run.data.tags["overrides"]
+        assert run.data.tags["best"] == str(int(trial) == study.best_trial.number).lower()  # best=true on the best alone
+        assert run.data.metrics["objective"] == pytest.approx(study.trials[int(trial)].value)
+        assert run.data.tags["objective.key"] == "cv/objective" and "std" in run.data.tags["objective.definition"]
         assert sorted(r.info.run_name for r in splits) == [f"trial {trial} · split {k}" for k in range(4)]
     best_run = parent.data.tags["best.run_id"]
     assert int(client.get_run(best_run).data.tags["optuna.trial"]) == study.best_trial.number

@@ -123,3 +123,16 @@ def objective_key(objective: str | None, holdout: bool) -> str:
         allowed = [key for key in known if not key.startswith("test/")]
         raise ConfigError(f"trainer.objective: {chosen!r} is not one of the {scope}; choose one of {allowed}")
     return chosen
+
+
+def objective_definition(key: str, std_penalty: float = 0.0) -> str:
+    """What the objective ``key`` measures, in words, for the run's tags."""
+    if key == "cv/objective":
+        return (
+            f"mean test excess Sharpe over the cv splits minus {std_penalty:g} x the std of their agent Sharpe "
+            "(cv.std_penalty); each split's test groups are out of sample, after fees"
+        )
+    part, _, metric = key.partition("/")
+    where = {"val": "the validation segments' backtest", "cv": "the cross-validation splits' test backtests"}[part]
+    return f"{metric} of {where}, after fees (excess: minus equal-weight buy-and-hold's on the same bars)"
+

@@ -186,6 +186,10 @@ def log_comparison(
             tracker.log_metrics({f"{arm}/val/{metric}": record[metric]}, step=int(record["step"]))
     tracker.log_metrics({f"{arm}/{key}": value for arm, values in summary.items() for key, value in values.items()})
     tracker.log_metrics({"objective": summary["pretrained"]["final"]})
+    tracker.set_tags({
+        "objective.key": "pretrained/final",
+        "objective.definition": f"val/{metric} of the arm started from the pre-trained encoder, at its last validation",
+    })  # fmt: skip
     curves_file = run_dir / CURVES_FILE
     record = {"metric": f"val/{metric}", "encoder_file": str(encoder_file), "summary": summary, "curves": curves}
     curves_file.write_text(json.dumps(record, indent=2))

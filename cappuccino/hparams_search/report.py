@@ -1,7 +1,9 @@
 """What a study leaves behind, in its sweep folder and on its MLflow run.
 
 The study's MLflow run (``study <name>``; every trial a child run, every CV split a grandchild)
-holds the best value (metric ``best_value``, step = complete trials), the best parameters (tags
+holds the best value so far (metric ``objective``, the name every trial's run logs it under;
+step = complete trials), its trial's run tagged ``best=true``, the design (params ``study.*``:
+objective, direction, target trials, sampler and seed; ``search.*``: the search space), the best parameters (tags
 ``best.<key>``; tags, because a resumed study's best changes), the best trial's run id (tag
 ``best.run_id``: its checkpoints are the ``checkpoint*.pt`` artifacts there), and the files below.
 Its id is kept in the study (user attribute ``mlflow_run_id``), so a resumed study, or another
@@ -28,7 +30,7 @@ import logging
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +54,9 @@ RUN_ATTR = "mlflow_run_id"
 TRIAL_TAG = "optuna.trial"  # tag of each trial's MLflow run
 
 
-def study_tracker(cfg: LoggerConfig, study: optuna.Study, project_dir: Path, creator: bool) -> Tracker:
+def study_tracker(
+    cfg: LoggerConfig, study: optuna.Study, project_dir: Path, creator: bool, params: Mapping[str, Any] = {}
+) -> Tracker:
     """The study's MLflow run: reopened when the study names one, else started by the ``creator``.
 
     Workers sharing a storage must agree on one run, and storages offer no compare-and-set: the
@@ -72,8 +76,49 @@ def study_tracker(cfg: LoggerConfig, study: optuna.Study, project_dir: Path, cre
             log.warning(f"The study's MLflow run {run_id} cannot be reopened ({mask_text(str(error))}); starting a new one")
     tracker = build_tracker(cfg, name, project_dir)
     tracker.set_tags({"optuna.study": study.study_name})
+    tracker.log_params(params)  # once, by the run's creator: params are write-once
     study.set_user_attr(RUN_ATTR, tracker.run_id)
     return tracker
+
+
+def study_params(
+    space: Mapping[str, Any], direction: str, n_trials: int, objective: str, sampler: Any, sampler_seed: Any
+) -> dict[str, str]:
+    """What the study run shows of its design: the search space, the sampler and its seed, the
+    direction, the target number of trials and the objective every trial returns."""
+    return {
+        "study.objective": objective, "study.direction": direction, "study.n_trials": str(n_trials),
+        "study.sampler": type(sampler).__name__, "study.sampler_seed": str(sampler_seed),
+        **{f"search.{key}": str(distribution) for key, distribution in space.items()},
+    }  # fmt: skip
+
+
+def report_progress(study: optuna.Study, tracker: Tracker) -> None:
+    """After each batch of trials: the best value so far as ``objective`` (step = complete
+    trials), the trial counts, and the ``best=true`` tag on the best trial's run alone."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not complete:
+        return
+    best = study.best_trial
+    tracker.log_metrics({"objective": best.value, "trials_complete": len(complete), "trials_failed": len(failed)}, step=len(complete))
+    mark_best_trial(tracker, best.number)
+
+
+def mark_best_trial(tracker: Tracker, number: int) -> None:
+    """Tag trial ``number``'s run ``best=true`` and any other trial run of the study ``best=false``."""
+    client = getattr(tracker, "client", None)
+    if client is None or tracker.run_id is None:
+        return
+    best_run = trial_run_id(tracker, number)
+    query = f"tags.`mlflow.parentRunId` = '{tracker.run_id}' and tags.best = 'true'"
+    for run in client.search_runs([tracker.experiment_id], filter_string=query):
+        if run.info.run_id != best_run:
+            client.set_tag(run.info.run_id, "best", "false")
+    if best_run is not None:
+        client.set_tag(best_run, "best", "true")
 
 
 def first_trial_ended(study: optuna.Study) -> bool:
@@ -108,9 +153,10 @@ def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trial
 
     best_run = trial_run_id(tracker, best.number)
     tracker.log_metrics(
-        {"best_value": best.value, "trials_complete": len(complete), "trials_failed": len(failed), **numbers(stats)},
+        {"objective": best.value, "trials_complete": len(complete), "trials_failed": len(failed), **numbers(stats)},
         step=len(complete),
     )
+    mark_best_trial(tracker, best.number)
     tags = {"best.trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}}
     tracker.set_tags({**tags, **({"best.run_id": best_run} if best_run else {})})
     for file in files:

@@ -41,8 +41,9 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from cappuccino.config import TrainConfig, validate
+from cappuccino.config import HoldoutConfig, TrainConfig, validate
 from cappuccino.errors import ConfigError
+from cappuccino.evaluation.scoring import objective_key
 from cappuccino.runtime import Interrupted, graceful_interrupts, one_line_errors
 from cappuccino.hparams_search import OUTPUT_DIR_ATTR, SKIPPED_ATTR, STUDY_RUN_ENV, TRIAL_ENV
 from cappuccino.hparams_search.space import check_search_space, drop_invalid_queued_trials
@@ -138,7 +139,7 @@ class StudySweeper(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-        from cappuccino.hparams_search.report import end_killed_trial_runs, finish_study, study_tracker
+        from cappuccino.hparams_search.report import end_killed_trial_runs, finish_study, report_progress, study_params, study_tracker
 
         search = self.search
         base = base_config(self.config)
@@ -163,6 +164,11 @@ class StudySweeper(Sweeper):
         where = mask_url(search.storage) if search.storage else "memory"  # a password shows as ***
         log.info(f"Study {study.study_name!r} in {where}: {search.n_trials} trials in all")
         project_dir = Path.cwd()  # the trials' project folder: where train.py started
+        holdout = isinstance(base.cv, HoldoutConfig)
+        params = study_params(
+            space, directions[0], search.n_trials, objective_key(base.trainer.objective, holdout), search.sampler,
+            self.config.hydra.sweeper.sampler.get("seed"),
+        )  # fmt: skip
         tracker: Tracker | None = None  # the study's run: started once the worker holding trial 0 is known
         job_index = len(study.trials)  # resumed studies keep numbering their job folders
         killed: list[int] = []  # trials of killed workers, their MLflow runs still to be ended KILLED
@@ -175,7 +181,7 @@ class StudySweeper(Sweeper):
                         break
                     continue
                 if tracker is None:
-                    tracker = study_tracker(base.logger, study, project_dir, creator=any(t.number == 0 for t in trials))
+                    tracker = study_tracker(base.logger, study, project_dir, any(t.number == 0 for t in trials), params)
                 end_killed_trial_runs(tracker, killed)
                 killed = []
                 overrides = search._configure_trials(trials, space, fixed, fixed_overrides)
@@ -184,8 +190,9 @@ class StudySweeper(Sweeper):
                     returns = search.launcher.launch(overrides, initial_job_idx=job_index)
                 job_index += len(returns)
                 failures = [tell(study, trial, result) for trial, result in zip(trials, returns)]
+                report_progress(study, tracker)
                 check_failure_rate([f for f in failures if f is not None], returns, search.max_failure_rate)
-            tracker = tracker or study_tracker(base.logger, study, project_dir, creator=True)
+            tracker = tracker or study_tracker(base.logger, study, project_dir, True, params)
             end_killed_trial_runs(tracker, killed)
             finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials, self.pbo_blocks)
         except BaseException as error:
