@@ -119,7 +119,7 @@ def train(
         metrics = result.metrics()
         metrics["objective"] = metrics[objective]
         tracker.log_metrics(metrics, step=steps)  # at the last training step, where the val/ curves end
-        tracker.log_metrics(resource_metrics(device))
+        tracker.log_metrics(resource_metrics(device), step=steps)  # the whole run's peaks, at its end
         write_outputs(paths.run_dir, config_yaml, metrics, result, tracker)
         if not holdout:
             write_split_scores(paths.run_dir, tests, references, paths_of, splitter, cfg, market, tracker)
@@ -206,7 +206,7 @@ class SplitJob:
             if backtests:
                 self.save_equity_plot(stitch(backtests), part, suffix, tracker)
         if isinstance(module.actor_encoder, FTTransformerEncoder):
-            self.log_attention(module.actor_encoder, split, name, tracker)
+            self.log_attention(module.actor_encoder, split, name, tracker, ppo.total_steps)
         return results, ppo.total_steps
 
     def build_policy(self) -> ActorCritic:
@@ -219,9 +219,9 @@ class SplitJob:
         return policy
 
     def periodic_validation(self, policy: TrainedPolicy, split: Split) -> PeriodicValidation | None:
-        """``trainer.eval_every``'s validation of ``policy``, or None when it is 0. TrainConfig
-        allows it with cv=holdout only, whose one split always has validation segments."""
-        every = self.cfg.trainer.eval_every
+        """``trainer.eval_every``'s validation of ``policy``, or None when it is off. TrainConfig
+        allows a positive value with cv=holdout only, whose one split always has validation segments."""
+        every = validation_every(self.cfg.trainer.eval_every, self.cfg.trainer.total_steps, bool(split.validation))
         if every == 0:
             return None
         ppy = periods_per_year(self.market.interval)
@@ -237,7 +237,7 @@ class SplitJob:
         figure.savefig(self.run_dir / f"equity{suffix}_{part}.png", dpi=110, bbox_inches="tight")
         tracker.log_figure(figure, f"equity_{part}.png")
 
-    def log_attention(self, encoder: FTTransformerEncoder, split: Split, name: str, tracker: Tracker) -> None:
+    def log_attention(self, encoder: FTTransformerEncoder, split: Split, name: str, tracker: Tracker, step: int) -> None:
         """Attention statistics and the [CLS] heat-map of the trained actor encoder.
 
         The probe batch is up to ``ATTENTION_WINDOWS`` evenly spaced decision bars of the validation
@@ -251,11 +251,19 @@ class SplitJob:
         weights = torch.zeros(len(bars), tensors.n_assets + 1, device=tensors.device)
         weights[:, 0] = 1.0  # all cash
         stats, cls = summarize_attention(encoder, tensors.window(bars), weights)
-        tracker.log_metrics(stats)
+        tracker.log_metrics(stats, step=step)  # the trained encoder's, at the last training step
         title = f"{name + ' ' if name else ''}{part}: [CLS] attention, mean over heads and {len(bars)} all-cash windows"
         figure = attention_figure(cls, title, tensors.lookback, self.market.symbols, encoder.bars_per_token)
         figure.savefig(self.run_dir / f"attention{'_' + name if name else ''}.png", dpi=110, bbox_inches="tight")
         tracker.log_figure(figure, "attention.png")
+
+
+def validation_every(eval_every: int | None, total_steps: int, has_validation: bool) -> int:
+    """Environment steps between validations; 0: none. ``None`` (the default) validates every
+    tenth of the budget where there are validation segments, so val/ metrics are curves."""
+    if eval_every is None:
+        return max(total_steps // 10, 1) if has_validation else 0
+    return eval_every
 
 
 def probe_bars(tensors: MarketTensors, segments: Sequence[Segment], n: int) -> torch.Tensor:
@@ -296,7 +304,9 @@ def learn(
         def on_update(stats: dict[str, float]) -> None:
             nonlocal last_episode_reward, last_validation
             step = int(stats["global_step"])
-            tracker.log_metrics({f"train/{k}": v for k, v in {**stats, **resource_metrics(device)}.items()}, step=step)
+            # global_step and update repeat the step axis; the rest are the update's statistics.
+            logged = {k: v for k, v in {**stats, **resource_metrics(device)}.items() if k not in ("global_step", "update")}
+            tracker.log_metrics({f"train/{k}": v for k, v in logged.items()}, step=step)
             if validation is not None and validation.due(step, ppo.batch_size, int(stats["update"]) == ppo.num_updates):
                 metrics = validation(step)
                 tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)

@@ -178,7 +178,7 @@ def test_rollout_bootstraps_truncated_episodes_with_the_final_observation_value(
     torch.manual_seed(0)
     env = RecordingEnv(num_envs=4, episode_length=3)
     ppo = PPO(make_policy(env), env, replace(SMALL, gamma=0.9), total_steps=32)
-    rollout, _, _, _ = ppo._collect(env.reset(), torch.zeros(4))
+    rollout, *_ = ppo._collect(env.reset(), torch.zeros(4))
     raw = torch.stack([r.reward for r in env.results])
     dones = torch.stack([r.done for r in env.results])
     assert dones.any() and (dones == rollout.dones).all()
@@ -242,16 +242,20 @@ def test_metrics_are_reported_after_every_update(shared):
     assert [m["global_step"] for m in history] == [128, 256, 384]
     expected = {
         "global_step", "update", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
-        "explained_variance", "steps_per_second", "learning_rate", "grad_norm", "episode_reward", "epochs_run",
+        "explained_variance", "steps_per_second", "learning_rate", "grad_norm", "episode_reward", "step_reward",
+        "epochs_run",
     }  # fmt: skip
     assert all(set(m) == expected for m in history)
     assert all(math.isfinite(m[k]) for m in history for k in expected)  # 8-step episodes end in every rollout
 
 
-def test_episode_reward_is_nan_when_no_episode_ends():
+def test_episode_reward_is_nan_when_no_episode_ends_and_the_step_reward_is_always_there():
     history = run(replace(SMALL, n_steps=4), env=TargetEnv(episode_length=8), total_steps=128)
     assert math.isnan(history[0]["episode_reward"])
     assert math.isfinite(history[1]["episode_reward"])
+    assert all(math.isfinite(m["step_reward"]) for m in history)
+    # An 8-step episode's reward sums its steps: the mean over the two 4-step rollouts it spans, times 8.
+    assert history[1]["episode_reward"] == pytest.approx(4 * (history[0]["step_reward"] + history[1]["step_reward"]), rel=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])

@@ -67,6 +67,12 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(compose_config, tmp_path)
     assert "val/excess_sharpe" in mlflow_run.data.metrics and "objective" in mlflow_run.data.metrics
     history = client.get_metric_history(mlflow_run.info.run_id, "train/policy_loss")
     assert len(history) >= 2
+    last_step = max(m.step for m in history)
+    # Curves from the first update, validation curves by default, no metric repeating the step axis.
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "train/step_reward")) == len(history)
+    assert len({m.step for m in client.get_metric_history(mlflow_run.info.run_id, "val/excess_sharpe")}) >= 2
+    assert not {"train/global_step", "train/update"} & set(mlflow_run.data.metrics)
+    assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "peak_rss_mb")] == [last_step]  # the run's peak
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     assert {"checkpoint.pt", "config.yaml", "equity_val.png"} <= artifacts
     assert mlflow_run.data.tags["data.synthetic"] == "True"

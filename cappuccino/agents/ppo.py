@@ -250,7 +250,8 @@ class PPO:
         policy_loss, value_loss, entropy, clip_fraction, grad_norm (pre-clip): means over the
         minibatches run; approx_kl: the value the target-KL check last saw; explained_variance of
         the rollout values against the returns; episode_reward: mean undiscounted (scaled) reward
-        sum of the episodes that ended in this rollout, NaN if none did; steps_per_second of this
+        sum of the episodes that ended in this rollout, NaN if none did; step_reward: mean (scaled)
+        reward per environment step of this rollout, defined from the first update; steps_per_second of this
         update (rollout + optimisation).
         """
         obs = self.env.reset()
@@ -263,7 +264,7 @@ class PPO:
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate
 
-            rollout, obs, episode_return, episode_reward = self._collect(obs, episode_return)
+            rollout, obs, episode_return, episode_reward, step_reward = self._collect(obs, episode_return)
             self.global_step += self.batch_size
             advantages, returns = self._advantages(rollout, obs)
             metrics = self._optimise(rollout, advantages, returns)
@@ -273,6 +274,7 @@ class PPO:
                 update=update,
                 explained_variance=explained_variance(rollout.values.flatten(), returns.flatten()),
                 episode_reward=episode_reward.item(),
+                step_reward=step_reward.item(),
                 learning_rate=learning_rate,
             )
             metrics["steps_per_second"] = self.batch_size / (time.perf_counter() - start)
@@ -288,10 +290,11 @@ class PPO:
         return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
 
     @torch.no_grad()
-    def _collect(self, obs: Observation, episode_return: Tensor) -> tuple[Rollout, Observation, Tensor, Tensor]:
+    def _collect(self, obs: Observation, episode_return: Tensor) -> tuple[Rollout, Observation, Tensor, Tensor, Tensor]:
         """Run ``n_steps`` in every env. Returns the rollout (truncations already bootstrapped),
-        the next observation, the running per-env episode returns, and the mean return of the
-        episodes that ended in this rollout (a 0-d tensor, NaN if none ended)."""
+        the next observation, the running per-env episode returns, the mean return of the
+        episodes that ended in this rollout (a 0-d tensor, NaN if none ended) and the mean reward
+        per step (0-d)."""
         env, policy = self.env, self.policy
         policy.eval()  # no dropout while acting: the stored log-probs are the policy's own
         rollout = Rollout.empty(self.settings.n_steps, env.num_envs, env.n_assets, env.device)
@@ -314,8 +317,9 @@ class PPO:
                 finished_count += step.done.sum()
                 episode_return = episode_return.masked_fill(step.done, 0.0)
                 obs = step.obs
+        step_reward = rollout.rewards.mean()  # before truncations add their bootstrapped values
         self._bootstrap_truncations(rollout)
-        return rollout, obs, episode_return, finished_sum / finished_count
+        return rollout, obs, episode_return, finished_sum / finished_count, step_reward
 
     def _bootstrap_truncations(self, rollout: Rollout) -> None:
         """rewards += gamma * V(final_obs) where the episode was cut by the time limit."""

@@ -48,12 +48,16 @@ class TrainerConfig(Node):
     torch_threads: Optional[int] = None
     precision: str = "32"
     objective: Optional[str] = None
-    eval_every: int = 0
+    eval_every: Optional[int] = None  # None: a tenth of total_steps with validation segments (validation_every)
     progress: bool = True
 
     def __post_init__(self) -> None:
         _require(self.total_steps >= 1, "trainer.total_steps", "must be >= 1")
-        _require(self.eval_every >= 0, "trainer.eval_every", f"must be >= 0 (0: off), got {self.eval_every}")
+        _require(
+            self.eval_every is None or self.eval_every >= 0,
+            "trainer.eval_every",
+            f"must be >= 0 (0: off) or null (a tenth of total_steps), got {self.eval_every}",
+        )
         _require_device(self.device, "trainer.device")
         _require(self.torch_threads is None or self.torch_threads >= 1, "trainer.torch_threads", "must be >= 1")
         _require(
@@ -96,7 +100,7 @@ class TrainConfig(Node):
         )
         check_purge(self.cv, self.window)
         _require(
-            self.trainer.eval_every == 0 or isinstance(self.cv, HoldoutConfig),
+            not self.trainer.eval_every or isinstance(self.cv, HoldoutConfig),
             "trainer.eval_every",
             f"periodic validation needs validation segments, and cv={self.cv.name} has none "
             "(its held-out parts are test data): use cv=holdout, or trainer.eval_every=0",
