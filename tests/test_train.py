@@ -73,6 +73,11 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(compose_config, tmp_path)
     assert len({m.step for m in client.get_metric_history(mlflow_run.info.run_id, "val/excess_sharpe")}) >= 2
     assert not {"train/global_step", "train/update"} & set(mlflow_run.data.metrics)
     assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "peak_rss_mb")] == [last_step]  # the run's peak
+    # The bars are the run's input dataset: the digest is their content hash, the source their settings.
+    (dataset_input,) = mlflow_run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert dataset.digest == mlflow_run.data.tags["data.hash"] and dataset.source_type == "synthetic"
+    assert json.loads(dataset.source)["seed"] == 7 and json.loads(dataset.profile)["bars"] > 0
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     assert {"checkpoint.pt", "config.yaml", "equity_val.png"} <= artifacts
     assert mlflow_run.data.tags["data.synthetic"] == "True"

@@ -61,6 +61,9 @@ class Tracker(Protocol):
     def log_figure(self, figure: Figure, name: str) -> None:
         """Save a matplotlib figure as a PNG artifact, then close it."""
 
+    def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
+        """Record the data the run read as an input dataset (the UI's Dataset column)."""
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set string tags on the run."""
 
@@ -110,6 +113,9 @@ class NullTracker(Tracker):
         close_figure(figure)  # as MLflowTracker does, so no logger leaks figures
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
         pass
 
     def child(self, run_name: str) -> Tracker:

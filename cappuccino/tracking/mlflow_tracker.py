@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, LifecycleStage, Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
@@ -45,7 +45,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from cappuccino.errors import ConfigError, UserError
-from cappuccino.secrets import Masker, credentials_from_url, mask_url, url_secrets
+from cappuccino.secrets import Masker, credentials_from_url, mask_text, mask_url, url_secrets
 from cappuccino.sqlite_lock import opening_lock, sqlite_file
 from cappuccino.tracking import MAX_RUN_NAME_LENGTH, TrackingError, Tracker, flatten_config, truncate
 from cappuccino.reporting.figures import close_figure
@@ -225,6 +225,12 @@ class MLflowTracker(Tracker):
                 self.client.log_figure(self.run_id, figure, artifact_file)
         finally:
             close_figure(figure)
+
+    def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
+        """An MLflow dataset input: ``source`` masked, as params are (a URL may hold a password)."""
+        dataset = Dataset(name=name, digest=digest, source_type=source_type, source=mask_text(source), profile=profile)
+        with self._masked():
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset)])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         batch = [RunTag(key, mask_url(str(value))) for key, value in tags.items()]
