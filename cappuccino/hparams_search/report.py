@@ -129,7 +129,9 @@ def first_trial_ended(study: optuna.Study) -> bool:
     return bool(trials) and trials[0].state not in (TrialState.RUNNING, TrialState.WAITING)
 
 
-def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trials: int, pbo_blocks: int) -> None:
+def finish_study(
+    study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trials: int, pbo_blocks: int, objective: str = "objective"
+) -> None:
     """Write and log the study's results; print the best trial and the overfitting statistics."""
     from optuna.trial import TrialState
 
@@ -146,7 +148,7 @@ def finish_study(study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trial
     files = [save_yaml(results, sweep_dir / "optimization_results.yaml")]
     best_config = write_best_config(best, sweep_dir)
     files += [best_config] if best_config else []
-    files += plot_study(study, sweep_dir)
+    files += plot_study(study, sweep_dir, objective)
     stats = overfitting(complete, best, pbo_blocks)
     files.append(sweep_dir / "overfitting.json")
     files[-1].write_text(json.dumps(stats, indent=2))
@@ -179,16 +181,24 @@ def write_best_config(best: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path |
     return save_yaml(OmegaConf.merge(header, config), sweep_dir / "best_trial.yaml")
 
 
-def plot_study(study: optuna.Study, sweep_dir: Path) -> list[Path]:
-    """Optimisation history and parameter importances as PNGs (importances need two complete
-    trials and a varied parameter; skipped with a log line otherwise)."""
+def plot_study(study: optuna.Study, sweep_dir: Path, objective: str = "objective") -> list[Path]:
+    """Optimisation history (the ``objective``'s name on the y-axis, whole trial numbers on the
+    x-axis) and parameter importances as PNGs (importances need two complete trials and a varied
+    parameter; skipped with a log line otherwise)."""
     import optuna
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization import matplotlib as optuna_plots
 
     from cappuccino.reporting.figures import close_figure
 
+    def history() -> Any:
+        axes = optuna_plots.plot_optimization_history(study, target_name=objective)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(f"optimisation history of study {study.study_name}: {objective} per trial and best so far")
+        return axes
+
     plots = {
-        "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
+        "optimization_history.png": history,
         "param_importances.png": lambda: optuna_plots.plot_param_importances(
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
         ),

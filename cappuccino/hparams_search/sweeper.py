@@ -194,7 +194,7 @@ class StudySweeper(Sweeper):
                 check_failure_rate([f for f in failures if f is not None], returns, search.max_failure_rate)
             tracker = tracker or study_tracker(base.logger, study, project_dir, True, params)
             end_killed_trial_runs(tracker, killed)
-            finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials, self.pbo_blocks)
+            finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials, self.pbo_blocks, params["study.objective"])
         except BaseException as error:
             if tracker is not None:
                 tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")

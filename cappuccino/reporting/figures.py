@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, PercentFormatter
+from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 _AGENT_COLOR = "tab:blue"
 _BENCHMARK_COLOR = "tab:gray"
@@ -107,18 +107,20 @@ def attention_figure(
     figure = Figure(figsize=(11, 1.0 + n_blocks * (0.9 + 0.3 * max(rows, n_assets + 2))), layout="constrained")
     figure.suptitle(title)
     axes = figure.subplots(n_blocks, 2, squeeze=False, width_ratios=[6, 1])
-    bars = np.arange(1 - columns * patch_bars, 1)  # the first patch_bars - 1 of them padding when patched
+    bars = np.arange(1 - columns * patch_bars, 1)  # patched: the oldest -lookback % patch_bars are padding
     for b, (market_ax, side_ax) in enumerate(axes):
+        # The colour scale spans this block's own range: from 0 up, small differences would not show.
         image = market_ax.imshow(
-            market[b].T, aspect="auto", cmap="viridis", vmin=0.0,
+            market[b].T, aspect="auto", cmap="viridis", vmin=market[b].min(), vmax=market[b].max(),
             extent=(bars[0] - 0.5, bars[-1] + 0.5, rows - 0.5, -0.5),
         )  # fmt: skip
-        figure.colorbar(image, ax=market_ax, pad=0.01)
+        figure.colorbar(image, ax=market_ax, pad=0.01, label="share of attention", format=PercentFormatter(xmax=1.0, decimals=2))
         market_ax.set_yticks(range(rows), row_names)
+        market_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         market_ax.set_title(f"block {b}: market tokens ({market[b].sum():.0%} of attention)", loc="left")
         market_ax.set_xlabel("bar (0 = decision bar)")
         strip = side_ax.imshow(side[b][:, None], aspect="auto", cmap="viridis", vmin=0.0)
-        figure.colorbar(strip, ax=side_ax, pad=0.05)
+        figure.colorbar(strip, ax=side_ax, pad=0.05, format=PercentFormatter(xmax=1.0, decimals=1))
         side_ax.set_yticks(range(len(side_names)), side_names)
         side_ax.set_xticks([])
         side_ax.set_title(f"portfolio ({side[b, :-1].sum():.0%})", loc="left")
