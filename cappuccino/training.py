@@ -98,6 +98,7 @@ def train(
             if holdout:
                 backtests[index], steps = job.run(split, index, "", tracker)
                 tracker.log_artifact(paths.run_dir / "checkpoint.pt")
+                tracker.log_policy(paths.run_dir / "checkpoint.pt", rules.cash_reserve)
                 continue
             # A nested run per split: the UI compares splits side by side under the same metric names.
             with tracker.child(f"{run_name} · split {index}") as split_run:  # told apart across runs
@@ -105,6 +106,7 @@ def train(
                 backtests[index], steps = job.run(split, index, f"split{index}", split_run)
                 split_metrics = stitch(backtests[index]["test"]).metrics(periods_per_year(market.interval))
                 split_run.log_metrics({f"test/{k}": v for k, v in split_metrics.items()}, step=steps)
+                split_run.log_policy(paths.run_dir / f"checkpoint_split{index}.pt", rules.cash_reserve)
             # Every split's checkpoint in the run itself: one run id finds the whole ensemble.
             tracker.log_artifact(paths.run_dir / f"checkpoint_split{index}.pt")
         paths_of = splitter.paths() if only is None and isinstance(cfg.cv, CPCVConfig) else None  # a path needs every split

@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -73,6 +75,20 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(compose_config, tmp_path)
     assert len({m.step for m in client.get_metric_history(mlflow_run.info.run_id, "val/excess_sharpe")}) >= 2
     assert not {"train/global_step", "train/update"} & set(mlflow_run.data.metrics)
     assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "peak_rss_mb")] == [last_step]  # the run's peak
+    # The policy is an MLflow model that acts as the checkpoint does.
+    import mlflow
+
+    from cappuccino.models.loading import load_policy
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"runs:/{mlflow_run.info.run_id}/policy")
+    policy = load_policy(tmp_path / "run" / "checkpoint.pt")
+    L, A, F = policy.schema.lookback, len(policy.schema.symbols), len(policy.schema.feature_names)
+    generator = torch.Generator().manual_seed(0)
+    window, weights = torch.randn(5, L, A, F, generator=generator), torch.softmax(torch.randn(5, A + 1, generator=generator), -1)
+    predicted = model.predict({"window": window.numpy(), "weights": weights.numpy()})
+    cash_reserve = OmegaConf.create((tmp_path / "run" / "config.yaml").read_text()).rules.cash_reserve
+    assert np.array_equal(predicted, policy.target_weights(window, weights, cash_reserve).numpy())
     # The bars are the run's input dataset: the digest is their content hash, the source their settings.
     (dataset_input,) = mlflow_run.inputs.dataset_inputs
     dataset = dataset_input.dataset

@@ -64,6 +64,9 @@ class Tracker(Protocol):
     def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
         """Record the data the run read as an input dataset (the UI's Dataset column)."""
 
+    def log_policy(self, checkpoint: Path, cash_reserve: float) -> None:
+        """Log a train.py checkpoint as the run's ``policy`` model (``tracking.policy_model``)."""
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set string tags on the run."""
 
@@ -116,6 +119,9 @@ class NullTracker(Tracker):
         pass
 
     def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
+        pass
+
+    def log_policy(self, checkpoint: Path, cash_reserve: float) -> None:
         pass
 
     def child(self, run_name: str) -> Tracker:

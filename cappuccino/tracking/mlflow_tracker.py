@@ -226,6 +226,13 @@ class MLflowTracker(Tracker):
         finally:
             close_figure(figure)
 
+    def log_policy(self, checkpoint: Path, cash_reserve: float) -> None:
+        """The checkpoint as a pyfunc model at ``runs:/<run_id>/policy`` (``tracking.policy_model``)."""
+        from cappuccino.tracking.policy_model import log_policy_model  # torch and mlflow.pyfunc: only when logging one
+
+        with self._masked():
+            log_policy_model(self.client, self.run_id, checkpoint, cash_reserve)
+
     def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
         """An MLflow dataset input: ``source`` masked, as params are (a URL may hold a password)."""
         dataset = Dataset(name=name, digest=digest, source_type=source_type, source=mask_text(source), profile=profile)
