@@ -53,7 +53,7 @@ def child_runs(client: MlflowClient, run_id: str) -> list:
 
 @pytest.mark.slow
 def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_best_config(tmp_path):
-    study = run_sweep(tmp_path)
+    study = run_sweep(tmp_path, "hydra.sweeper.keep_checkpoints=1")
     trials = study.get_trials(states=(COMPLETE,))
     assert len(study.trials) == 3 and len(trials) == 3
     assert {"agent.lr", "env.reward", "window.lookback", "encoder.hidden_sizes"} <= set(trials[0].params)
@@ -93,6 +93,14 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
     assert int(client.get_run(best_run).data.tags["optuna.trial"]) == study.best_trial.number
     checkpoints = {a.path for a in client.list_artifacts(best_run)} & {f"checkpoint_split{i}.pt" for i in range(4)}
     assert len(checkpoints) == 4  # the best trial's ensemble, found by its run id
+    # Retention: the other trials' agents are gone from their runs and folders; the best's are kept.
+    for run in trial_runs:
+        trial = study.trials[int(run.data.tags["optuna.trial"])]
+        kept = trial.number == study.best_trial.number
+        agents = [a.path for r in [run, *child_runs(client, run.info.run_id)] for a in client.list_artifacts(r.info.run_id)]
+        agents = [a for a in agents if a.startswith(("checkpoint", "policy"))]
+        files = sorted(Path(trial.user_attrs["output_dir"]).glob("checkpoint*.pt"))
+        assert (len(files), len(agents) > 0, run.data.tags.get("checkpoints")) == ((4, True, None) if kept else (0, False, "deleted"))
 
     # best_trial.yaml reruns the best trial: same seed, same numbers on CPU.
     rerun = [

@@ -107,6 +107,45 @@ def report_progress(study: optuna.Study, tracker: Tracker) -> None:
     mark_best_trial(tracker, best.number)
 
 
+PRUNED_ARTIFACTS = ("checkpoint", "policy")  # artifact names starting with these are a trial's agents
+
+
+def prune_checkpoints(study: optuna.Study, tracker: Tracker, keep: int) -> None:
+    """Delete the agents of complete trials outside the best ``keep``: the ``checkpoint*.pt``
+    files of their folders and their runs' checkpoint and policy-model artifacts (split runs
+    included). A trial's rank only falls as trials complete, so none ever needs them back; it
+    is idempotent, and what it removed is logged once per trial (tag ``checkpoints=deleted``)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for trial in sorted(complete, key=lambda t: t.value, reverse=maximize)[keep:]:
+        folder = trial.user_attrs.get(OUTPUT_DIR_ATTR)
+        for file in Path(folder).glob("checkpoint*.pt") if folder else ():
+            file.unlink()
+        run_id = trial_run_id(tracker, trial.number)
+        if run_id is not None and delete_agent_artifacts(tracker, run_id):
+            log.info(f"Trial {trial.number} is not among the best {keep}: its checkpoints and policy models are deleted")
+
+
+def delete_agent_artifacts(tracker: Tracker, run_id: str) -> bool:
+    """Delete run ``run_id``'s and its child runs' checkpoint and policy artifacts; whether any were there."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = tracker.client  # type: ignore[attr-defined]
+    if client.get_run(run_id).data.tags.get("checkpoints") == "deleted":
+        return False
+    children = client.search_runs([tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")  # type: ignore[attr-defined]
+    for run in [client.get_run(run_id), *children]:
+        repository = get_artifact_repository(run.info.artifact_uri)
+        for artifact in client.list_artifacts(run.info.run_id):
+            if artifact.path.startswith(PRUNED_ARTIFACTS):
+                repository.delete_artifacts(artifact.path)
+    client.set_tag(run_id, "checkpoints", "deleted")
+    return True
+
+
 def mark_best_trial(tracker: Tracker, number: int) -> None:
     """Tag trial ``number``'s run ``best=true`` and any other trial run of the study ``best=false``."""
     client = getattr(tracker, "client", None)

@@ -79,6 +79,7 @@ class StudySweeper(Sweeper):
         heartbeat_interval: int,
         grace_period: int,
         pbo_blocks: int,
+        keep_checkpoints: int,
     ) -> None:
         # hydra-optuna-sweeper has no public API for its search-space parsing and trial-to-override
         # conversion, only its whole optimisation loop, which is not resumable: we reuse
@@ -88,7 +89,8 @@ class StudySweeper(Sweeper):
         sampler = instantiate(
             sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
         )
-        for name, value in (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_interval", heartbeat_interval)):
+        named = (("n_trials", n_trials), ("n_jobs", n_jobs), ("heartbeat_interval", heartbeat_interval), ("keep_checkpoints", keep_checkpoints))
+        for name, value in named:
             if value < 1:
                 raise ConfigError(f"hydra.sweeper.{name} must be >= 1, got {value}")
         if pbo_blocks < 2 or pbo_blocks % 2:
@@ -108,6 +110,7 @@ class StudySweeper(Sweeper):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.pbo_blocks = pbo_blocks
+        self.keep_checkpoints = keep_checkpoints
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -139,7 +142,9 @@ class StudySweeper(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-        from cappuccino.hparams_search.report import end_killed_trial_runs, finish_study, report_progress, study_params, study_tracker
+        from cappuccino.hparams_search.report import (
+            end_killed_trial_runs, finish_study, prune_checkpoints, report_progress, study_params, study_tracker,
+        )  # fmt: skip
 
         search = self.search
         base = base_config(self.config)
@@ -191,6 +196,7 @@ class StudySweeper(Sweeper):
                 job_index += len(returns)
                 failures = [tell(study, trial, result) for trial, result in zip(trials, returns)]
                 report_progress(study, tracker)
+                prune_checkpoints(study, tracker, self.keep_checkpoints)
                 check_failure_rate([f for f in failures if f is not None], returns, search.max_failure_rate)
             tracker = tracker or study_tracker(base.logger, study, project_dir, True, params)
             end_killed_trial_runs(tracker, killed)
