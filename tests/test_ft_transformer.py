@@ -246,7 +246,7 @@ def test_bad_settings_fail_validation_naming_the_key(compose_config, override, k
 @pytest.mark.parametrize(
     "name, d_token, n_blocks, n_heads", [("ft_small", 32, 1, 2), ("ft_default", 64, 2, 4), ("ft_large", 96, 3, 8)]
 )
-def test_shipped_sizes_build_a_policy_reading_51_patch_tokens_at_lookback_60(
+def test_shipped_sizes_build_a_policy_reading_429_tokens_at_lookback_60(
     compose_config, name, d_token, n_blocks, n_heads
 ):
     cfg = validate(compose_config([f"encoder={name}", "window.lookback=60"]))
@@ -254,7 +254,10 @@ def test_shipped_sizes_build_a_policy_reading_51_patch_tokens_at_lookback_60(
     assert (cfg.encoder.d_token, cfg.encoder.n_blocks, cfg.encoder.n_heads) == (d_token, n_blocks, n_heads)
     policy = policy_from_config(cfg.encoder, cfg.agent.init_log_std, cfg.window.lookback, 7, 14)
     assert isinstance(policy.actor_encoder, FTTransformerEncoder)
-    assert policy.actor_encoder.n_tokens == 7 * 6 + 8 + 1  # 6 patches of 10 bars per asset, portfolio, [CLS]
+    assert policy.actor_encoder.n_tokens == 7 * 60 + 8 + 1
+    patched = validate(compose_config([f"encoder={name}", "window.lookback=60", "encoder.tokens=patch"]))
+    policy = policy_from_config(patched.encoder, patched.agent.init_log_std, 60, 7, 14)
+    assert policy.actor_encoder.n_tokens == 7 * 12 + 8 + 1  # 12 patches of encoder.patch_bars=5 bars per asset
     assert len(policy.actor_encoder.blocks) == n_blocks
 
 

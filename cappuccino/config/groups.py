@@ -169,8 +169,8 @@ class MLPEncoderConfig(EncoderConfig):
 class FTTransformerEncoderConfig(EncoderConfig):
     _target_: str = "cappuccino.models.ft_transformer.FTTransformerEncoder"
     name: str = "ft_transformer"
-    tokens: str = "patch"
-    patch_bars: int = 10
+    tokens: str = "asset_time"
+    patch_bars: int = 5
     d_token: int = 64
     n_blocks: int = 2
     n_heads: int = 4

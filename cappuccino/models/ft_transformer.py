@@ -38,14 +38,14 @@ Ours:
                   O((L*A*F)^2) per sample. For small states and comparison with the reference.
   ``asset_time``  one token per (bar, asset) from its F features through a shared
                   ``Linear(F, d_token)``, plus a learned asset embedding and a learned bar-position
-                  embedding: L*A + A + 1 tokens (428 at L=60).
+                  embedding: L*A + A + 1 tokens (428 at L=60). The default.
   ``time``        one token per bar from its A*F values through ``Linear(A*F, d_token)``, plus the
                   bar-position embedding: L + A + 1 tokens.
   ``patch``       one token per (patch of ``patch_bars`` bars, asset) from its patch_bars*F values
                   through ``Linear(patch_bars*F, d_token)``, plus a learned asset embedding and a
                   learned patch-position embedding (PatchTST's tokens, per asset):
-                  ceil(L / patch_bars)*A + A + 1 tokens (50 at L=60, patch_bars=10), so a block
-                  costs ~10x less than ``asset_time``'s and attention ~70x less.
+                  ceil(L / patch_bars)*A + A + 1 tokens (92 at L=60, patch_bars=5), so a block
+                  costs ~5x less than ``asset_time``'s and attention ~20x less.
 
   In every layout the portfolio weights (cash, then one per asset) are tokenized the paper's
   way, one token each: the weight times a learned vector plus a learned bias that also tells
@@ -329,8 +329,8 @@ class FTTransformerEncoder(Encoder):
         ffn_dropout: float = 0.0,
         residual_dropout: float = 0.0,
         activation: str = "reglu",
-        tokens: str = "patch",
-        patch_bars: int = 10,
+        tokens: str = "asset_time",
+        patch_bars: int = 5,
         out_dim: int = 128,
     ) -> None:
         super().__init__()
