@@ -65,7 +65,8 @@ def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[in
             if enabled and not console.is_terminal and done >= next_report:
                 elapsed = time.monotonic() - start
                 left = eta_seconds(elapsed, done, total)
-                console.print(f"{label} {done:,}/{total:,} steps  {stats}  elapsed {clock(elapsed)}  eta {clock(left or 0.0)}")
+                line = f"{label} {done:,}/{total:,} steps  {stats}  elapsed {clock(elapsed)}  eta {clock(left or 0.0)}"
+                console.print(line, soft_wrap=True, markup=False, highlight=False)  # one log line each
                 next_report = done + max(total // 10, 1)
 
         yield advance

@@ -31,7 +31,7 @@ def test_eta_column_shows_the_time_left_after_one_update():
 
 def test_without_a_terminal_the_first_update_prints_a_line_then_every_tenth(monkeypatch):
     out = io.StringIO()
-    monkeypatch.setattr(progress, "console", Console(file=out, force_terminal=False, width=200))
+    monkeypatch.setattr(progress, "console", Console(file=out, force_terminal=False, width=40))  # lines never wrap
     with progress_bar("PPO", 1000, enabled=True) as advance:
         advance(10, "first")
         advance(50, "quiet")  # not yet a tenth past the first line
