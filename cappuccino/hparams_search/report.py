@@ -125,8 +125,11 @@ def prune_checkpoints(study: optuna.Study, tracker: Tracker, keep: int) -> None:
         for file in Path(folder).glob("checkpoint*.pt") if folder else ():
             file.unlink()
         run_id = trial_run_id(tracker, trial.number)
-        if run_id is not None and delete_agent_artifacts(tracker, run_id):
-            log.info(f"Trial {trial.number} is not among the best {keep}: its checkpoints and policy models are deleted")
+        try:
+            if run_id is not None and delete_agent_artifacts(tracker, run_id):
+                log.info(f"Trial {trial.number} is not among the best {keep}: its checkpoints and policy models are deleted")
+        except Exception as error:  # noqa: BLE001 - disk left in use is no reason to stop a study
+            log.warning(f"Trial {trial.number}'s MLflow artifacts could not be deleted ({mask_text(str(error))}); the study goes on")
 
 
 def delete_agent_artifacts(tracker: Tracker, run_id: str) -> bool:
@@ -138,7 +141,8 @@ def delete_agent_artifacts(tracker: Tracker, run_id: str) -> bool:
         return False
     children = client.search_runs([tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")  # type: ignore[attr-defined]
     for run in [client.get_run(run_id), *children]:
-        repository = get_artifact_repository(run.info.artifact_uri)
+        # The client's store: an mlflow-artifacts:/ location resolves against its tracking server.
+        repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
         for artifact in client.list_artifacts(run.info.run_id):
             if artifact.path.startswith(PRUNED_ARTIFACTS):
                 repository.delete_artifacts(artifact.path)
