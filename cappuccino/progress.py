@@ -21,6 +21,11 @@ from rich.text import Text
 console = Console()
 
 
+def print_line(text: str) -> None:
+    """One line to copy or grep (a command, a link, a log line): never wrapped, never read as markup."""
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
 def eta_seconds(elapsed: float, done: int, total: int) -> float | None:
     """Seconds left at the average rate so far; None before the first step is done."""
     return elapsed * (total - done) / done if done > 0 else None
@@ -66,7 +71,7 @@ def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[in
                 elapsed = time.monotonic() - start
                 left = eta_seconds(elapsed, done, total)
                 line = f"{label} {done:,}/{total:,} steps  {stats}  elapsed {clock(elapsed)}  eta {clock(left or 0.0)}"
-                console.print(line, soft_wrap=True, markup=False, highlight=False)  # one log line each
+                print_line(line)
                 next_report = done + max(total // 10, 1)
 
         yield advance

@@ -78,6 +78,7 @@ def test_the_runs_page_is_linked_on_the_machine_learning_view(tmp_path: Path, mo
 
     from rich.console import Console
 
+    from cappuccino import progress
     from cappuccino.reporting import console as console_module
 
     with build_tracker(MLflowLoggerConfig(experiment_name=EXPERIMENT), "run", tmp_path / ("deep" * 30)) as tracker:
@@ -86,7 +87,7 @@ def test_the_runs_page_is_linked_on_the_machine_learning_view(tmp_path: Path, mo
             f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{tracker.run_id}?workflowType=machine_learning"
         )
         out = io.StringIO()
-        monkeypatch.setattr(console_module, "console", Console(file=out, width=60))
+        monkeypatch.setattr(progress, "console", Console(file=out, width=60))
         console_module.print_outputs(tmp_path, tracker.ui_command, tracker.run_url)
     lines = out.getvalue().splitlines()
     assert f"browse runs: {tracker.ui_command}" in lines and f"this run:    {tracker.run_url}" in lines  # never wrapped

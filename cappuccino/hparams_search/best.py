@@ -34,15 +34,20 @@ def best_trial_folders(study_name: str, storage: str, top_k: int = 1) -> list[Pa
         failure = f"cannot open study {study_name!r} in {mask_url(storage)}: {reason}"
     if failure is not None:  # raised outside the except block: no traceback chains the unmasked original
         raise ConfigError(failure)
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not trials:
+    best = ranked_complete_trials(study)[:top_k]
+    if not best:
         raise ConfigError(f"study {study_name!r} has no complete trial yet")
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = sorted(trials, key=lambda t: t.value, reverse=maximize)[:top_k]
     missing = [t.number for t in best if OUTPUT_DIR_ATTR not in t.user_attrs]
     if missing:
         raise FileNotFoundError(f"trials {missing} of study {study_name!r} recorded no output folder")
     return [Path(t.user_attrs[OUTPUT_DIR_ATTR]) for t in best]
 
 
-__all__ = ["best_trial_folders"]
+def ranked_complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials, best first in its direction."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(trials, key=lambda t: t.value, reverse=maximize)
+
+
+__all__ = ["best_trial_folders", "ranked_complete_trials"]

@@ -42,7 +42,7 @@ from cappuccino.config import LoggerConfig
 from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
 from cappuccino.evaluation.results import OOS_RETURNS_FILE
 from cappuccino.hparams_search import OUTPUT_DIR_ATTR
-from cappuccino.progress import console
+from cappuccino.progress import console, print_line
 from cappuccino.secrets import mask_text, mask_url
 from cappuccino.tracking import Tracker, build_tracker
 
@@ -115,12 +115,9 @@ def prune_checkpoints(study: optuna.Study, tracker: Tracker, keep: int) -> None:
     files of their folders and their runs' checkpoint and policy-model artifacts (split runs
     included). A trial's rank only falls as trials complete, so none ever needs them back; it
     is idempotent, and what it removed is logged once per trial (tag ``checkpoints=deleted``)."""
-    import optuna
-    from optuna.trial import TrialState
+    from cappuccino.hparams_search.best import ranked_complete_trials
 
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    for trial in sorted(complete, key=lambda t: t.value, reverse=maximize)[keep:]:
+    for trial in ranked_complete_trials(study)[keep:]:
         folder = trial.user_attrs.get(OUTPUT_DIR_ATTR)
         for file in Path(folder).glob("checkpoint*.pt") if folder else ():
             file.unlink()
@@ -137,10 +134,11 @@ def delete_agent_artifacts(tracker: Tracker, run_id: str) -> bool:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     client = tracker.client  # type: ignore[attr-defined]
-    if client.get_run(run_id).data.tags.get("checkpoints") == "deleted":
+    trial_run = client.get_run(run_id)
+    if trial_run.data.tags.get("checkpoints") == "deleted":
         return False
     children = client.search_runs([tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")  # type: ignore[attr-defined]
-    for run in [client.get_run(run_id), *children]:
+    for run in [trial_run, *children]:
         # The client's store: an mlflow-artifacts:/ location resolves against its tracking server.
         repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
         for artifact in client.list_artifacts(run.info.run_id):
@@ -197,11 +195,8 @@ def finish_study(
     files[-1].write_text(json.dumps(stats, indent=2))
 
     best_run = trial_run_id(tracker, best.number)
-    tracker.log_metrics(
-        {"objective": best.value, "trials_complete": len(complete), "trials_failed": len(failed), **numbers(stats)},
-        step=len(complete),
-    )
-    mark_best_trial(tracker, best.number)
+    report_progress(study, tracker)
+    tracker.log_metrics(numbers(stats), step=len(complete))
     tags = {"best.trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}}
     tracker.set_tags({**tags, **({"best.run_id": best_run} if best_run else {})})
     for file in files:
@@ -371,5 +366,5 @@ def print_study(
         lines.append(f"browse the study: {mask_url(tracker.ui_command)}")
     if tracker.run_url and tracker.run_url != tracker.ui_command:
         lines.append(f"the study's run: {mask_url(tracker.run_url)}")
-    for line in lines:  # commands and links to copy: one line each, never wrapped
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    for line in lines:
+        print_line(line)

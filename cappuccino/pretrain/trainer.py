@@ -54,7 +54,7 @@ from cappuccino.evaluation.splits import select_splits
 from cappuccino.models.checkpoint import encoder_schema, load_encoder_weights, read_checkpoint, save_checkpoint
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.pretrain.objectives import Corruption, PretextModel, build_pretext
-from cappuccino.progress import console, progress_bar
+from cappuccino.progress import console, print_line, progress_bar
 from cappuccino.reporting.console import print_data_report, print_outputs
 from cappuccino.runtime import Interrupted, RunPaths, deferred_interrupts, pending_interrupt, resolve_device, seed_everything
 from cappuccino.tracking import Tracker, overrides_tags, short_run_name
@@ -82,7 +82,7 @@ def run(cfg: DictConfig, paths: RunPaths, overrides: Sequence[str] = (), encoder
     ``encoder_option`` is the ``encoder`` group's choice, for the fine-tune command printed."""
     typed = validate(cfg)
     best = pretrain(typed, OmegaConf.to_yaml(cfg, resolve=True), paths, overrides)
-    console.print(f"fine-tune it: {fine_tune_command(typed, encoder_option, overrides, paths.run_dir / 'best_encoder.pt')}", soft_wrap=True)  # one line to copy, never wrapped
+    print_line(f"fine-tune it: {fine_tune_command(typed, encoder_option, overrides, paths.run_dir / 'best_encoder.pt')}")
     return best
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from cappuccino.data.cleaning import DataReport
 from cappuccino.data.market import MarketData
 from cappuccino.evaluation.results import CVResult, HoldoutResult, Result, oracle_ratio
-from cappuccino.progress import console
+from cappuccino.progress import console, print_line
 
 
 def data_label(market: MarketData) -> str:
@@ -26,9 +26,9 @@ def print_outputs(run_dir: Path, ui_command: str | None, run_url: str | None = N
     """Where the run's files are, the command that opens the tracking UI, and the run's page in it."""
     console.print(f"outputs: {run_dir}")
     if ui_command:
-        console.print(f"browse runs: {ui_command}", soft_wrap=True, markup=False, highlight=False)
+        print_line(f"browse runs: {ui_command}")
     if run_url and run_url != ui_command:
-        console.print(f"this run:    {run_url}", soft_wrap=True, markup=False, highlight=False)
+        print_line(f"this run:    {run_url}")
 
 
 def print_training_summary(
