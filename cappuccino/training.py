@@ -41,7 +41,7 @@ from cappuccino.models.checkpoint import read_checkpoint
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.models.loading import PolicySchema, TrainedPolicy, load_pretrained, policy_from_config, save_policy
 from cappuccino.models.policy import ActorCritic
-from cappuccino.progress import progress_bar
+from cappuccino.progress import print_line, progress_bar
 from cappuccino.reporting.console import data_label, print_data_report, print_training_summary
 from cappuccino.reporting.figures import attention_figure, equity_figure
 from cappuccino.runtime import Interrupted, RunPaths, check_interrupt, deferred_interrupts, resolve_device, seed_everything
@@ -97,8 +97,6 @@ def train(
         for index, split in splits:
             if holdout:
                 backtests[index], steps = job.run(split, index, "", tracker)
-                tracker.log_artifact(paths.run_dir / "checkpoint.pt")
-                tracker.log_policy(paths.run_dir / "checkpoint.pt", rules.cash_reserve)
                 continue
             # A nested run per split: the UI compares splits side by side under the same metric names.
             with tracker.child(f"{run_name} · split {index}") as split_run:  # told apart across runs
@@ -106,9 +104,14 @@ def train(
                 backtests[index], steps = job.run(split, index, f"split{index}", split_run)
                 split_metrics = stitch(backtests[index]["test"]).metrics(periods_per_year(market.interval))
                 split_run.log_metrics({f"test/{k}": v for k, v in split_metrics.items()}, step=steps)
-                split_run.log_policy(paths.run_dir / f"checkpoint_split{index}.pt", rules.cash_reserve)
-            # Every split's checkpoint in the run itself: one run id finds the whole ensemble.
-            tracker.log_artifact(paths.run_dir / f"checkpoint_split{index}.pt")
+        # The run's policy model holds every checkpoint (a CV run's: one per split, an ensemble),
+        # so one run id finds and loads them all, each stored once.
+        tracker.log_policy([job.checkpoint("" if holdout else f"split{i}") for i in backtests], rules.cash_reserve)
+        register_as, registered = getattr(cfg.logger, "register_as", None), None
+        if register_as is not None and trial is None and tracker.run_id is not None:  # a study registers its best trial
+            registered = tracker.register_policy(tracker.run_id, register_as)
+            if registered is not None:
+                tracker.set_tags({"registered_model": registered})
         paths_of = splitter.paths() if only is None and isinstance(cfg.cv, CPCVConfig) else None  # a path needs every split
         ppy = periods_per_year(market.interval)
         tests = {i: b["test"] for i, b in backtests.items()}
@@ -126,6 +129,8 @@ def train(
         if not holdout:
             write_split_scores(paths.run_dir, tests, references, paths_of, splitter, cfg, market, tracker)
     print_training_summary(result, objective, metrics["objective"], market, paths.run_dir, tracker.ui_command, tracker.run_url)
+    if registered is not None:
+        print_line(f"registered as {registered}: mlflow.pyfunc.load_model('models:/{register_as}/latest')")
     return metrics["objective"]
 
 
@@ -183,6 +188,10 @@ class SplitJob:
         self.cfg, self.config_yaml, self.market, self.tensors, self.schema = cfg, config_yaml, market, tensors, schema
         self.rules, self.sampling, self.device, self.run_dir = rules, sampling, device, run_dir
 
+    def checkpoint(self, name: str) -> Path:
+        """Where split ``name``'s agent is saved ("": the one agent of a holdout run)."""
+        return self.run_dir / (f"checkpoint_{name}.pt" if name else "checkpoint.pt")
+
     def run(self, split: Split, index: int, name: str, tracker: Tracker) -> tuple[SplitBacktests, int]:
         """Train on ``split.train`` with seed ``trainer.seed + index``, save ``checkpoint[_<name>].pt``,
         and backtest; its backtests and environment steps. ``tracker`` is the run it logs into."""
@@ -194,7 +203,7 @@ class SplitJob:
         policy = TrainedPolicy(module, self.schema)
         ppo = PPO(module, env, build(cfg.agent), cfg.trainer.total_steps, cfg.trainer.precision)
         suffix = f"_{name}" if name else ""
-        checkpoint = self.run_dir / f"checkpoint{suffix}.pt"
+        checkpoint = self.checkpoint(name)
         try:
             learn(ppo, tracker, self.device, cfg.trainer.progress, f"PPO {name}".strip(), self.periodic_validation(policy, split))
         except Interrupted:  # stopped between two updates: keep what was learnt, marked as such

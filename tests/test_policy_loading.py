@@ -96,6 +96,18 @@ def test_an_ensemble_of_every_split_comes_from_the_folder_and_from_the_mlflow_ru
     for a, b in zip(from_folder.members, from_run.members):
         for key, tensor in a.module.state_dict().items():
             assert torch.equal(tensor, b.module.state_dict()[key])
+    # Each checkpoint is stored once in MLflow: in the run's policy model, which acts as the ensemble.
+    import mlflow
+
+    artifacts = [a.path for r in client.search_runs([parent.info.experiment_id]) for a in client.list_artifacts(r.info.run_id)]
+    assert artifacts.count("policy") == 1 and not [a for a in artifacts if a.endswith(".pt")]
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"runs:/{parent.info.run_id}/policy")
+    L, A, F = from_folder.schema.lookback, len(from_folder.schema.symbols), len(from_folder.schema.feature_names)
+    generator = torch.Generator().manual_seed(0)
+    window, weights = torch.randn(4, L, A, F, generator=generator), torch.softmax(torch.randn(4, A + 1, generator=generator), -1)
+    predicted = model.predict({"window": window.numpy(), "weights": weights.numpy()})
+    assert np.array_equal(predicted, from_folder.target_weights(window, weights, cfg.rules.cash_reserve).numpy())
 
 
 def test_the_ensemble_trades_the_mean_of_its_members_target_weights(cpcv_run):

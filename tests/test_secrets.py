@@ -435,7 +435,7 @@ def test_a_run_without_checkpoints_is_named(server: FakeMlflowServer) -> None:
     from cappuccino.tracking.artifacts import run_checkpoints
 
     server.refuse = (200, json.dumps({"files": [{"path": "config.yaml", "is_dir": False, "file_size": 3}]}))
-    with pytest.raises(TrackingError, match="MLflow run 0123abcd has no checkpoint\\*.pt artifact"):
+    with pytest.raises(TrackingError, match="MLflow run 0123abcd has no policy model and no checkpoint\\*.pt artifact"):
         run_checkpoints("0123abcd", _uri(server))
 
 

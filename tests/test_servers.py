@@ -332,6 +332,7 @@ def test_readme_recipe_on_postgresql_and_an_mlflow_server_two_workers_one_killed
             "hydra.sweeper.heartbeat_interval": "1",
             "hydra.sweeper.grace_period": "4",  # a killed trial is failed and run again 4 s after its last heartbeat
             "hydra.sweep.dir": str(machine / "multirun"),
+            "logger.register_as": "ppo_mlp_best",
         })
         for machine in machines
     ]  # fmt: skip
@@ -381,6 +382,17 @@ def test_readme_recipe_on_postgresql_and_an_mlflow_server_two_workers_one_killed
         assert sorted(r.data.tags["cv.split"] for r in splits) == ["0", "1", "2", "3"]  # CPCV: C(4, 1) splits
     assert {"best_trial.yaml", "overfitting.json"} <= {a.path for a in client.list_artifacts(study_run.info.run_id)}
     assert list(artifacts.rglob("overfitting.json")), "the server keeps the artifacts in --artifacts-destination"
+    # The study run's description links the best trial's page; its ensemble is registered and loads through the server.
+    best_run = study_run.data.tags["best.run_id"]
+    best_url = f"{tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{best_run}?workflowType=machine_learning"
+    assert study_run.data.tags["best.run_url"] == best_url and f"[trial {study.best_trial.number}]({best_url})" in study_run.data.tags["mlflow.note.content"]
+    versions = client.search_model_versions("name = 'ppo_mlp_best'")  # each worker finishing registers it, unless it is already the latest
+    assert versions and {v.run_id for v in versions} == {best_run}
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(tracking_uri)
+    inputs = mlflow.pyfunc.load_model("models:/ppo_mlp_best/latest").metadata.signature.inputs.inputs
+    assert [i.name for i in inputs] == ["window", "weights"]
 
     # Nothing went to local stores, and no password reached a file.
     for machine in machines:

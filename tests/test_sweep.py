@@ -53,7 +53,7 @@ def child_runs(client: MlflowClient, run_id: str) -> list:
 
 @pytest.mark.slow
 def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_best_config(tmp_path):
-    study = run_sweep(tmp_path, "hydra.sweeper.keep_checkpoints=1")
+    study = run_sweep(tmp_path, "hydra.sweeper.keep_checkpoints=1", "logger.register_as=ppo_mlp_best")
     trials = study.get_trials(states=(COMPLETE,))
     assert len(study.trials) == 3 and len(trials) == 3
     assert {"agent.lr", "env.reward", "window.lookback", "encoder.hidden_sizes"} <= set(trials[0].params)
@@ -91,8 +91,30 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
         assert sorted(r.info.run_name for r in splits) == [f"trial {trial} · split {k}" for k in range(4)]
     best_run = parent.data.tags["best.run_id"]
     assert int(client.get_run(best_run).data.tags["optuna.trial"]) == study.best_trial.number
-    checkpoints = {a.path for a in client.list_artifacts(best_run)} & {f"checkpoint_split{i}.pt" for i in range(4)}
-    assert len(checkpoints) == 4  # the best trial's ensemble, found by its run id
+    # The study run's page: a Markdown summary linking the best trial's run, and the rerun command.
+    best_url = parent.data.tags["best.run_url"]
+    assert best_url.startswith("http://127.0.0.1:5000/#/experiments/") and f"/runs/{best_run}" in best_url
+    description = parent.data.tags["mlflow.note.content"]
+    assert f"**Best: [trial {study.best_trial.number}]({best_url})**, objective {study.best_value:.4g}" in description
+    assert "(finished): 3 of 3 trials complete, 0 failed; objective `cv/objective`, maximized" in description
+    assert f"| `agent.lr` | {study.best_params['agent.lr']:.4g} |" in description
+    assert "Probability of backtest overfitting" in description and "--config-name best_trial" in description
+    # logger.register_as: the best trial's per-split ensemble is a registered model that acts.
+    import mlflow
+    import numpy as np
+
+    (version,) = client.search_model_versions("name = 'ppo_mlp_best'")
+    assert version.run_id == best_run and parent.data.tags["best.registered_model"] == f"models:/ppo_mlp_best/{version.version}"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/ppo_mlp_best/latest")
+    window_shape = model.metadata.signature.inputs.inputs[0].shape[1:]
+    weights = np.zeros((1, window_shape[1] + 1), dtype=np.float32)
+    weights[0, 0] = 1.0
+    assert model.predict({"window": np.zeros((1, *window_shape), dtype=np.float32), "weights": weights}).shape == (1, window_shape[1])
+    # The store holds the one experiment: no empty "Default" for the UI to open on.
+    assert [e.name for e in client.search_experiments()] == ["cappuccino"]
+    checkpoints = {Path(a.path).name for a in client.list_artifacts(best_run, "policy/data/policy")}
+    assert checkpoints >= {f"checkpoint_split{i}.pt" for i in range(4)}  # the best trial's ensemble, found by its run id
     # Retention: the other trials' agents are gone from their runs and folders; the best's are kept.
     for run in trial_runs:
         trial = study.trials[int(run.data.tags["optuna.trial"])]

@@ -18,6 +18,7 @@ from hydra.errors import ConfigCompositionException
 from mlflow import MlflowClient
 
 from cappuccino.config import LoggerConfig, MLflowLoggerConfig, NoLoggerConfig, PPOConfig, validate
+from cappuccino.errors import ConfigError
 from cappuccino.tracking import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -394,3 +395,52 @@ def test_an_unreachable_tracking_server_fails_at_once_naming_the_setting(tmp_pat
     with pytest.raises(TrackingError, match=rf"^logger\.tracking_uri: no MLflow server answers at http://127\.0\.0\.1:{port}/? \({reason}"):
         build_tracker(cfg, "run", tmp_path)
     listener.close()
+
+
+def test_a_new_store_holds_only_its_experiment_and_default_comes_back_when_asked_for(tmp_path: Path) -> None:
+    """MLflow creates an empty "Default" experiment with every SQLite store; the UI would open on it."""
+    with build_tracker(MLflowLoggerConfig(experiment_name="cappuccino"), "x", tmp_path) as tracker:
+        assert [e.name for e in tracker.client.search_experiments()] == ["cappuccino"]
+    with build_tracker(MLflowLoggerConfig(experiment_name="Default"), "y", tmp_path) as tracker:
+        assert tracker.experiment_id == "0" and len(tracker.client.search_experiments()) == 2
+
+
+def test_system_metrics_are_sampled_while_the_run_is_open_and_can_be_switched_off(tmp_path: Path) -> None:
+    import time
+
+    for interval in (0.2, None):
+        with build_tracker(MLflowLoggerConfig(system_metrics_interval=interval), "x", tmp_path / str(interval)) as tracker:
+            time.sleep(1.2)
+        history = tracker.client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")
+        memory = tracker.client.get_metric_history(tracker.run_id, "system/system_memory_usage_megabytes")
+        assert (len(history) >= 2 and len(memory) == len(history)) if interval else history == []
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "runs:/x"])
+def test_a_registered_model_name_mlflow_cannot_address_fails_in_the_config(name: str) -> None:
+    with pytest.raises(ConfigError, match="logger.register_as"):
+        MLflowLoggerConfig(register_as=name)
+    with pytest.raises(ConfigError, match="logger.system_metrics_interval"):
+        MLflowLoggerConfig(system_metrics_interval=0)
+
+
+def test_the_study_description_summarises_progress_and_links_the_best_run() -> None:
+    import optuna
+
+    from cappuccino.hparams_search.report import StudyProgress, study_description
+
+    best = optuna.trial.create_trial(params={"agent.lr": 0.000312345, "encoder": "mlp"}, distributions={
+        "agent.lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
+        "encoder": optuna.distributions.CategoricalDistribution(["mlp", "ft_small"]),
+    }, value=1.234567)  # fmt: skip
+    best.number = 7
+    progress = StudyProgress("s", complete=4, failed=1, n_trials=20, objective="cv/objective", direction="maximize")
+    running = study_description(progress, best, "http://h/#/experiments/1/runs/abc")
+    assert running.startswith("**Study `s`** (running): 4 of 20 trials complete, 1 failed; objective `cv/objective`, maximized.")
+    assert "**Best: [trial 7](http://h/#/experiments/1/runs/abc)**, objective 1.235." in running
+    assert "| `agent.lr` | 0.0003123 |" in running and "| `encoder` | mlp |" in running
+    assert "overfitting" not in running and "```" not in running
+    finished = study_description(progress, best, None, {"pbo": 0.25, "deflated_sharpe": None}, "python train.py --config-name best_trial")
+    assert "(finished)" in finished and "**Best: trial 7**" in finished
+    assert "overfitting: 0.250; deflated Sharpe ratio of the best trial: n/a." in finished
+    assert finished.endswith("```bash\npython train.py --config-name best_trial\n```")

@@ -39,11 +39,16 @@ def test_smoke_run_without_mlflow_returns_objective_and_writes_outputs(compose_c
 
 def test_every_config_leaf_is_read_during_a_run(compose_config, tmp_path):
     """The system this replaces tuned ~25 settings and passed 8 to the agent: none may be ignored."""
-    cfg_dict = compose_config([*TINY, f"logger.tracking_uri=sqlite:///{tmp_path}/store.db"])
+    cfg_dict = compose_config([*TINY, f"logger.tracking_uri=sqlite:///{tmp_path}/store.db", "logger.register_as=tiny"])
     cfg = validate(cfg_dict)
     with record_reads() as reads:
         train(cfg, OmegaConf.to_yaml(cfg_dict), _paths(tmp_path))
     assert unread_leaves(cfg, reads) == []
+    # logger.register_as: the run's policy model is a registered model's version.
+    from mlflow import MlflowClient
+
+    (version,) = MlflowClient(f"sqlite:///{tmp_path}/store.db").search_model_versions("name = 'tiny'")
+    assert version.source.endswith("/artifacts/policy")
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(compose_config, tmp_path):
@@ -95,7 +100,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(compose_config, tmp_path)
     assert dataset.digest == mlflow_run.data.tags["data.hash"] and dataset.source_type == "synthetic"
     assert json.loads(dataset.source)["seed"] == 7 and json.loads(dataset.profile)["bars"] > 0
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
-    assert {"checkpoint.pt", "config.yaml", "equity_val.png"} <= artifacts
+    assert {"policy", "config.yaml", "equity_val.png"} <= artifacts and "checkpoint.pt" not in artifacts  # stored once: in the model
     assert mlflow_run.data.tags["data.synthetic"] == "True"
 
 

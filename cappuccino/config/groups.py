@@ -287,10 +287,23 @@ class LoggerConfig(Node):
 
 @dataclass
 class MLflowLoggerConfig(LoggerConfig):
+    CONFIG_ONLY: ClassVar[frozenset[str]] = frozenset({"name", "register_as"})
     _target_: str = "cappuccino.tracking.mlflow_tracker.MLflowTracker"
     name: str = "mlflow"
     tracking_uri: Optional[str] = None
     experiment_name: str = "cappuccino"
+    register_as: Optional[str] = None  # the registered model a run's (a study's: its best trial's) policy joins
+    system_metrics_interval: Optional[float] = 10.0  # seconds between system/* samples; null: none
+
+    def __post_init__(self) -> None:
+        name = self.register_as
+        _require(
+            name is None or (bool(name.strip()) and not set(name) & set("/:%")),
+            "logger.register_as",
+            f"must be a model name without '/', ':' or '%' (models:/NAME/latest), or null, got {name!r}",
+        )
+        interval = self.system_metrics_interval
+        _require(interval is None or interval > 0, "logger.system_metrics_interval", f"must be > 0 seconds or null, got {interval}")
 
 
 @dataclass

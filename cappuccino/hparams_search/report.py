@@ -4,8 +4,10 @@ The study's MLflow run (``study <name>``; every trial a child run, every CV spli
 holds the best value so far (metric ``objective``, the name every trial's run logs it under;
 step = complete trials), its trial's run tagged ``best=true``, the design (params ``study.*``:
 objective, direction, target trials, sampler and seed; ``search.*``: the search space), the best parameters (tags
-``best.<key>``; tags, because a resumed study's best changes), the best trial's run id (tag
-``best.run_id``: its checkpoints are the ``checkpoint*.pt`` artifacts there), and the files below.
+``best.<key>``; tags, because a resumed study's best changes), the best trial's run id and page
+(tags ``best.run_id``, ``best.run_url``: its ``policy`` model holds its checkpoints), a Markdown
+description kept up to date (``study_description``), and the files below. With
+``logger.register_as=NAME`` the best trial's policy model is registered as ``models:/NAME/<version>``.
 Its id is kept in the study (user attribute ``mlflow_run_id``), so a resumed study, or another
 worker on the same storage, logs into the same run.
 
@@ -30,6 +32,7 @@ import logging
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +47,7 @@ from cappuccino.evaluation.results import OOS_RETURNS_FILE
 from cappuccino.hparams_search import OUTPUT_DIR_ATTR
 from cappuccino.progress import console, print_line
 from cappuccino.secrets import mask_text, mask_url
-from cappuccino.tracking import Tracker, build_tracker
+from cappuccino.tracking import MAX_TAG_VALUE_LENGTH, Tracker, build_tracker, truncate
 
 if TYPE_CHECKING:
     import optuna
@@ -93,9 +96,12 @@ def study_params(
     }  # fmt: skip
 
 
-def report_progress(study: optuna.Study, tracker: Tracker) -> None:
+def report_progress(
+    study: optuna.Study, tracker: Tracker, n_trials: int, objective: str, stats: Mapping[str, Any] | None = None, rerun: str | None = None
+) -> None:
     """After each batch of trials: the best value so far as ``objective`` (step = complete
-    trials), the trial counts, and the ``best=true`` tag on the best trial's run alone."""
+    trials), the trial counts, the ``best=true`` tag on the best trial's run alone, and the
+    study run's description (``study_description``; ``stats`` and ``rerun`` once it finished)."""
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -105,6 +111,59 @@ def report_progress(study: optuna.Study, tracker: Tracker) -> None:
     best = study.best_trial
     tracker.log_metrics({"objective": best.value, "trials_complete": len(complete), "trials_failed": len(failed)}, step=len(complete))
     mark_best_trial(tracker, best.number)
+    best_run = trial_run_id(tracker, best.number)
+    best_url = tracker.url_of(best_run) if best_run else None
+    progress = StudyProgress(study.study_name, len(complete), len(failed), n_trials, objective, study.direction.name.lower())
+    tags = {"best.trial": str(best.number), **{f"best.{k}": _shown(v) for k, v in best.params.items()}}
+    tags |= {"best.run_id": best_run} if best_run else {}
+    tags |= {"best.run_url": best_url} if best_url else {}
+    description = study_description(progress, best, best_url, stats, rerun)
+    tracker.set_tags({**tags, "mlflow.note.content": truncate(description, MAX_TAG_VALUE_LENGTH)})
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    name: str
+    complete: int
+    failed: int
+    n_trials: int
+    objective: str
+    direction: str  # "maximize" or "minimize"
+
+
+def study_description(
+    progress: StudyProgress,
+    best: optuna.trial.FrozenTrial,
+    best_url: str | None,
+    stats: Mapping[str, Any] | None = None,
+    rerun: str | None = None,
+) -> str:
+    """The study run's Markdown description (the UI renders it on the run's page): progress, the
+    best trial with its value, parameters and a link to its run, then, once the study finished,
+    its overfitting statistics and the command that re-runs the best trial. Values are rounded
+    for display (4 significant digits); the metrics and params keep full precision."""
+    state = "finished" if stats is not None else "running"
+    trial = f"[trial {best.number}]({best_url})" if best_url else f"trial {best.number}"
+    lines = [
+        f"**Study `{progress.name}`** ({state}): {progress.complete} of {progress.n_trials} trials complete, "
+        f"{progress.failed} failed; objective `{progress.objective}`, {progress.direction}d.",
+        "",
+        f"**Best: {trial}**, objective {best.value:.4g}.",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+        *(f"| `{key}` | {_shown(value)} |" for key, value in best.params.items()),
+    ]
+    if stats is not None:
+        shown = {key: "n/a" if stats.get(key) is None else f"{stats[key]:.3f}" for key in ("pbo", "deflated_sharpe")}
+        lines += ["", f"Probability of backtest overfitting: {shown['pbo']}; deflated Sharpe ratio of the best trial: {shown['deflated_sharpe']}."]
+    if rerun is not None:
+        lines += ["", "Run the best trial again:", "", "```bash", rerun, "```"]
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 PRUNED_ARTIFACTS = ("checkpoint", "policy")  # artifact names starting with these are a trial's agents
@@ -171,9 +230,16 @@ def first_trial_ended(study: optuna.Study) -> bool:
 
 
 def finish_study(
-    study: optuna.Study, tracker: Tracker, sweep_dir: Path, n_trials: int, pbo_blocks: int, objective: str = "objective"
+    study: optuna.Study,
+    tracker: Tracker,
+    sweep_dir: Path,
+    n_trials: int,
+    pbo_blocks: int,
+    objective: str = "objective",
+    register_as: str | None = None,
 ) -> None:
-    """Write and log the study's results; print the best trial and the overfitting statistics."""
+    """Write and log the study's results; print the best trial and the overfitting statistics.
+    With ``register_as``, the best trial's policy model becomes a version of that registered model."""
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -195,13 +261,17 @@ def finish_study(
     files[-1].write_text(json.dumps(stats, indent=2))
 
     best_run = trial_run_id(tracker, best.number)
-    report_progress(study, tracker)
+    rerun = f"python train.py --config-dir {best_config.parent} --config-name best_trial" if best_config else None
+    report_progress(study, tracker, n_trials, objective, stats, rerun)
     tracker.log_metrics(numbers(stats), step=len(complete))
-    tags = {"best.trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}}
-    tracker.set_tags({**tags, **({"best.run_id": best_run} if best_run else {})})
     for file in files:
         tracker.log_artifact(file)
-    print_study(study.study_name, best, best_run, stats, len(complete), len(failed), n_trials, best_config, tracker)
+    registered = None
+    if register_as is not None and best_run is not None:
+        registered = tracker.register_policy(best_run, register_as)
+        if registered is not None:
+            tracker.set_tags({"best.registered_model": registered})
+    print_study(study.study_name, best, best_run, stats, len(complete), len(failed), n_trials, rerun, registered, tracker)
 
 
 def write_best_config(best: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path | None:
@@ -344,7 +414,8 @@ def print_study(
     n_complete: int,
     n_failed: int,
     n_trials: int,
-    best_config: Path | None,
+    rerun: str | None,
+    registered: str | None,
     tracker: Tracker,
 ) -> None:
     table = Table(title=f"study {name}: {n_complete} complete, {n_failed} failed (n_trials={n_trials})")
@@ -358,10 +429,12 @@ def print_study(
         table.add_row(label, "n/a" if value is None else f"{value:.3f}")
     console.print(table)
     lines = []
-    if best_config is not None:
-        lines.append(f"run the best trial again: python train.py --config-dir {best_config.parent} --config-name best_trial")
+    if rerun is not None:
+        lines.append(f"run the best trial again: {rerun}")
     if best_run is not None:
-        lines.append(f"best trial's MLflow run (its checkpoints): {best_run}")
+        lines.append(f"best trial's MLflow run (its policy model: runs:/{best_run}/policy): {best_run}")
+    if registered is not None:
+        lines.append(f"registered as {registered} (mlflow.pyfunc.load_model, trade.py)")
     if tracker.ui_command:
         lines.append(f"browse the study: {mask_url(tracker.ui_command)}")
     if tracker.run_url and tracker.run_url != tracker.ui_command:

@@ -195,12 +195,15 @@ class StudySweeper(Sweeper):
                     returns = search.launcher.launch(overrides, initial_job_idx=job_index)
                 job_index += len(returns)
                 failures = [tell(study, trial, result) for trial, result in zip(trials, returns)]
-                report_progress(study, tracker)
+                report_progress(study, tracker, search.n_trials, params["study.objective"])
                 prune_checkpoints(study, tracker, self.keep_checkpoints)
                 check_failure_rate([f for f in failures if f is not None], returns, search.max_failure_rate)
             tracker = tracker or study_tracker(base.logger, study, project_dir, True, params)
             end_killed_trial_runs(tracker, killed)
-            finish_study(study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials, self.pbo_blocks, params["study.objective"])
+            finish_study(
+                study, tracker, Path(self.config.hydra.sweep.dir), search.n_trials, self.pbo_blocks, params["study.objective"],
+                register_as=getattr(base.logger, "register_as", None),
+            )  # fmt: skip
         except BaseException as error:
             if tracker is not None:
                 tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")

@@ -64,11 +64,20 @@ class Tracker(Protocol):
     def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
         """Record the data the run read as an input dataset (the UI's Dataset column)."""
 
-    def log_policy(self, checkpoint: Path, cash_reserve: float) -> None:
-        """Log a train.py checkpoint as the run's ``policy`` model (``tracking.policy_model``)."""
+    def log_policy(self, checkpoints: Sequence[Path], cash_reserve: float) -> None:
+        """Log train.py checkpoints (one, or a CV run's splits: an ensemble) as the run's
+        ``policy`` model (``tracking.policy_model``), which holds the checkpoint files."""
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set string tags on the run."""
+
+    def url_of(self, run_id: str) -> str | None:
+        """The UI page of run ``run_id`` of this run's experiment (None when nothing is tracked)."""
+
+    def register_policy(self, run_id: str, name: str) -> str | None:
+        """Register run ``run_id``'s ``policy`` model as a new version of the registered model
+        ``name`` (created when missing), unless that run already is its latest version; the
+        version's URI (``models:/NAME/VERSION``), None when nothing is tracked."""
 
     def child(self, run_name: str) -> Tracker:
         """Start a run nested under this one (a CV split under its trial, a trial under its study)."""
@@ -118,10 +127,16 @@ class NullTracker(Tracker):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
+    def url_of(self, run_id: str) -> str | None:
+        return None
+
+    def register_policy(self, run_id: str, name: str) -> str | None:
+        return None
+
     def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
         pass
 
-    def log_policy(self, checkpoint: Path, cash_reserve: float) -> None:
+    def log_policy(self, checkpoints: Sequence[Path], cash_reserve: float) -> None:
         pass
 
     def child(self, run_name: str) -> Tracker:

@@ -22,23 +22,29 @@ from cappuccino.tracking import TrackingError
 from cappuccino.tracking.mlflow_tracker import check_server_answers, mlflow_client_uri
 
 CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX = "checkpoint", ".pt"
+# Where the run's policy model keeps its checkpoint files (tracking.policy_model: MLflow puts a
+# pyfunc model's data folder, "policy", under "data/"); an interrupted run's is at the top level.
+CHECKPOINT_FOLDERS = ("policy/data/policy", "")
 T = TypeVar("T")
 
 
 def run_checkpoints(run_id: str, tracking_uri: str | None = None, into: Path | None = None) -> list[Path]:
-    """The run's ``checkpoint*.pt`` artifacts (a trial's: one per CV split), downloaded into
-    ``into`` (default: a fresh temporary folder), in name order.
+    """The checkpoints of the run's policy model (a CV run's: one per split), downloaded into
+    ``into`` (default: a fresh temporary folder), in name order; a run without a model (it was
+    interrupted) gives its ``checkpoint*.pt`` artifacts.
 
     Raises:
         TrackingError: the store cannot be reached, the run does not exist, or it has no checkpoint.
     """
 
     def download(uri: str | None) -> list[Path]:
-        listed = MlflowClient(uri).list_artifacts(run_id)
-        names = sorted(a.path for a in listed if a.path.startswith(CHECKPOINT_PREFIX) and a.path.endswith(CHECKPOINT_SUFFIX))
-        if not names:
-            raise TrackingError(f"MLflow run {run_id} has no {CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX} artifact")
-        return _download(run_id, names, uri, into)
+        client = MlflowClient(uri)
+        for folder in CHECKPOINT_FOLDERS:
+            listed = client.list_artifacts(run_id, folder or None)
+            names = sorted(a.path for a in listed if Path(a.path).name.startswith(CHECKPOINT_PREFIX) and a.path.endswith(CHECKPOINT_SUFFIX))
+            if names:
+                return _download(run_id, names, uri, into)
+        raise TrackingError(f"MLflow run {run_id} has no policy model and no {CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX} artifact")
 
     return _from_store(tracking_uri, download)
 

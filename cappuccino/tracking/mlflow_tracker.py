@@ -26,7 +26,7 @@ import math
 import os
 import shlex
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from mlflow.environment_variables import MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKI
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking.context.registry import resolve_tags
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from cappuccino.errors import ConfigError, UserError
@@ -56,10 +57,11 @@ if TYPE_CHECKING:
 # Creating or upgrading the SQLite schema logs a dozen INFO lines (alembic migrations, "Creating
 # initial MLflow database tables"); Hydra's job logging sets the root logger to INFO, which would
 # print them all at the start of every run.
-for _name in ("alembic", "mlflow.store.db.utils"):
+for _name in ("alembic", "mlflow.store.db.utils", "mlflow.system_metrics"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 
@@ -116,6 +118,10 @@ class MLflowTracker(Tracker):
         parent_run_id: nest this run under that one (sets the ``mlflow.parentRunId`` tag).
         run_id: log into this existing run again (marked running) instead of starting one; a
             resumed sweep reopens its study's run this way.
+        system_metrics_interval: seconds between samples of the machine's CPU, memory, disk,
+            network (and GPU, with nvidia-ml-py) use, logged as ``system/*`` metrics by MLflow's
+            ``SystemMetricsMonitor`` on a background thread until the run closes; None: none.
+            Child runs share their parent's process and are not sampled again.
 
     Raises:
         TrackingError: the store cannot be opened, or the run started (server unreachable,
@@ -132,7 +138,9 @@ class MLflowTracker(Tracker):
         project_dir: Path,
         parent_run_id: str | None = None,
         run_id: str | None = None,
+        system_metrics_interval: float | None = None,
     ) -> None:
+        self._monitor: Any = None
         if tracking_uri is None:
             tracking_uri, artifact_location = default_store(project_dir)
         else:
@@ -147,8 +155,12 @@ class MLflowTracker(Tracker):
             self.tracking_uri = mask_url(client_uri)
             check_server_answers(client_uri, shown)
             with opening_lock(client_uri):
+                database = sqlite_file(client_uri)
+                new_store = database is not None and not database.exists()
                 self.client = MlflowClient(tracking_uri=client_uri)
                 self.experiment_id = self._experiment_id(experiment_name, artifact_location)
+                if new_store:
+                    self._drop_default_experiment()
             if run_id is None:
                 self._start_run(run_name, parent_run_id)
             else:
@@ -156,6 +168,8 @@ class MLflowTracker(Tracker):
                 self.run_id, self._closed = run_id, False
                 self.ui_command = _ui_command(self.tracking_uri, self.experiment_id, run_id)
                 self.run_url = _run_url(self.tracking_uri, self.experiment_id, run_id)
+            if system_metrics_interval is not None:
+                self._monitor = _system_metrics_monitor(self.run_id, client_uri, system_metrics_interval, resume=run_id is not None)
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - whatever the store raised, shown masked
@@ -180,7 +194,7 @@ class MLflowTracker(Tracker):
         """A run nested under this one, in the same store and experiment (shown as a tree in the UI)."""
         child = object.__new__(MLflowTracker)
         child.client, child.tracking_uri, child.experiment_id = self.client, self.tracking_uri, self.experiment_id
-        child._mask = self._mask
+        child._mask, child._monitor = self._mask, None
         with child._masked():
             child._start_run(run_name, self.run_id)
         return child
@@ -226,12 +240,12 @@ class MLflowTracker(Tracker):
         finally:
             close_figure(figure)
 
-    def log_policy(self, checkpoint: Path, cash_reserve: float) -> None:
-        """The checkpoint as a pyfunc model at ``runs:/<run_id>/policy`` (``tracking.policy_model``)."""
+    def log_policy(self, checkpoints: Sequence[Path], cash_reserve: float) -> None:
+        """The checkpoints as a pyfunc model at ``runs:/<run_id>/policy`` (``tracking.policy_model``)."""
         from cappuccino.tracking.policy_model import log_policy_model  # torch and mlflow.pyfunc: only when logging one
 
         with self._masked():
-            log_policy_model(self.client, self.run_id, checkpoint, cash_reserve)
+            log_policy_model(self.client, self.run_id, checkpoints, cash_reserve)
 
     def log_dataset(self, name: str, digest: str, source_type: str, source: str, profile: str) -> None:
         """An MLflow dataset input: ``source`` masked, as params are (a URL may hold a password)."""
@@ -244,10 +258,31 @@ class MLflowTracker(Tracker):
         with self._masked():
             self.client.log_batch(self.run_id, tags=batch)
 
+    def url_of(self, run_id: str) -> str:
+        return _run_url(self.tracking_uri, self.experiment_id, run_id)
+
+    def register_policy(self, run_id: str, name: str) -> str:
+        """The run's ``policy`` artifact (a pyfunc model: a CV run's is its per-split ensemble)
+        as a version of ``name`` in the store's model registry; ``models:/NAME/latest`` loads it."""
+        with self._masked():
+            try:
+                self.client.create_registered_model(name, description="cappuccino policies: mlflow.pyfunc.load_model('models:/NAME/latest')")
+            except MlflowException as error:
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+            latest = self.client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+            if latest and latest[0].run_id == run_id:
+                return f"models:/{name}/{latest[0].version}"
+            source = f"{self.client.get_run(run_id).info.artifact_uri}/policy"
+            version = self.client.create_model_version(name, source=source, run_id=run_id)
+        return f"models:/{name}/{version.version}"
+
     def close(self, status: str = "FINISHED") -> None:
         if status not in _END_STATUSES:
             raise ValueError(f"close: unknown run status {status!r}; use FINISHED, FAILED or KILLED")
         if not self._closed:
+            if self._monitor is not None:  # its last samples go in before the run ends
+                self._monitor.finish()
             with self._masked():
                 self.client.set_terminated(self.run_id, status)
             self._closed = True
@@ -263,6 +298,13 @@ class MLflowTracker(Tracker):
                 error.message, error.args = masked, (masked,)
             raise
 
+    def _drop_default_experiment(self) -> None:
+        """A new SQLite store comes with MLflow's empty ``Default`` experiment (id 0), which the
+        UI would open on; the store being this run's own, it is deleted unless runs go there."""
+        default = self.client.get_experiment(DEFAULT_EXPERIMENT_ID)
+        if default.experiment_id != self.experiment_id and not self.client.search_runs([default.experiment_id], max_results=1):
+            self.client.delete_experiment(default.experiment_id)
+
     def _experiment_id(self, name: str, artifact_location: str | None) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
@@ -273,7 +315,9 @@ class MLflowTracker(Tracker):
                     raise
                 # Created meanwhile by another process, e.g. a parallel sweep job.
                 experiment = self.client.get_experiment_by_name(name)
-        if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        if experiment.lifecycle_stage == LifecycleStage.DELETED and experiment.experiment_id == DEFAULT_EXPERIMENT_ID:
+            self.client.restore_experiment(DEFAULT_EXPERIMENT_ID)  # asked for by name: MLflow's own, hidden while empty
+        elif experiment.lifecycle_stage == LifecycleStage.DELETED:
             raise ConfigError(
                 f"logger.experiment_name: MLflow experiment {name!r} is deleted; restore it with "
                 f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
@@ -299,6 +343,16 @@ def mlflow_client_uri(tracking_uri: str) -> str:
     if password is not None:
         os.environ[MLFLOW_TRACKING_PASSWORD.name] = password
     return clean
+
+
+def _system_metrics_monitor(run_id: str, client_uri: str, interval: float, resume: bool) -> Any:
+    """MLflow's system-metrics monitor of the run, started (psutil samples; a reopened run's
+    steps go on from its last)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=client_uri)
+    monitor.start()
+    return monitor
 
 
 def _startup_failure(shown_uri: str, error: Exception, mask: Masker) -> str:

@@ -1,10 +1,13 @@
-"""A trained policy as an MLflow ``pyfunc`` model, beside its checkpoint (the format of record).
+"""A trained policy, or a run's per-split ensemble, as an MLflow ``pyfunc`` model.
 
 ``mlflow.pyfunc.load_model("runs:/<run_id>/policy").predict({"window": w, "weights": p})`` acts
-as ``load_policy(checkpoint).target_weights(w, p, cash_reserve)`` does: windows (N, L, A, F) and
-portfolio weights (N, A + 1, cash first) in, target weights (N, A) out, under the run's cash
-reserve. The model's data folder holds the checkpoint itself, so it loads from the run alone.
-This module is the model's ``loader_module`` (MLflow calls ``_load_pyfunc``).
+as ``load_policy(checkpoint).target_weights(w, p, cash_reserve)`` does (one checkpoint), or as
+``PolicyEnsemble.from_files(checkpoints)`` does (a CV run's split checkpoints): windows
+(N, L, A, F) and portfolio weights (N, A + 1, cash first) in, target weights (N, A) out, under
+the run's cash reserve. The model's data folder holds the checkpoint files themselves, unchanged
+(the format of record, read by ``load_policy``), so it loads from the run alone and a registered
+version (``models:/NAME/latest``) is the whole ensemble. This module is the model's
+``loader_module`` (MLflow calls ``_load_pyfunc``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
@@ -20,15 +24,15 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-from cappuccino.models.loading import TrainedPolicy, load_policy
+from cappuccino.models.loading import Policy, PolicyEnsemble, TrainedPolicy, load_policy
 
-CHECKPOINT_FILE, SETTINGS_FILE = "checkpoint.pt", "settings.json"  # in the model's data folder
+DATA_FOLDER, SETTINGS_FILE = "policy", "settings.json"  # the model's data folder, and its settings there
 
 
 class PolicyPredictor:
     """What ``mlflow.pyfunc.load_model`` returns inside its wrapper: deterministic target weights."""
 
-    def __init__(self, policy: TrainedPolicy, cash_reserve: float) -> None:
+    def __init__(self, policy: Policy, cash_reserve: float) -> None:
         self.policy, self.cash_reserve = policy, cash_reserve
 
     def predict(self, model_input: dict[str, np.ndarray], params: dict | None = None) -> np.ndarray:
@@ -39,9 +43,18 @@ class PolicyPredictor:
 
 
 def _load_pyfunc(data_path: str) -> PolicyPredictor:
-    folder = Path(data_path)
-    settings = json.loads((folder / SETTINGS_FILE).read_text())
-    return PolicyPredictor(load_policy(folder / CHECKPOINT_FILE), float(settings["cash_reserve"]))
+    return PolicyPredictor(load_model_data(Path(data_path)), read_cash_reserve(Path(data_path)))
+
+
+def load_model_data(folder: Path) -> Policy:
+    """The policy of a model's data folder: its one checkpoint, or the ensemble of several."""
+    checkpoints = sorted(folder.glob("checkpoint*.pt"))
+    return load_policy(checkpoints[0]) if len(checkpoints) == 1 else PolicyEnsemble.from_files(checkpoints)
+
+
+def read_cash_reserve(folder: Path) -> float:
+    """The cash reserve the model's run traded under (its ``rules.cash_reserve``)."""
+    return float(json.loads((folder / SETTINGS_FILE).read_text())["cash_reserve"])
 
 
 def policy_signature(policy: TrainedPolicy) -> ModelSignature:
@@ -63,14 +76,19 @@ def all_cash_example(policy: TrainedPolicy) -> dict[str, np.ndarray]:
     return {"window": np.zeros((1, schema.lookback, n_assets, len(schema.feature_names)), dtype=np.float32), "weights": weights}
 
 
-def save_policy_model(checkpoint: Path, cash_reserve: float, folder: Path) -> Path:
-    """The pyfunc model of ``checkpoint`` in ``folder`` (which must not exist yet)."""
+def save_policy_model(checkpoints: Sequence[Path], cash_reserve: float, folder: Path) -> Path:
+    """The pyfunc model of ``checkpoints`` (``checkpoint*.pt`` files: one, or a run's splits) in
+    ``folder`` (which must not exist yet)."""
+    names = [Path(c).name for c in checkpoints]
+    if not names or len(set(names)) != len(names) or not all(n.startswith("checkpoint") and n.endswith(".pt") for n in names):
+        raise ValueError(f"save_policy_model needs distinct checkpoint*.pt files, got {names}")
     with tempfile.TemporaryDirectory() as scratch:
-        data = Path(scratch) / "policy"
+        data = Path(scratch) / DATA_FOLDER
         data.mkdir()
-        shutil.copyfile(checkpoint, data / CHECKPOINT_FILE)
+        for checkpoint in checkpoints:
+            shutil.copyfile(checkpoint, data / Path(checkpoint).name)
         (data / SETTINGS_FILE).write_text(json.dumps({"cash_reserve": cash_reserve}))
-        policy = load_policy(checkpoint)
+        policy = load_policy(checkpoints[0])  # an ensemble's members read the same windows
         mlflow.pyfunc.save_model(
             path=str(folder),
             loader_module=__name__,
@@ -83,8 +101,10 @@ def save_policy_model(checkpoint: Path, cash_reserve: float, folder: Path) -> Pa
     return folder
 
 
-def log_policy_model(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, cash_reserve: float, name: str = "policy") -> None:
-    """Save the pyfunc model of ``checkpoint`` and log it as the run's ``name`` artifact folder."""
+def log_policy_model(
+    client: mlflow.MlflowClient, run_id: str, checkpoints: Sequence[Path], cash_reserve: float, name: str = "policy"
+) -> None:
+    """Save the pyfunc model of ``checkpoints`` and log it as the run's ``name`` artifact folder."""
     with tempfile.TemporaryDirectory() as scratch:
-        folder = save_policy_model(checkpoint, cash_reserve, Path(scratch) / name)
+        folder = save_policy_model(checkpoints, cash_reserve, Path(scratch) / name)
         client.log_artifacts(run_id, str(folder), name)
