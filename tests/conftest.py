@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import importlib.util
-
-from collections.abc import Callable, Sequence
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -61,3 +64,56 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- processes a test starts (servers, workers) ------------------------------------------------
+def tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} is missing)"
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen
+    log: Path
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.log.name}: still running after {timeout} s\n{tail(self.log)}")
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., Process]]:
+    """``start(command, log, env, cwd)``: a process in a session of its own, output to ``log``;
+    every one still running at the end is stopped by its process group (TERM, then KILL after 5 s)."""
+    started: list[Process] = []
+
+    def start(command: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path | None = None) -> Process:
+        with log.open("a") as out:
+            popen = subprocess.Popen(
+                [str(c) for c in command], cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        started.append(Process(popen, log))
+        return started[-1]
+
+    yield start
+    for process in started:  # the whole group: a server's workers outlive a leader that has exited
+        signal_group(process, signal.SIGTERM)
+    for process in started:
+        try:
+            process.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            signal_group(process, signal.SIGKILL)
+            process.popen.wait()
+
+
+def signal_group(process: Process, signum: int) -> None:
+    try:
+        os.killpg(process.popen.pid, signum)
+    except ProcessLookupError:  # the group has ended
+        pass
+
+
+# -- the recipe ---------------------------------------------------------------------------------

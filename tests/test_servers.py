@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import Process, signal_group, tail
 from .test_sweep import TINY_SWEEP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,58 +150,6 @@ def clean_env() -> dict[str, str]:
 def no_proxy() -> dict[str, str]:
     local = ",".join(filter(None, [os.environ.get("NO_PROXY") or os.environ.get("no_proxy"), "127.0.0.1,localhost"]))
     return {"NO_PROXY": local, "no_proxy": local}
-
-
-def tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} is missing)"
-
-
-@dataclass
-class Process:
-    popen: subprocess.Popen
-    log: Path
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.log.name}: still running after {timeout} s\n{tail(self.log)}")
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[..., Process]]:
-    """``start(command, log, env, cwd)``: a process in a session of its own, output to ``log``;
-    every one still running at the end is stopped by its process group (TERM, then KILL after 5 s)."""
-    started: list[Process] = []
-
-    def start(command: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path | None = None) -> Process:
-        with log.open("a") as out:
-            popen = subprocess.Popen(
-                [str(c) for c in command], cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        started.append(Process(popen, log))
-        return started[-1]
-
-    yield start
-    for process in started:  # the whole group: a server's workers outlive a leader that has exited
-        signal_group(process, signal.SIGTERM)
-    for process in started:
-        try:
-            process.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            signal_group(process, signal.SIGKILL)
-            process.popen.wait()
-
-
-def signal_group(process: Process, signum: int) -> None:
-    try:
-        os.killpg(process.popen.pid, signum)
-    except ProcessLookupError:  # the group has ended
-        pass
-
-
-# -- the recipe ---------------------------------------------------------------------------------
 
 
 def readme_recipe() -> list[list[str]]:

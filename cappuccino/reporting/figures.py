@@ -120,7 +120,7 @@ def attention_figure(
         market_ax.set_title(f"block {b}: market tokens ({market[b].sum():.0%} of attention)", loc="left")
         market_ax.set_xlabel("bar (0 = decision bar)")
         strip = side_ax.imshow(side[b][:, None], aspect="auto", cmap="viridis", vmin=0.0)
-        figure.colorbar(strip, ax=side_ax, pad=0.05, format=PercentFormatter(xmax=1.0, decimals=1))
+        figure.colorbar(strip, ax=side_ax, pad=0.05, label="share of attention", format=PercentFormatter(xmax=1.0, decimals=1))
         side_ax.set_yticks(range(len(side_names)), side_names)
         side_ax.set_xticks([])
         side_ax.set_title(f"portfolio ({side[b, :-1].sum():.0%})", loc="left")
