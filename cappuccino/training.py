@@ -83,7 +83,10 @@ def train(
         check_segments(split, cfg.window.lookback)
     tensors = MarketTensors.from_market(market, cfg.window.lookback, device)
     schema = PolicySchema.of(market, cfg.window.lookback, cfg.window.zscore_window, encoder_settings(config_yaml))
-    job = SplitJob(cfg, config_yaml, market, tensors, schema, rules, sampling, device, paths.run_dir)
+    job = SplitJob(
+        cfg, config_yaml, market, tensors, schema, rules, sampling, device, paths.run_dir,
+        figures_in_folder=trial is None or cfg.logger.name == "none",
+    )  # fmt: skip
 
     run_name, tags = short_run_name(overrides), overrides_tags(overrides)
     if trial is not None:  # a sweep's trial: its overrides are in its tags and params
@@ -171,7 +174,11 @@ def check_segments(split: Split, lookback: int) -> None:
 
 
 class SplitJob:
-    """Trains and scores a fresh agent on one split; everything but the split is shared."""
+    """Trains and scores a fresh agent on one split; everything but the split is shared.
+
+    ``figures_in_folder``: save the figures in the run folder too, not only in the tracked run
+    (a tracked sweep trial keeps them in MLflow alone: a study's folder would hold a second copy).
+    """
 
     def __init__(
         self,
@@ -184,9 +191,11 @@ class SplitJob:
         sampling: EpisodeSampling,
         device: torch.device,
         run_dir: Path,
+        figures_in_folder: bool = True,
     ) -> None:
         self.cfg, self.config_yaml, self.market, self.tensors, self.schema = cfg, config_yaml, market, tensors, schema
         self.rules, self.sampling, self.device, self.run_dir = rules, sampling, device, run_dir
+        self.figures_in_folder = figures_in_folder
 
     def checkpoint(self, name: str) -> Path:
         """Where split ``name``'s agent is saved ("": the one agent of a holdout run)."""
@@ -241,11 +250,12 @@ class SplitJob:
         )
 
     def save_equity_plot(self, result, part: str, suffix: str, tracker: Tracker) -> None:  # noqa: ANN001
-        """``equity_<part>.png`` in the run, ``equity<suffix>_<part>.png`` in the run folder."""
+        """``equity_<part>.png`` in the run, ``equity<suffix>_<part>.png`` in the run folder (``figures_in_folder``)."""
         market = self.market
         title = f"{suffix.lstrip('_') + ' ' if suffix else ''}{part}: agent vs equal-weight buy-and-hold ({data_label(market)}, {', '.join(market.symbols)})"
         figure = equity_figure(market.timestamps[result.bars], result.equity, result.benchmark, title)
-        figure.savefig(self.run_dir / f"equity{suffix}_{part}.png", dpi=110, bbox_inches="tight")
+        if self.figures_in_folder:
+            figure.savefig(self.run_dir / f"equity{suffix}_{part}.png", dpi=110, bbox_inches="tight")
         tracker.log_figure(figure, f"equity_{part}.png")
 
     def log_attention(self, encoder: FTTransformerEncoder, split: Split, name: str, tracker: Tracker, step: int) -> None:
@@ -265,7 +275,8 @@ class SplitJob:
         tracker.log_metrics(stats, step=step)  # the trained encoder's, at the last training step
         title = f"{name + ' ' if name else ''}{part}: [CLS] attention, mean over heads and {len(bars)} all-cash windows"
         figure = attention_figure(cls, title, tensors.lookback, self.market.symbols, encoder.bars_per_token)
-        figure.savefig(self.run_dir / f"attention{'_' + name if name else ''}.png", dpi=110, bbox_inches="tight")
+        if self.figures_in_folder:
+            figure.savefig(self.run_dir / f"attention{'_' + name if name else ''}.png", dpi=110, bbox_inches="tight")
         tracker.log_figure(figure, "attention.png")
 
 

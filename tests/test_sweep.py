@@ -123,6 +123,9 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
         agents = [a for a in agents if a.startswith(("checkpoint", "policy"))]
         files = sorted(Path(trial.user_attrs["output_dir"]).glob("checkpoint*.pt"))
         assert (len(files), len(agents) > 0, run.data.tags.get("checkpoints")) == ((4, True, None) if kept else (0, False, "deleted"))
+        # The figures are in MLflow alone: the sweep folder holds no second copy.
+        assert not list(Path(trial.user_attrs["output_dir"]).glob("*.png"))
+        assert all("equity_test.png" in {a.path for a in client.list_artifacts(r.info.run_id)} for r in child_runs(client, run.info.run_id))
 
     # best_trial.yaml reruns the best trial: same seed, same numbers on CPU.
     rerun = [
