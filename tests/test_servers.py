@@ -282,6 +282,7 @@ def test_readme_recipe_on_postgresql_and_an_mlflow_server_two_workers_one_killed
             "hydra.sweeper.grace_period": "4",  # a killed trial is failed and run again 4 s after its last heartbeat
             "hydra.sweep.dir": str(machine / "multirun"),
             "logger.register_as": "ppo_mlp_best",
+            "hydra.sweeper.keep_checkpoints": "2",
         })
         for machine in machines
     ]  # fmt: skip
@@ -330,6 +331,16 @@ def test_readme_recipe_on_postgresql_and_an_mlflow_server_two_workers_one_killed
         splits = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
         assert sorted(r.data.tags["cv.split"] for r in splits) == ["0", "1", "2", "3"]  # CPCV: C(4, 1) splits
     assert {"best_trial.yaml", "overfitting.json"} <= {a.path for a in client.list_artifacts(study_run.info.run_id)}
+    # One objective name at every level, the bars as each trial's dataset input, and retention
+    # through the server's proxied artifacts: the 2 best complete trials keep their policy models.
+    finished = [r for r in trial_runs if r.info.status == "FINISHED"]
+    assert "objective" in study_run.data.metrics and all("objective" in r.data.metrics for r in finished)
+    assert all(r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.source_type == "synthetic" for r in finished)
+    kept_runs = {r.info.run_id for r in finished if "policy" in {a.path for a in client.list_artifacts(r.info.run_id)}}
+    ranked = sorted(kept, key=lambda t: t.value, reverse=True)
+    best_two = {r.info.run_id for r in finished if int(r.data.tags["optuna.trial"]) in {t.number for t in ranked[:2]}}
+    assert kept_runs == best_two
+    assert all(r.data.tags.get("checkpoints") == "deleted" for r in finished if r.info.run_id not in kept_runs)
     assert list(artifacts.rglob("overfitting.json")), "the server keeps the artifacts in --artifacts-destination"
     # The study run's description links the best trial's page; its ensemble is registered and loads through the server.
     best_run = study_run.data.tags["best.run_id"]
