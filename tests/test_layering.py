@@ -23,7 +23,8 @@ LAYERS: dict[str, int] = {
     "env": 2,
     "models": 2,
     "data": 1,
-    "trading": 1,
+    "trading": 7,  # the trader: it loads models, reads MLflow and studies, and tracks its session
+    "trading.rules": 1,  # the order rules the environment fills and the trader sends
     "runtime": 0,
     "progress": 0,
     "sqlite_lock": 0,
@@ -66,6 +67,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 
 def _layer(module: str) -> str:
     parts = module.split(".")
+    if ".".join(parts[1:3]) in LAYERS:  # a module ranked on its own, below its package
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else ""
 
 

@@ -15,6 +15,7 @@ This module imports no other part of the package: it is the bottom layer.
 from cappuccino.config.base import DEFAULT_SYMBOLS, INDICATOR_REACH_BARS, PRECISIONS, Node, build
 from cappuccino.config.groups import (
     AlpacaDataConfig,
+    BrokerConfig,
     CPCVConfig,
     CsvDataConfig,
     CVConfig,
@@ -22,6 +23,7 @@ from cappuccino.config.groups import (
     EncoderConfig,
     EnvConfig,
     FTTransformerEncoderConfig,
+    GuardsConfig,
     HoldoutConfig,
     LoggerConfig,
     MLflowLoggerConfig,
@@ -29,6 +31,7 @@ from cappuccino.config.groups import (
     NoLoggerConfig,
     PPOConfig,
     RulesConfig,
+    SimBrokerConfig,
     SyntheticDataConfig,
     WalkForwardConfig,
     WindowConfig,
@@ -41,6 +44,8 @@ from cappuccino.config.jobs import (
     ExperimentConfig,
     PretrainConfig,
     PretrainJobConfig,
+    TradeConfig,
+    TradeJobConfig,
     TrainConfig,
     TrainerConfig,
     TransferExperimentConfig,
@@ -55,7 +60,7 @@ from cappuccino.errors import ArgumentError, ConfigError
 
 __all__ = [
     "DEFAULT_SYMBOLS", "INDICATOR_REACH_BARS", "PRECISIONS", "PRETRAIN_OBJECTIVES", "SCHEMAS",
-    "AlpacaDataConfig", "ArgumentError", "CPCVConfig", "CVConfig", "ConfigError", "CsvDataConfig",
+    "AlpacaDataConfig", "ArgumentError", "BrokerConfig", "GuardsConfig", "SimBrokerConfig", "TradeConfig", "TradeJobConfig", "CPCVConfig", "CVConfig", "ConfigError", "CsvDataConfig",
     "DataConfig", "EncoderConfig", "EnvConfig", "ExperimentConfig", "FTTransformerEncoderConfig",
     "HoldoutConfig", "LoggerConfig", "MLPEncoderConfig", "MLflowLoggerConfig", "NoLoggerConfig", "Node",
     "PPOConfig", "PretrainConfig", "PretrainJobConfig", "RulesConfig", "SyntheticDataConfig",

@@ -99,6 +99,47 @@ class RulesConfig(Node):
     qty_increment: dict[str, float] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------- broker
+@dataclass
+class BrokerConfig(Node):
+    """Where trade.py's orders go (cappuccino/trading/): ``build(cfg, ...)`` with the session's prices."""
+
+    group: ClassVar[str] = "broker"
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class SimBrokerConfig(BrokerConfig):
+    """The replay of held-out bars (cappuccino/trading/sim.py SimBroker)."""
+
+    CONFIG_ONLY: ClassVar[frozenset[str]] = frozenset({"name", "part", "pace", "max_bars"})
+    _target_: str = "cappuccino.trading.sim.SimBroker"
+    name: str = "sim"
+    part: str = "test"  # the cv scheme's part replayed: "test" or "val"
+    pace: float = 0.0  # seconds per bar; 0: as fast as possible
+    max_bars: Optional[int] = None  # stop after this many bars; null: the whole part
+
+    def __post_init__(self) -> None:
+        _require(self.part in ("test", "val"), "broker.part", f"must be 'test' or 'val', got {self.part!r}")
+        _require(self.pace >= 0, "broker.pace", f"must be >= 0 seconds per bar, got {self.pace}")
+        _require(self.max_bars is None or self.max_bars >= 1, "broker.max_bars", f"must be >= 1 or null, got {self.max_bars}")
+
+
+@dataclass
+class GuardsConfig(Node):
+    """trade.py's risk guards (cappuccino/trading/guards.py RiskGuards)."""
+
+    group: ClassVar[str] = "trade.guards"
+    _target_: str = "cappuccino.trading.guards.RiskGuards"
+    max_weight: float = 0.5
+    max_order_notional: float = 50_000.0
+    max_drawdown: float = 0.25
+    daily_loss_limit: float = 0.10
+    stale_after_bars: float = 2.0
+    cooldown_bars: int = 24
+
+
 # ---------------------------------------------------------------------------------- agent
 @dataclass
 class PPOConfig(Node):

@@ -13,6 +13,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from cappuccino.config.base import PRECISIONS, Node, _require, build
 from cappuccino.config.groups import (
     AlpacaDataConfig,
+    BrokerConfig,
     CPCVConfig,
     CsvDataConfig,
     CVConfig,
@@ -20,6 +21,7 @@ from cappuccino.config.groups import (
     EncoderConfig,
     EnvConfig,
     FTTransformerEncoderConfig,
+    GuardsConfig,
     HoldoutConfig,
     LoggerConfig,
     MLflowLoggerConfig,
@@ -27,6 +29,7 @@ from cappuccino.config.groups import (
     NoLoggerConfig,
     PPOConfig,
     RulesConfig,
+    SimBrokerConfig,
     SyntheticDataConfig,
     WalkForwardConfig,
     WindowConfig,
@@ -193,6 +196,45 @@ class PretrainJobConfig(Node):
         )
 
 
+# ---------------------------------------------------------------------------------- trade
+VOTING_RULES = ("mean", "median", "majority", "score_weighted")  # cappuccino.trading.ensemble
+
+
+@dataclass
+class TradeConfig(Node):
+    """What trade.py trades and how (cappuccino/trading/session.py)."""
+
+    models: list[str] = field(default_factory=lambda: ["latest"])
+    ensemble: str = "mean"
+    initial_cash: float = 100_000.0
+    strategy_id: str = "cappuccino"
+    resume_after_kill: bool = False
+    study_storage: str = "sqlite:///optuna.db"
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.models), "trade.models", "must name at least one model")
+        _require(self.ensemble in VOTING_RULES, "trade.ensemble", f"must be one of {list(VOTING_RULES)}, got {self.ensemble!r}")
+        _require(self.initial_cash > 0, "trade.initial_cash", f"must be > 0, got {self.initial_cash}")
+        _require(
+            bool(self.strategy_id) and self.strategy_id.replace("-", "").replace("_", "").isalnum(),
+            "trade.strategy_id", f"must be letters, digits, '-' or '_' (it starts every client order id), got {self.strategy_id!r}",
+        )  # fmt: skip
+
+
+@dataclass
+class TradeJobConfig(Node):
+    """Top-level schema of trade.py (conf/trade.yaml): data, cv and rules mean what they mean in
+    train.py (the replay's bars, its held-out part and the fees), the broker where orders go."""
+
+    data: DataConfig = MISSING
+    cv: CVConfig = MISSING
+    rules: RulesConfig = MISSING
+    broker: BrokerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    trade: TradeConfig = field(default_factory=TradeConfig)
+
+
 # ----------------------------------------------------------------------------- experiment
 @dataclass
 class ExperimentConfig(Node):
@@ -227,6 +269,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "cv": {"holdout": HoldoutConfig, "cpcv": CPCVConfig, "walk_forward": WalkForwardConfig},
     "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
+    "broker": {"sim": SimBrokerConfig},
     "experiment": {"transfer": TransferExperimentConfig},
 }
 
@@ -239,6 +282,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig, replace=True)
     store.store(name="pretrain_schema", node=PretrainJobConfig, replace=True)
+    store.store(name="trade_schema", node=TradeJobConfig, replace=True)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             store.store(name=f"schema_{group}_{name}", node=node, replace=True)

@@ -1,0 +1,169 @@
+"""``python trade.py``: one trading session, from the config to the summary.
+
+The default broker (``broker=sim``) replays the held-out part of the configured data (the
+holdout's test split) bar by bar, through the same trader a real account uses, and its equity
+curve is ``backtest()``'s on the same bars and models. The run folder keeps ``trading.db`` (the
+trader's state: ``cappuccino.trading.state``), ``sim_exchange.db`` (the simulated exchange) and
+``heartbeat.json`` (updated every bar); start the same command with ``hydra.run.dir=<that
+folder>`` to resume a session where it stopped. The session is one MLflow run, updated every
+bar: equity, drawdown, weights, fees and orders.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from cappuccino.config import HoldoutConfig, TradeJobConfig, build, check_buildable, to_typed
+from cappuccino.data.features import with_features
+from cappuccino.data.market import MarketData
+from cappuccino.data.tensors import MarketTensors, Segment
+from cappuccino.env.portfolio import equal_weight_buy_and_hold
+from cappuccino.errors import ConfigError
+from cappuccino.evaluation.backtest import Backtest
+from cappuccino.evaluation.metrics import periods_per_year
+from cappuccino.evaluation.splits import select_splits
+from cappuccino.progress import console, print_line, progress_bar
+from cappuccino.reporting.console import print_data_report
+from cappuccino.reporting.figures import equity_figure
+from cappuccino.runtime import RunPaths, check_interrupt, deferred_interrupts
+from cappuccino.tracking import build_tracker, flatten_config
+from cappuccino.trading.guards import GuardState, request_resume
+from cappuccino.trading.members import Member, load_members
+from cappuccino.trading.state import TradingState
+from cappuccino.trading.trader import BarInput, Trader, exact_quantity
+
+STATE_FILE, EXCHANGE_FILE, HEARTBEAT_FILE = "trading.db", "sim_exchange.db", "heartbeat.json"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The replayed bars and each member's windows over them."""
+
+    market: MarketData  # raw bars (features of the first member's z-score window)
+    tensors: list[MarketTensors]  # per member
+    decision_bars: np.ndarray  # the bars decided at, in order; each fills at the next bar's open
+
+
+def run(cfg: DictConfig, paths: RunPaths) -> float:
+    """Validate, load the models and the data, trade every bar, summarise; the session's Sharpe."""
+    typed: TradeJobConfig = to_typed(cfg, TradeJobConfig)
+    check_buildable(typed.data, typed.rules, typed.cv, typed.trade.guards)
+    if not isinstance(typed.cv, HoldoutConfig):
+        raise ConfigError(f"cv={typed.cv.name}: the replay needs cv=holdout, whose test split is one held-out stretch of bars")
+    settings = typed.trade
+    members = load_members(settings.models, paths.project_dir, getattr(typed.logger, "tracking_uri", None), settings.study_storage)
+    if settings.ensemble == "score_weighted" and (unscored := [m.name for m in members if m.score is None]):
+        raise ConfigError(f"trade.ensemble=score_weighted: no validation objective (metrics.json) beside {unscored}")
+    raw, report = build(typed.data).load()
+    print_data_report(report)
+    replay = replay_bars(raw, members, typed.cv, typed.broker.part)  # type: ignore[attr-defined]
+    rules = build(typed.rules)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    broker = build(
+        typed.broker, open_prices=raw.field("open"), symbols=raw.symbols, fee=rules.fee,
+        initial_cash=settings.initial_cash, exchange_file=paths.run_dir / EXCHANGE_FILE,
+    )  # fmt: skip
+    state = TradingState(paths.run_dir / STATE_FILE)
+    if settings.resume_after_kill:
+        guards_memory = GuardState.from_meta(state.get)
+        request_resume(guards_memory, int(replay.decision_bars[0]), build(settings.guards))
+        with state.transaction() as db:
+            state.put(db, **guards_memory.as_meta())
+    names = ", ".join(sorted({Path(m.name).parent.name or m.name for m in members}))
+    with build_tracker(typed.logger, f"trade {typed.broker.name} {names}"[:80], paths.project_dir) as tracker:
+        tracker.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+        tracker.set_tags({"trade.broker": typed.broker.name, "trade.members": "\n".join(m.name for m in members)[:5000]})
+        trader = Trader(
+            members=members, vote=settings.ensemble, rules=rules, guards=build(settings.guards), broker=broker, state=state,
+            tracker=tracker, symbols=raw.symbols, interval=raw.interval, strategy_id=settings.strategy_id,
+            quantize=exact_quantity, clock=lambda bar_time: bar_time + raw.interval,
+        )  # fmt: skip
+        trade_replay(trader, broker, replay, typed.broker.pace, typed.broker.max_bars, paths.run_dir)  # type: ignore[attr-defined]
+        result = summarise(state, replay, rules.fee, settings.initial_cash)
+        metrics = result.metrics(periods_per_year(raw.interval))
+        tracker.log_metrics({f"session/{k}": v for k, v in metrics.items()})
+        tracker.log_figure(equity_figure(raw.timestamps[result.bars], result.equity, result.benchmark, "trade.py replay: agent vs equal-weight buy-and-hold"), "equity.png")
+        tracker.log_artifact(paths.run_dir / STATE_FILE)
+        print_summary(metrics, len(result.bars) - 1)
+        print_line(f"state: {paths.run_dir / STATE_FILE} (python -m cappuccino.trading.status {paths.run_dir / STATE_FILE})")
+        if tracker.run_url:
+            print_line(f"this session: {tracker.run_url}")
+    state.close()
+    broker.close()
+    return float(metrics["sharpe"])
+
+
+def replay_bars(raw: MarketData, members: list[Member], cv: HoldoutConfig, part: str) -> Replay:
+    """Every member's windows over the data, checked against its schema, and the part's bars."""
+    markets: dict[int, MarketData] = {}
+    tensors = []
+    for member in members:
+        schema = member.policy.schema
+        market = markets.setdefault(schema.zscore_window, with_features(raw, schema.zscore_window))
+        schema.check(market, schema.lookback, schema.zscore_window, name=member.name)
+        tensors.append(MarketTensors.from_market(market, schema.lookback, "cpu"))
+    first = markets[members[0].policy.schema.zscore_window]
+    ((_, split),) = select_splits(build(cv), None, max(m.first_valid for m in markets.values()), raw.n_bars, first.feature_memory)
+    segments: tuple[Segment, ...] = split.test if part == "test" else split.validation
+    if len(segments) != 1:
+        raise ConfigError(f"broker.part={part}: the holdout gives {len(segments)} segments there, the replay needs one")
+    longest = max(tensors, key=lambda t: t.lookback)
+    return Replay(first, tensors, longest.decision_bars(segments[0]).numpy())
+
+
+def trade_replay(trader: Trader, broker, replay: Replay, pace: float, max_bars: int | None, run_dir: Path) -> None:  # noqa: ANN001
+    """Each decision bar in order, then the last fill's bar valued; SIGINT / SIGTERM stop after a bar."""
+    bars = replay.decision_bars[: max_bars] if max_bars else replay.decision_bars
+    final = int(bars[-1]) + 1
+    market = replay.market
+    with deferred_interrupts(), progress_bar("trade", len(bars) + 1, console.is_terminal) as advance:
+        for done, bar in enumerate([*map(int, bars), final], start=1):
+            started = time.monotonic()
+            broker.at_bar(bar)
+            windows = [t.window(torch.tensor([bar])) for t in replay.tensors] if bar != final else []
+            trader.step(BarInput(bar, market.timestamps[bar], market.ohlcv[bar], windows), decide=bar != final)
+            heartbeat(run_dir, market.timestamps[bar])
+            advance(done)
+            check_interrupt()
+            if pace:
+                time.sleep(max(pace - (time.monotonic() - started), 0.0))
+
+
+def heartbeat(run_dir: Path, bar_time: pd.Timestamp) -> None:
+    """``heartbeat.json``: the last bar handled and when, replaced atomically."""
+    scratch = run_dir / (HEARTBEAT_FILE + ".tmp")
+    scratch.write_text(json.dumps({"bar_time": bar_time.isoformat(), "at": pd.Timestamp.now(tz="UTC").isoformat()}))
+    scratch.replace(run_dir / HEARTBEAT_FILE)
+
+
+def summarise(state: TradingState, replay: Replay, fee: float, initial_cash: float) -> Backtest:
+    """The session's equity at each bar's close against equal-weight buy-and-hold on the same bars."""
+    curve = state.equity_curve()
+    bars = np.array([row[1] for row in curve])
+    equity = np.array([row[2] for row in curve])
+    market = replay.tensors[0]
+    held = equal_weight_buy_and_hold(market.open[bars[0] + 1], market.close[bars[0] + 1 : bars[-1] + 1], initial_cash, fee)
+    benchmark = np.concatenate([[initial_cash], held.cpu().numpy()])
+    return Backtest(bars, equity, benchmark, float(sum(r[3] for r in curve)), float(sum(r[4] for r in curve)))
+
+
+def print_summary(metrics: dict[str, float], n_bars: int) -> None:
+    table = Table(title=f"trading session: {n_bars:,} bars against equal-weight buy-and-hold on the same bars")
+    table.add_column("")
+    table.add_column("agent", justify="right")
+    table.add_column("buy-and-hold", justify="right")
+    table.add_row("return", f"{metrics['total_return']:+.2%}", f"{metrics['benchmark_total_return']:+.2%}")
+    table.add_row("Sharpe (annualised)", f"{metrics['sharpe']:+.2f}", f"{metrics['benchmark_sharpe']:+.2f}")
+    table.add_row("max drawdown", f"{metrics['max_drawdown']:.2%}", f"{metrics['benchmark_max_drawdown']:.2%}")
+    table.add_row("fees paid", f"{metrics['fees_paid']:,.2f}", "")
+    table.add_row("turnover per year", f"{metrics['annual_turnover']:,.1f}", "")
+    console.print(table)
