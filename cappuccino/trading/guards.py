@@ -54,6 +54,7 @@ class GuardState:
     peak_equity: float = 0.0
     day: str = ""
     day_start_equity: float = 0.0
+    stopped_day: str = ""  # the UTC day the daily loss limit fired on: no orders until it ends
     killed_at: int | None = None  # the bar the kill switch fired at
     resume_from: int | None = None  # a restart with the explicit flag: trading resumes at this bar
 
@@ -124,8 +125,11 @@ def judge(
     if day != state.day:
         state.day, state.day_start_equity = day, equity
     day_loss = 1.0 - equity / state.day_start_equity
-    if day_loss >= guards.daily_loss_limit:
-        return Verdict(targets, False, [*reasons, f"daily loss limit: {day_loss:.1%} since the day's first bar >= {guards.daily_loss_limit:.0%}; no orders until {day} ends"])
+    if day_loss >= guards.daily_loss_limit and state.stopped_day != day:
+        state.stopped_day = day
+        reasons.append(f"daily loss limit: {day_loss:.1%} since the day's first bar >= {guards.daily_loss_limit:.0%}; no orders until {day} ends")
+    if state.stopped_day == day:
+        return Verdict(targets, False, reasons or [f"daily loss limit reached earlier on {day}: no orders"])
 
     if np.any(targets > guards.max_weight):
         reasons.append(f"max weight: targets above {guards.max_weight:.0%} cut to it")

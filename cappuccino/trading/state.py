@@ -75,6 +75,11 @@ class TradingState:
         row = self.db.execute("SELECT bar_time, bar, equity, done FROM bars WHERE bar_time = ?", (bar_time,)).fetchone()
         return None if row is None else BarRow(row[0], row[1], row[2], bool(row[3]))
 
+    def latest_time(self) -> str | None:
+        """The newest bar decided at (finished or not)."""
+        (latest,) = self.db.execute("SELECT max(bar_time) FROM bars").fetchone()
+        return latest
+
     def record_decision(
         self, bar_time: str, bar: int, votes: dict[str, list[float]], targets: list[float], guards: list[str], orders: list[OrderRequest],
         **meta: Any,

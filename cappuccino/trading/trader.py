@@ -84,6 +84,10 @@ class Trader:
         key = bar.time.isoformat()
         row = self.state.bar(key)
         if row is not None and row.done:
+            return  # a bar seen again (a restart, a duplicated bar): traded once
+        latest = self.state.latest_time()
+        if row is None and latest is not None and bar.time <= pd.Timestamp(latest):
+            self.state.event(key, "data", f"out-of-order bar {key} after {latest}: skipped")
             return
         account = self.broker.account()
         cash, holdings = float(account.cash), account.holdings(self.symbols)
