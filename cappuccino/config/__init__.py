@@ -14,6 +14,7 @@ This module imports no other part of the package: it is the bottom layer.
 
 from cappuccino.config.base import DEFAULT_SYMBOLS, INDICATOR_REACH_BARS, PRECISIONS, Node, build
 from cappuccino.config.groups import (
+    AlpacaBrokerConfig,
     AlpacaDataConfig,
     BrokerConfig,
     CPCVConfig,
@@ -60,7 +61,7 @@ from cappuccino.errors import ArgumentError, ConfigError
 
 __all__ = [
     "DEFAULT_SYMBOLS", "INDICATOR_REACH_BARS", "PRECISIONS", "PRETRAIN_OBJECTIVES", "SCHEMAS",
-    "AlpacaDataConfig", "ArgumentError", "BrokerConfig", "GuardsConfig", "SimBrokerConfig", "TradeConfig", "TradeJobConfig", "CPCVConfig", "CVConfig", "ConfigError", "CsvDataConfig",
+    "AlpacaBrokerConfig", "AlpacaDataConfig", "ArgumentError", "BrokerConfig", "GuardsConfig", "SimBrokerConfig", "TradeConfig", "TradeJobConfig", "CPCVConfig", "CVConfig", "ConfigError", "CsvDataConfig",
     "DataConfig", "EncoderConfig", "EnvConfig", "ExperimentConfig", "FTTransformerEncoderConfig",
     "HoldoutConfig", "LoggerConfig", "MLPEncoderConfig", "MLflowLoggerConfig", "NoLoggerConfig", "Node",
     "PPOConfig", "PretrainConfig", "PretrainJobConfig", "RulesConfig", "SyntheticDataConfig",

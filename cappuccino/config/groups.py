@@ -127,6 +127,23 @@ class SimBrokerConfig(BrokerConfig):
 
 
 @dataclass
+class AlpacaBrokerConfig(BrokerConfig):
+    """Alpaca's paper account (cappuccino/trading/alpaca.py AlpacaPaperBroker); keys from the environment."""
+
+    CONFIG_ONLY: ClassVar[frozenset[str]] = frozenset({"name", "max_bars", "settle_seconds"})
+    _target_: str = "cappuccino.trading.alpaca.AlpacaPaperBroker"
+    name: str = "alpaca_paper"
+    live: bool = False  # a live account: also needs CAPPUCCINO_LIVE_TRADING=yes in the environment
+    url_override: Optional[str] = None  # another trading API server (tests: a local fake)
+    max_bars: Optional[int] = None  # stop after this many bars; null: run until stopped
+    settle_seconds: float = 10.0  # wait after a bar's close before reading it (Alpaca aggregates)
+
+    def __post_init__(self) -> None:
+        _require(self.max_bars is None or self.max_bars >= 1, "broker.max_bars", f"must be >= 1 or null, got {self.max_bars}")
+        _require(self.settle_seconds >= 0, "broker.settle_seconds", f"must be >= 0, got {self.settle_seconds}")
+
+
+@dataclass
 class GuardsConfig(Node):
     """trade.py's risk guards (cappuccino/trading/guards.py RiskGuards)."""
 

@@ -12,6 +12,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cappuccino.config.base import PRECISIONS, Node, _require, build
 from cappuccino.config.groups import (
+    AlpacaBrokerConfig,
     AlpacaDataConfig,
     BrokerConfig,
     CPCVConfig,
@@ -269,7 +270,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "cv": {"holdout": HoldoutConfig, "cpcv": CPCVConfig, "walk_forward": WalkForwardConfig},
     "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
-    "broker": {"sim": SimBrokerConfig},
+    "broker": {"sim": SimBrokerConfig, "alpaca_paper": AlpacaBrokerConfig},
     "experiment": {"transfer": TransferExperimentConfig},
 }
 

@@ -65,19 +65,21 @@ class AlpacaSource(BarSource):
         return alpaca_market(self)
 
 
-def alpaca_market(cfg: AlpacaSource) -> tuple[MarketData, DataReport]:
+def alpaca_market(cfg: AlpacaSource, cached: bool = True) -> tuple[MarketData, DataReport]:
     """Bars of ``cfg.symbols`` quoted in ``cfg.quote`` from ``cfg.start`` to ``cfg.end`` (UTC).
 
     A date without a time means its midnight UTC, so ``end: 2024-12-31`` stops at that day's first bar.
+    ``cached=False`` always downloads and writes no cache file (a trader's trailing bars).
     """
     interval = parse_interval(cfg.interval)
     timeframe = alpaca_timeframe(interval)
     start, end = to_utc(cfg.start), to_utc(cfg.end)
     cache = Path(cfg.cache_dir).expanduser() / f"bars-{_cache_key(cfg, timeframe, start, end)}.parquet"
-    if cache.is_file():
+    if cached and cache.is_file():
         table = pd.read_parquet(cache)
     else:
         table = _download(cfg, timeframe, start, end)
+    if cached and not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial")
         table.to_parquet(partial, index=False)
@@ -107,7 +109,7 @@ def _cache_key(cfg: AlpacaSource, timeframe: TimeFrame, start: pd.Timestamp, end
     return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
 
 
-class _TimeoutAdapter(HTTPAdapter):
+class TimeoutAdapter(HTTPAdapter):
     """Every request of the session gets ``timeout``: requests waits forever by default."""
 
     def __init__(self, timeout: tuple[float, float]) -> None:
@@ -123,7 +125,7 @@ def _client(cfg: AlpacaSource) -> CryptoHistoricalDataClient:
     """alpaca-py's client with a timeout on every request and without its own retries (a fixed
     wait, 429 and 504 only): ``_fetch`` retries with backoff and jitter within a deadline."""
     client = CryptoHistoricalDataClient(url_override=cfg.url_override, raw_data=True)
-    adapter = _TimeoutAdapter(REQUEST_TIMEOUT)
+    adapter = TimeoutAdapter(REQUEST_TIMEOUT)
     for scheme in ("http://", "https://"):
         client._session.mount(scheme, adapter)  # alpaca-py exposes no timeout; tests pin these two attributes
     client._retry = 0

@@ -25,7 +25,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS bars (
     bar_time TEXT PRIMARY KEY, bar INTEGER NOT NULL, votes TEXT NOT NULL, targets TEXT NOT NULL,
-    guards TEXT NOT NULL, equity REAL, cash REAL, positions TEXT, fees REAL, turnover REAL, done INTEGER NOT NULL DEFAULT 0
+    guards TEXT NOT NULL, equity REAL, cash REAL, positions TEXT, closes TEXT, fees REAL, turnover REAL,
+    done INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS orders (
     client_order_id TEXT PRIMARY KEY, bar_time TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL,
@@ -116,11 +117,15 @@ class TradingState:
                     (record.status, record.broker_order_id, str(record.filled_qty), price, client_order_id),
                 )
 
-    def finish_bar(self, bar_time: str, equity: float, cash: float, positions: dict[str, float], fees: float, turnover: float, **meta: Any) -> None:
+    def finish_bar(
+        self, bar_time: str, equity: float, cash: float, positions: dict[str, float], closes: list[float], fees: float, turnover: float, **meta: Any
+    ) -> None:
+        """The account at the bar's close (before its orders fill), its prices, the fees and
+        turnover of its orders, and ``meta``, in one transaction: the bar is done."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE bars SET equity = ?, cash = ?, positions = ?, fees = ?, turnover = ?, done = 1 WHERE bar_time = ?",
-                (equity, cash, json.dumps(positions), fees, turnover, bar_time),
+                "UPDATE bars SET equity = ?, cash = ?, positions = ?, closes = ?, fees = ?, turnover = ?, done = 1 WHERE bar_time = ?",
+                (equity, cash, json.dumps(positions), json.dumps(closes), fees, turnover, bar_time),
             )
             self.put(db, **meta)
 
@@ -132,6 +137,10 @@ class TradingState:
     def equity_curve(self) -> list[tuple[str, int, float, float, float]]:
         """(bar_time, bar, equity, fees, turnover) of every finished bar, in time order."""
         return self.db.execute("SELECT bar_time, bar, equity, fees, turnover FROM bars WHERE done = 1 ORDER BY bar").fetchall()
+
+    def closes(self) -> list[list[float]]:
+        """Each finished bar's close prices, in time order."""
+        return [json.loads(c) for (c,) in self.db.execute("SELECT closes FROM bars WHERE done = 1 ORDER BY bar")]
 
     def close(self) -> None:
         self.db.close()

@@ -94,15 +94,18 @@ class Trader:
         close = bar.ohlcv[:, 3]
         equity = cash + float(holdings @ close)
         if row is None:
-            self._decide(bar, key, cash, holdings, close, equity, decide)
+            self._decide(bar, key, cash, holdings, account.positions, close, equity, decide)
         records = self._place(key)
         fees, traded = self._costs(records)
         self.fees_paid += fees
         positions = {s: float(q) for s, q in zip(self.symbols, holdings) if q > 0}
-        self.state.finish_bar(key, equity, cash, positions, fees, traded / equity if equity > 0 else 0.0, fees_paid=self.fees_paid)
+        turnover = traded / equity if equity > 0 else 0.0
+        self.state.finish_bar(key, equity, cash, positions, close.tolist(), fees, turnover, fees_paid=self.fees_paid)
         self._log(bar.bar, equity, cash, holdings * close, len(records))
 
-    def _decide(self, bar: BarInput, key: str, cash: float, holdings: np.ndarray, close: np.ndarray, equity: float, decide: bool) -> None:
+    def _decide(
+        self, bar: BarInput, key: str, cash: float, holdings: np.ndarray, positions: dict[str, Decimal], close: np.ndarray, equity: float, decide: bool
+    ) -> None:
         value = np.concatenate([[cash], holdings * close]) / equity  # the env's observation weights
         observed = torch.as_tensor(value, dtype=LEDGER_DTYPE).float().unsqueeze(0)
         votes = {m.name: m.policy.target_weights(w, observed, self.rules.cash_reserve)[0].numpy() for m, w in zip(self.members, bar.windows)} if decide else {}
@@ -117,7 +120,7 @@ class Trader:
             )  # fmt: skip
             targets, reasons = verdict.targets, verdict.reasons
             if verdict.trade:
-                orders, capped = self._orders(bar.time, cash, holdings, targets)
+                orders, capped = self._orders(bar.time, cash, holdings, targets, positions)
                 reasons += capped
         votes_list = {k: v.tolist() for k, v in votes.items()}
         self.state.record_decision(key, bar.bar, votes_list, list(map(float, targets)), reasons, orders, **self.guard_state.as_meta())
@@ -125,8 +128,11 @@ class Trader:
             log.info(f"{key}: {reason}")
             self.state.event(key, "guard", reason)
 
-    def _orders(self, bar_time: pd.Timestamp, cash: float, holdings: np.ndarray, targets: np.ndarray) -> tuple[list[OrderRequest], list[str]]:
-        """The environment's order plan at the broker's sizing price, capped and rounded, sells first."""
+    def _orders(
+        self, bar_time: pd.Timestamp, cash: float, holdings: np.ndarray, targets: np.ndarray, positions: dict[str, Decimal]
+    ) -> tuple[list[OrderRequest], list[str]]:
+        """The environment's order plan at the broker's sizing price, capped and rounded, sells
+        first; a sell of (all but float noise of) a position sells what the broker says is held."""
         price = torch.as_tensor(self.broker.plan_prices(), dtype=LEDGER_DTYPE).unsqueeze(0)
         planned = plan_orders(
             torch.tensor([cash], dtype=LEDGER_DTYPE), torch.as_tensor(holdings).unsqueeze(0),
@@ -139,7 +145,9 @@ class Trader:
                     continue
                 qty, reason = cap_order(qty, p, self.guards)
                 reasons += [f"{symbol} {side}: {reason}"] if reason else []
-                rounded = self.quantize(symbol, qty)
+                held = positions.get(symbol, Decimal(0))
+                whole = side == "sell" and reason is None and qty >= float(held) * (1 - 1e-9)
+                rounded = held if whole else self.quantize(symbol, qty)
                 if rounded > 0:
                     orders.append(OrderRequest(client_order_id(self.strategy_id, bar_time, symbol, side), symbol, side, rounded))
         return orders, reasons

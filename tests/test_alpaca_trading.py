@@ -1,0 +1,172 @@
+"""broker=alpaca_paper through the real alpaca-py clients against a fake Alpaca on 127.0.0.1:
+the orders Alpaca's crypto rules ask for, retries that never place an order twice, a refused
+start, and keys that appear nowhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cappuccino.config import ConfigError
+from cappuccino.runtime import RunPaths
+from cappuccino.trading import alpaca as alpaca_module
+from cappuccino.trading.alpaca import AlpacaPaperBroker
+from cappuccino.trading.broker import OrderRequest
+from cappuccino.trading.live import ReconciliationError
+from cappuccino.trading.session import run as trade
+from cappuccino.trading.state import TradingState
+
+from .conftest import CONF_DIR, TINY
+from .conftest import run_train as train
+from .fake_alpaca import FakeAlpaca
+
+ROOT = Path(__file__).resolve().parents[1]
+SYMBOLS = ("AAVE", "AVAX", "BTC", "ETH", "LINK", "LTC", "UNI")
+KEY, SECRET = "PKFAKEKEY0123456789", "fakeSecret0123456789abcdefXYZ"
+WIDE_GUARDS = ["trade.guards.max_weight=1.0", "trade.guards.stale_after_bars=100000", "trade.guards.max_drawdown=0.99", "trade.guards.daily_loss_limit=0.99"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    project = tmp_path_factory.mktemp("project")
+    run_dir = project / "outputs" / "2026-12-02" / "10-00-00"
+    run_dir.mkdir(parents=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[*TINY, "logger=none", "rules.rebalance_band=0.01"])
+    train(cfg, RunPaths(run_dir, project))
+    return project
+
+
+@pytest.fixture
+def fake():
+    rng = np.random.default_rng(0)
+    n = 900
+    closes = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.01, (n, len(SYMBOLS))), 0)) * np.array([1, 2, 300, 20, 1, 5, 1])
+    start = pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=n + 5)
+    server = FakeAlpaca(SYMBOLS, closes, start, revealed=700)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def keys(monkeypatch):
+    monkeypatch.setenv("ALPACA_API_KEY", KEY)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", SECRET)
+    monkeypatch.setattr(alpaca_module, "BACKOFF_SECONDS", 0.01)
+
+
+def overrides(fake: FakeAlpaca, *more: str) -> list[str]:
+    return [
+        "broker=alpaca_paper", "data=alpaca_1h", f"data.url_override={fake.url}", f"broker.url_override={fake.url}",
+        "broker.settle_seconds=0", "logger=none", "rules.rebalance_band=0.01", *WIDE_GUARDS, *more,
+    ]  # fmt: skip
+
+
+def session(project: Path, folder: str, fake: FakeAlpaca, *more: str) -> Path:
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("trade", overrides=overrides(fake, *more))
+    trade(cfg, RunPaths(project / folder, project))
+    return project / folder
+
+
+def test_orders_are_alpacas_crypto_orders_rounded_to_the_increment_with_client_ids(project, fake, keys):
+    run_dir = session(project, "paper", fake, "broker.max_bars=3")
+    assert fake.posts, "the trader placed no order"
+    for post in fake.posts:
+        assert post["symbol"].endswith("/USD") and post["symbol"].split("/")[0] in SYMBOLS
+        assert post["type"] == "market" and post["time_in_force"] == "gtc" and post["side"] in ("buy", "sell")
+        assert Decimal(str(post["qty"])) % fake.increment == 0 and len(post["client_order_id"]) <= 48
+    assert "GET /v2/assets/BTC/USD" in fake.requests  # the increments are read from Alpaca at start
+    state = TradingState(run_dir / "trading.db")
+    recorded = {cid: status for cid, status in state.db.execute("SELECT client_order_id, status FROM orders")}
+    assert recorded == {cid: "filled" for cid in fake.orders}  # every order placed is in the state file, filled
+    # Fees are taken in the asset bought: the state's positions are what Alpaca says is held.
+    (positions,) = state.db.execute("SELECT positions FROM bars WHERE done = 1 ORDER BY bar DESC LIMIT 1").fetchone()
+    assert positions is not None
+
+
+def test_rate_limits_server_errors_and_a_lost_answer_are_retried_and_place_each_order_once(project, fake, keys):
+    fake.script = [("POST", "/v2/orders", 429), ("POST", "/v2/orders", 500), ("POST", "/v2/orders", "place-then-500"), ("GET", "/v2/account", 503)]
+    session(project, "retried", fake, "broker.max_bars=2")
+    assert fake.script == []  # every fault was met
+    placed = [p["client_order_id"] for p in fake.posts if p["client_order_id"] in fake.orders]
+    sent = fake.requests.count("POST /v2/orders")
+    assert sent == len(fake.orders) + 3 and len(set(placed)) == len(fake.orders)  # 3 re-sent, each placed once
+    assert len(fake.orders) >= 2
+
+
+def test_a_stalled_connection_times_out_and_is_retried(fake, keys, monkeypatch):
+    monkeypatch.setattr(alpaca_module, "REQUEST_TIMEOUT", (1.0, 1.0))
+    fake.stall_seconds = 2.5
+    fake.script = [("GET", "/v2/account", "stall")]
+    broker = AlpacaPaperBroker(symbols=SYMBOLS, url_override=fake.url)
+    started = time.monotonic()
+    assert broker.account().cash == Decimal(100_000)
+    assert time.monotonic() - started < 10
+
+
+def test_a_duplicate_client_order_id_is_looked_up_not_placed_again(fake, keys):
+    broker = AlpacaPaperBroker(symbols=SYMBOLS, url_override=fake.url)
+    broker.observe(fake.closes[fake.revealed - 1])
+    order = OrderRequest("test-duplicate-1", "BTC", "buy", Decimal("0.01"))
+    first = broker.submit(order)
+    again = broker.submit(order)  # Alpaca answers 422 40010001
+    assert first.broker_order_id == again.broker_order_id and len(fake.orders) == 1
+
+
+def test_a_start_that_cannot_reconcile_refuses_to_trade(project, fake, keys):
+    fake.script = [("GET", "/v2/account", 500)] * alpaca_module.MAX_ATTEMPTS
+    with pytest.raises(ReconciliationError, match="reconciliation with the broker failed at start"):
+        session(project, "refused", fake, "broker.max_bars=1")
+    assert fake.posts == []
+
+
+def test_keys_are_required_from_the_environment_and_a_live_account_needs_a_confirmation(project, fake, monkeypatch):
+    monkeypatch.delenv("ALPACA_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="ALPACA_API_KEY and ALPACA_SECRET_KEY"):
+        session(project, "nokeys", fake, "broker.max_bars=1")
+    monkeypatch.setenv("ALPACA_API_KEY", KEY)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", SECRET)
+    with pytest.raises(ConfigError, match="CAPPUCCINO_LIVE_TRADING=yes"):
+        session(project, "live", fake, "broker.max_bars=1", "broker.live=true")
+
+
+def test_the_keys_appear_in_no_log_output_state_file_or_mlflow_store(project, fake, tmp_path):
+    env = {**os.environ, "ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    command = [sys.executable, str(ROOT / "trade.py"), *overrides(fake, "broker.max_bars=2"), f"hydra.run.dir={tmp_path}/run"]
+    command = [c for c in command if c != "logger=none"] + [f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert fake.orders and all(h.get("APCA-API-KEY-ID") == KEY for h in fake.headers if "APCA-API-KEY-ID" in h)  # they were used
+    texts = [done.stdout, done.stderr] + [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [t[:200] for t in texts if KEY in t or SECRET in t]
+
+
+@pytest.mark.slow
+def test_kill_9_twenty_times_against_the_fake_never_places_an_order_twice_or_loses_one(project, fake, tmp_path):
+    env = {**os.environ, "ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    command = [sys.executable, str(ROOT / "trade.py"), *overrides(fake), f"hydra.run.dir={tmp_path}/run"]
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(float(rng.uniform(4.0, 8.0)))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    done = subprocess.run([*command, "broker.max_bars=1"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert fake.orders, "no order was placed in 20 starts"
+    bars_and_sides = [(o["client_order_id"].rsplit("-", 1)[0]) for o in fake.orders.values()]
+    assert len(bars_and_sides) == len(set(bars_and_sides))  # one order per (bar, symbol, side)
+    state = TradingState(tmp_path / "run" / "trading.db")
+    recorded = {cid for (cid,) in state.db.execute("SELECT client_order_id FROM orders WHERE status = 'filled'")}
+    assert set(fake.orders) <= recorded  # none lost: the restarts found every order placed
