@@ -4,8 +4,9 @@ the trader uses (account, assets, positions, orders by id and client id) and cry
 Market orders fill whole at once at the newest revealed close; a buy's fee is taken in the asset
 received, a sell's in cash, as Alpaca does. A reused client order id gets Alpaca's 422 (code
 40010001). ``script`` queues faults for the next matching requests: an HTTP status (429, 500),
-``"stall"`` (answer nothing for ``stall_seconds``), or ``"place-then-500"`` (place the order,
-answer 500, as a lost response would look). Every bar request reveals one more bar.
+``"stall"`` (answer nothing for ``stall_seconds``), ``"place-then-500"`` (place the order,
+answer 500, as a lost response would look), or ``"partial"`` (the order is answered half filled,
+and is filled when next looked up). Every bar request reveals one more bar.
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ class FakeAlpaca:
             time.sleep(self.stall_seconds)
             return
         with self.lock:
-            if fault is not None and fault[2] != "place-then-500":
+            if fault is not None and fault[2] not in ("place-then-500", "partial"):
                 return self.send(handler, int(fault[2]), {"code": int(fault[2]), "message": "scripted"})
             status, payload = self.route(method, url.path, parse_qs(url.query), body)
-        if fault is not None:  # place-then-500: the order is placed, its answer lost
+        if fault is not None and fault[2] == "partial" and status == 200:
+            payload = {**payload, "status": "partially_filled", "filled_qty": str(Decimal(payload["qty"]) / 2)}
+        elif fault is not None and fault[2] == "place-then-500":  # the order is placed, its answer lost
             status, payload = 500, {"code": 50010000, "message": "internal server error"}
         self.send(handler, status, payload)
 

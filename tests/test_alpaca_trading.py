@@ -170,3 +170,42 @@ def test_kill_9_twenty_times_against_the_fake_never_places_an_order_twice_or_los
     state = TradingState(tmp_path / "run" / "trading.db")
     recorded = {cid for (cid,) in state.db.execute("SELECT client_order_id FROM orders WHERE status = 'filled'")}
     assert set(fake.orders) <= recorded  # none lost: the restarts found every order placed
+
+
+def test_a_partly_filled_order_is_read_again_until_it_settles(project, fake, keys):
+    fake.script = [("POST", "/v2/orders", "partial")]
+    run_dir = session(project, "partial", fake, "broker.max_bars=3")
+    state = TradingState(run_dir / "trading.db")
+    first = next(iter(fake.orders))
+    (status,) = state.db.execute("SELECT status FROM orders WHERE client_order_id = ?", (first,)).fetchone()
+    assert status == "filled"  # answered partially_filled, then read again at the next bar
+    (event,) = state.db.execute("SELECT detail FROM events WHERE kind = 'order' AND detail LIKE ?", (f"{first}%",)).fetchone()
+    assert "filled" in event
+
+
+def test_models_come_from_a_folder_latest_an_mlflow_run_and_a_registered_model(tmp_path):
+    import mlflow
+
+    from cappuccino.trading.members import load_members
+
+    run_dir = tmp_path / "outputs" / "2026-12-02" / "11-00-00"
+    run_dir.mkdir(parents=True)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[*TINY, f"logger.tracking_uri={uri}", "logger.register_as=tiny", "logger.system_metrics_interval=null"])
+    train(cfg, RunPaths(run_dir, tmp_path))
+    run_id = mlflow.MlflowClient(uri).search_model_versions("name = 'tiny'")[0].run_id
+    sources = ["latest", str(run_dir), str(run_dir / "checkpoint.pt"), f"runs:/{run_id}", "models:/tiny/latest"]
+    members = load_members(sources, tmp_path, uri, "sqlite:///none.db")
+    weights = [m.policy.module.state_dict() for m in members]
+    assert len(members) == 5 and all(all((w[k] == weights[0][k]).all() for k in w) for w in weights)
+    assert members[0].score is not None  # metrics.json beside it: the run's validation objective
+    with pytest.raises(ConfigError, match="no checkpoint file, run folder"):
+        load_members(["nowhere.pt"], tmp_path, uri, "sqlite:///none.db")
+
+
+def test_a_member_that_does_not_fit_the_data_is_named_with_the_key(project, fake, keys):
+    from cappuccino.models.checkpoint import CheckpointMismatch
+
+    with pytest.raises(CheckpointMismatch, match=r"checkpoint.pt does not fit this market:\n.*symbols"):
+        session(project, "mismatch", fake, "broker.max_bars=1", "data.symbols=[BTC,ETH]")

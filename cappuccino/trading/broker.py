@@ -19,7 +19,6 @@ import pandas as pd
 
 CLIENT_ORDER_ID_LENGTH = 48  # Alpaca's limit: what client_order_id stays within
 OPEN_STATUSES = frozenset({"new", "accepted", "pending_new", "partially_filled", "accepted_for_bidding", "held"})
-FINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "done_for_day", "replaced"})
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,11 @@ class TradingState:
         ).fetchall()
         return [(OrderRequest(cid, symbol, side, Decimal(qty)), status) for cid, symbol, side, qty, status in rows]
 
+    def unsettled_orders(self, statuses: frozenset[str]) -> list[str]:
+        """Client ids of placed orders whose last recorded status is one of ``statuses`` (open ones)."""
+        marks = ",".join("?" * len(statuses))
+        return [cid for (cid,) in self.db.execute(f"SELECT client_order_id FROM orders WHERE status IN ({marks}) ORDER BY rowid", tuple(statuses))]
+
     def record_order(self, record: OrderRecord | None, client_order_id: str, error: str | None = None) -> None:
         """What the broker said of a planned order (None and an ``error``: it was not placed)."""
         with self.transaction() as db:

@@ -31,7 +31,7 @@ import torch
 from cappuccino.data.tensors import LEDGER_DTYPE
 from cappuccino.secrets import mask_text
 from cappuccino.tracking import Tracker
-from cappuccino.trading.broker import Broker, OrderRecord, OrderRequest, client_order_id
+from cappuccino.trading.broker import OPEN_STATUSES, Broker, OrderRecord, OrderRequest, client_order_id
 from cappuccino.trading.ensemble import combine
 from cappuccino.trading.guards import GuardState, RiskGuards, cap_order, judge
 from cappuccino.trading.members import Member
@@ -89,6 +89,7 @@ class Trader:
         if row is None and latest is not None and bar.time <= pd.Timestamp(latest):
             self.state.event(key, "data", f"out-of-order bar {key} after {latest}: skipped")
             return
+        self._settle(key)
         account = self.broker.account()
         cash, holdings = float(account.cash), account.holdings(self.symbols)
         close = bar.ohlcv[:, 3]
@@ -152,6 +153,20 @@ class Trader:
                     orders.append(OrderRequest(client_order_id(self.strategy_id, bar_time, symbol, side), symbol, side, rounded))
         return orders, reasons
 
+    def _settle(self, key: str) -> None:
+        """Orders of earlier bars still open (partly filled, accepted, ...) read again: their
+        fills, cancellations, expiries or rejections are recorded as the broker reports them."""
+        for cid in self.state.unsettled_orders(OPEN_STATUSES):
+            try:
+                record = self.broker.find(cid)
+            except Exception as error:  # noqa: BLE001 - read again at the next bar
+                self.state.event(key, "broker_error", f"{cid}: {mask_text(f'{type(error).__name__}: {error}')}")
+                continue
+            if record is not None:
+                self.state.record_order(record, cid)
+                if not record.is_open:
+                    self.state.event(key, "order", f"{cid} {record.status}: {record.filled_qty} of {record.qty} filled")
+
     def _place(self, key: str) -> list[OrderRecord]:
         """Each planned order of the bar, found at the broker by its client id or placed once."""
         records = []
@@ -167,6 +182,8 @@ class Trader:
                 log.warning(f"{key}: order {order.client_order_id} not placed ({detail}); retried at the next bar")
                 continue
             self.state.record_order(record, order.client_order_id)
+            if record.status in ("rejected", "canceled", "expired"):
+                self.state.event(key, "order", f"{order.client_order_id} {record.status} at placing")
             records.append(record)
         return records
 
