@@ -247,8 +247,9 @@ def test_every_config_leaf_is_read_and_mlflow_gets_the_curves(tmp_path):
         cfg = validate(cfg_dict)
     with record_reads() as reads:
         pretrain(cfg, OmegaConf.to_yaml(cfg_dict), paths(tmp_path))
-    # How train.py uses the encoder is checked by validation only (PretrainJobConfig: both must be off).
-    checked_only = ["encoder.shared", "encoder.freeze"]
+    # How train.py uses the encoder, and registering a policy, are checked by validation only
+    # (PretrainJobConfig: they must be off).
+    checked_only = ["encoder.shared", "encoder.freeze", "logger.register_as"]
     assert unread_leaves(cfg, reads) == checked_only
     assert not set(checked_only) & set(unread_leaves(cfg, validation_reads))
 
@@ -290,12 +291,13 @@ def test_an_encoder_without_token_outputs_is_refused_naming_the_choices():
         validate(compose_pretrain(["encoder=mlp"]))
 
 
-@pytest.mark.parametrize("override", ["encoder.shared=true", "encoder.freeze=true"])
+@pytest.mark.parametrize("override", ["encoder.shared=true", "encoder.freeze=true", "logger.register_as=x"])
 def test_train_py_only_encoder_settings_are_refused_before_work(tmp_path, override):
     key = override.split("=")[0]
     extra = ["encoder.pretrained=missing.pt"] if key == "encoder.freeze" else []
+    logger = [] if key.startswith("logger") else ["logger=none"]
     with pytest.raises(ConfigError, match=key):
-        run(compose_pretrain([*PRETRAIN_TINY, "logger=none", override, *extra]), paths(tmp_path))
+        run(compose_pretrain([*PRETRAIN_TINY, *logger, override, *extra]), paths(tmp_path))
     assert not any((tmp_path / "run").iterdir())
 
 

@@ -190,6 +190,11 @@ class PretrainJobConfig(Node):
         )
         _require(not self.encoder.freeze, "encoder.freeze", "pre-training trains the encoder; freeze it in train.py instead")
         _require(
+            getattr(self.logger, "register_as", None) is None,
+            "logger.register_as",
+            "registers a trained policy, and pretrain.py makes an encoder (best_encoder.pt); set it in train.py",
+        )
+        _require(
             not self.encoder.shared,
             "encoder.shared",
             "pre-training makes one encoder, which train.py loads into the actor and the critic alike; "
