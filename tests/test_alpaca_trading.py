@@ -50,7 +50,7 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture
 def fake():
     rng = np.random.default_rng(0)
-    n = 900
+    n = 2500  # more bars than 20 restarts trade (each bar request reveals one)
     closes = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.01, (n, len(SYMBOLS))), 0)) * np.array([1, 2, 300, 20, 1, 5, 1])
     start = pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=n + 5)
     server = FakeAlpaca(SYMBOLS, closes, start, revealed=700)

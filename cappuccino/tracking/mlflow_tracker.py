@@ -157,7 +157,7 @@ class MLflowTracker(Tracker):
             with opening_lock(client_uri):
                 database = sqlite_file(client_uri)
                 new_store = database is not None and not database.exists()
-                self.client = MlflowClient(tracking_uri=client_uri)
+                self.client = MlflowClient(tracking_uri=client_uri, registry_uri=client_uri)  # the store's own registry
                 self.experiment_id = self._experiment_id(experiment_name, artifact_location)
                 if new_store:
                     self._drop_default_experiment()

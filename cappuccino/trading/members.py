@@ -79,14 +79,21 @@ def _latest_run(outputs: Path) -> Path:
 
 
 def _registered(uri: str, tracking_uri: str | None) -> list[Path]:
-    """The checkpoints in a registered model version's data folder, downloaded."""
+    """The checkpoints in a registered model version's data folder (``models:/NAME/VERSION``,
+    VERSION a number or ``latest``), downloaded. The registry is the tracking store's own."""
     import mlflow.artifacts
+    from mlflow import MlflowClient
 
     from cappuccino.tracking.mlflow_tracker import mlflow_client_uri
 
-    if tracking_uri is not None:
-        mlflow.set_registry_uri(mlflow_client_uri(tracking_uri))
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=None if tracking_uri is None else mlflow_client_uri(tracking_uri)))
+    store = None if tracking_uri is None else mlflow_client_uri(tracking_uri)
+    name, _, version = uri.removeprefix("models:/").strip("/").partition("/")
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
+    chosen = [v for v in versions if version in ("", "latest") or v.version == version][:1]
+    if not chosen:
+        raise ConfigError(f"trade.models: {uri}: the registry has no such model version (logger.register_as registers one)")
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen[0].source, tracking_uri=store))
     found = sorted(folder.rglob("checkpoint*.pt"))
     if not found:
         raise ConfigError(f"trade.models: {uri} holds no checkpoint (is it a cappuccino policy model?)")
