@@ -209,3 +209,12 @@ def test_a_member_that_does_not_fit_the_data_is_named_with_the_key(project, fake
 
     with pytest.raises(CheckpointMismatch, match=r"checkpoint.pt does not fit this market:\n.*symbols"):
         session(project, "mismatch", fake, "broker.max_bars=1", "data.symbols=[BTC,ETH]")
+
+
+def test_positions_the_trader_did_not_open_are_refused_unless_adopted(project, fake, keys):
+    fake.positions = {"BTC": Decimal("0.5")}
+    with pytest.raises(ReconciliationError, match=r"did not open \(0.5 BTC\).*trade.adopt_positions=true"):
+        session(project, "someone_elses", fake, "broker.max_bars=1")
+    assert fake.posts == []
+    session(project, "adopted", fake, "broker.max_bars=1", "trade.adopt_positions=true")
+    assert fake.posts

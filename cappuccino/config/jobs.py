@@ -215,6 +215,7 @@ class TradeConfig(Node):
     initial_cash: float = 100_000.0
     strategy_id: str = "cappuccino"
     resume_after_kill: bool = False
+    adopt_positions: bool = False
     study_storage: str = "sqlite:///optuna.db"
     guards: GuardsConfig = field(default_factory=GuardsConfig)
 

@@ -42,13 +42,21 @@ class ReconciliationError(UserError):
     """The broker could not be read at start: nothing is traded."""
 
 
-def reconcile(broker: AlpacaPaperBroker, state: TradingState) -> None:
-    """Read the account and the open orders; record open orders this trader did not place."""
+def reconcile(broker: AlpacaPaperBroker, state: TradingState, adopt_positions: bool) -> None:
+    """Read the account and the open orders; record open orders this trader did not place. At a
+    session's first start, positions already in the account are someone else's: refused unless
+    ``adopt_positions`` (the trader would otherwise sell them to reach its targets)."""
     try:
         account = broker.account()
         open_orders = broker.open_orders()
     except BrokerError as error:
         raise ReconciliationError(f"reconciliation with the broker failed at start, so nothing was traded: {error}") from None
+    if state.latest_time() is None and account.positions and not adopt_positions:
+        held = ", ".join(f"{qty} {symbol}" for symbol, qty in account.positions.items())
+        raise ReconciliationError(
+            f"the account holds positions this trader did not open ({held}): close them, or set "
+            "trade.adopt_positions=true to trade them as its own; nothing was traded"
+        )
     known = {cid for (cid,) in state.db.execute("SELECT client_order_id FROM orders")}
     for order in open_orders:
         if order.client_order_id not in known:

@@ -87,7 +87,7 @@ def run(cfg: DictConfig, paths: RunPaths) -> float:
         interval, symbols, quantize = raw.interval, raw.symbols, exact_quantity
     state = TradingState(paths.run_dir / STATE_FILE)
     if live:
-        reconcile(broker, state)
+        reconcile(broker, state, settings.adopt_positions)
     first_bar = int(replay.decision_bars[0]) if replay is not None else int(pd.Timestamp.now(tz="UTC").value // interval.value)
     if settings.resume_after_kill:
         memory = GuardState.from_meta(state.get)

@@ -78,6 +78,7 @@ class Trader:
         self.scores = np.array([m.score if m.score is not None else np.nan for m in members])
         self.guard_state = GuardState.from_meta(state.get)
         self.fees_paid = float(state.get("fees_paid", 0.0))
+        self.last_decision: tuple[np.ndarray, np.ndarray | None] = (np.zeros(0), None)  # targets, (M, A) votes
 
     def step(self, bar: BarInput, decide: bool = True) -> None:
         """Value the portfolio at ``bar``'s close, then (``decide``) vote, guard and order."""
@@ -123,6 +124,7 @@ class Trader:
             if verdict.trade:
                 orders, capped = self._orders(bar.time, cash, holdings, targets, positions)
                 reasons += capped
+        self.last_decision = (targets, np.stack(list(votes.values())) if votes else None)
         votes_list = {k: v.tolist() for k, v in votes.items()}
         self.state.record_decision(key, bar.bar, votes_list, list(map(float, targets)), reasons, orders, **self.guard_state.as_meta())
         for reason in reasons:
@@ -196,6 +198,10 @@ class Trader:
         peak = max(self.guard_state.peak_equity, equity)
         metrics = {"equity": equity, "drawdown": 1.0 - equity / peak if peak > 0 else 0.0, "fees_paid": self.fees_paid, "orders": n_orders}
         metrics |= {"weight/cash": cash / equity} | {f"weight/{s}": v / equity for s, v in zip(self.symbols, held)}
+        targets, votes = self.last_decision
+        if votes is not None:  # the decision and how far the members were apart on it
+            metrics |= {f"target/{s}": float(t) for s, t in zip(self.symbols, targets)}
+            metrics |= {"votes/spread": float(votes.std(0).mean()), "votes/members": float(len(votes))}
         self.tracker.log_metrics(metrics, step=step)
 
 
