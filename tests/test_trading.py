@@ -104,6 +104,16 @@ def test_the_replay_equals_backtest_to_the_cent(project):
     assert all(len(o[0]) <= CLIENT_ORDER_ID_LENGTH for o in orders)
 
 
+def test_the_status_command_reads_the_state_file_and_draws_the_curve_on_demand(project, capsys):
+    from cappuccino.trading.status import main as status
+
+    _, run_dir = replay(project, "status", *WIDE_GUARDS, "broker.max_bars=30")
+    status([str(run_dir / "trading.db"), "--last", "2", "--plot", str(run_dir / "now.png")])
+    shown = capsys.readouterr().out
+    assert "last bar" in shown and "positions" in shown and "peak_equity" in shown and "last 2 decisions" in shown
+    assert (run_dir / "now.png").stat().st_size > 10_000
+
+
 def test_a_stopped_session_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(project):
     replay(project, "whole", *WIDE_GUARDS)
     replay(project, "parts", *WIDE_GUARDS, "broker.max_bars=40")

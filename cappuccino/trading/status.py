@@ -1,6 +1,7 @@
-"""``python -m cappuccino.trading.status <run folder>/trading.db``: a trading session's positions,
-last decisions and guards, read from its state file alone (the broker is never contacted; the
-file may be read while the trader runs)."""
+"""``python -m cappuccino.trading.status <run folder>/trading.db [--plot equity.png]``: a trading
+session's positions, last decisions and guards, read from its state file alone (the broker is
+never contacted; the file may be read while the trader runs); ``--plot`` draws its equity so far
+against equal-weight buy-and-hold bought at the first bar's close."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("state_file", type=Path, help="trading.db in the session's run folder")
     parser.add_argument("--last", type=int, default=5, help="decisions to show")
+    parser.add_argument("--plot", type=Path, default=None, help="write the equity curve so far to this PNG")
     args = parser.parse_args(argv)
     if not args.state_file.is_file():
         raise SystemExit(f"error: {args.state_file} does not exist (the state file is trading.db in the session's run folder)")
@@ -50,6 +52,28 @@ def main(argv: list[str] | None = None) -> None:
         shown = ", ".join(f"{side} {float(qty):.6g} {symbol} ({status})" for side, symbol, qty, status in orders) or "-"
         decisions.add_row(row_time, " ".join(f"{t:.3f}" for t in json.loads(targets)) or "-", "; ".join(json.loads(reasons)) or "-", shown)
     console.print(decisions)
+    if args.plot is not None:
+        plot_equity(db, args.plot)
+        console.print(f"equity curve: {args.plot}")
+
+
+def plot_equity(db: sqlite3.Connection, path: Path) -> None:
+    """The session's equity at each bar's close against equal-weight buy-and-hold on its closes."""
+    import numpy as np
+    import pandas as pd
+
+    from cappuccino.reporting.figures import close_figure, equity_figure
+
+    rows = db.execute("SELECT bar_time, equity, closes FROM bars WHERE done = 1 ORDER BY bar").fetchall()
+    if len(rows) < 2:
+        raise SystemExit("error: fewer than two bars traded: no curve to draw yet")
+    times = pd.DatetimeIndex([pd.Timestamp(t) for t, _, _ in rows])
+    equity = np.array([e for _, e, _ in rows])
+    closes = np.array([json.loads(c) for _, _, c in rows])
+    benchmark = equity[0] * (closes / closes[0]).mean(1)  # equal weight at the first close, held
+    figure = equity_figure(times, equity, benchmark, "trading session so far: agent vs equal-weight buy-and-hold")
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    close_figure(figure)
 
 
 if __name__ == "__main__":
