@@ -117,3 +117,18 @@ def signal_group(process: Process, signum: int) -> None:
 
 
 # -- the recipe ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder whose outputs/ holds one trained TINY run (band 1 %, so it trades), what
+    trade.py's ``latest`` finds."""
+    from cappuccino.runtime import RunPaths
+
+    project = tmp_path_factory.mktemp("project")
+    run_dir = project / "outputs" / "2026-12-02" / "10-00-00"
+    run_dir.mkdir(parents=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[*TINY, "logger=none", "rules.rebalance_band=0.01"])
+    run_train(cfg, RunPaths(run_dir, project))
+    return project

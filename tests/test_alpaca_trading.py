@@ -37,14 +37,8 @@ WIDE_GUARDS = ["trade.guards.max_weight=1.0", "trade.guards.stale_after_bars=100
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    project = tmp_path_factory.mktemp("project")
-    run_dir = project / "outputs" / "2026-12-02" / "10-00-00"
-    run_dir.mkdir(parents=True)
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=[*TINY, "logger=none", "rules.rebalance_band=0.01"])
-    train(cfg, RunPaths(run_dir, project))
-    return project
+def project(tiny_project: Path) -> Path:
+    return tiny_project
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ from cappuccino.trading.state import TradingState
 from cappuccino.trading.trader import BarInput, Trader, exact_quantity, increment_quantity
 
 from .conftest import CONF_DIR, TINY
-from .conftest import run_train as train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The data and holdout settings TINY trained on, so the replay is that run's test split.
@@ -54,15 +53,8 @@ def compose_trade(overrides: list[str]):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A project folder whose outputs/ holds one trained TINY run (what ``latest`` finds)."""
-    project = tmp_path_factory.mktemp("project")
-    run_dir = project / "outputs" / "2026-12-02" / "10-00-00"
-    run_dir.mkdir(parents=True)
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=[*TINY, "logger=none", "rules.rebalance_band=0.01"])
-    train(cfg, RunPaths(run_dir, project))
-    return project
+def project(tiny_project: Path) -> Path:
+    return tiny_project
 
 
 def replay(project: Path, folder: str, *overrides: str) -> tuple[float, Path]:
