@@ -110,13 +110,14 @@ def run(cfg: DictConfig, paths: RunPaths) -> float:
                 beat = lambda bar_time: heartbeat(paths.run_dir, bar_time)  # noqa: E731
                 live_loop(trader, broker, source, typed.broker.max_bars, typed.broker.settle_seconds, beat)  # type: ignore[attr-defined]
         sharpe = float("nan")
-        if len(state.equity_curve()) < MIN_SUMMARY_BARS:
-            print_line(f"{len(state.equity_curve())} bars traded: too few for a Sharpe ratio (a volatility needs two returns)")
+        curve = state.equity_curve()
+        if len(curve) < MIN_SUMMARY_BARS:
+            print_line(f"{len(curve)} bars traded: too few for a Sharpe ratio (a volatility needs two returns)")
         else:
-            result = summarise(state, replay, rules.fee)
+            result = summarise(curve, state, replay, rules.fee)
             metrics = result.metrics(periods_per_year(interval))
             tracker.log_metrics({f"session/{k}": v for k, v in metrics.items()})
-            times = pd.DatetimeIndex([pd.Timestamp(t) for t in state_times(state)])
+            times = pd.DatetimeIndex([pd.Timestamp(row[0]) for row in curve])
             tracker.log_figure(equity_figure(times, result.equity, result.benchmark, f"trade.py ({typed.broker.name}): agent vs equal-weight buy-and-hold"), "equity.png")
             print_summary(metrics, len(result.bars) - 1)
             sharpe = float(metrics["sharpe"])
@@ -177,17 +178,10 @@ def heartbeat(run_dir: Path, bar_time: pd.Timestamp) -> None:
     scratch.replace(run_dir / HEARTBEAT_FILE)
 
 
-def state_times(state: TradingState) -> list[str]:
-    return [row[0] for row in state.equity_curve()]
-
-
-def summarise(state: TradingState, replay: Replay | None, fee: float) -> Backtest:
+def summarise(curve: list[tuple], state: TradingState, replay: Replay | None, fee: float) -> Backtest:
     """The session's equity at each bar's close against equal-weight buy-and-hold on the same
     bars: bought at the first fill (the replay: the next bar's open, as ``backtest()``; a real
-    account: the first bar's close)."""
-    curve = state.equity_curve()
-    if not curve:
-        raise ConfigError("the session traded no bar: nothing to summarise")
+    account: the first bar's close). ``curve``: ``state.equity_curve()``, at least one row."""
     bars = np.array([row[1] for row in curve])
     equity = np.array([row[2] for row in curve])
     if replay is not None:
