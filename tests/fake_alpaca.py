@@ -6,7 +6,9 @@ received, a sell's in cash, as Alpaca does. A reused client order id gets Alpaca
 40010001). ``script`` queues faults for the next matching requests: an HTTP status (429, 500),
 ``"stall"`` (answer nothing for ``stall_seconds``), ``"place-then-500"`` (place the order,
 answer 500, as a lost response would look), or ``"partial"`` (the order is answered half filled,
-and is filled when next looked up). Every bar request reveals one more bar.
+and is filled when next looked up). Every bar request reveals one more bar, or, with ``advance``,
+only once the trader under test has finished the newest (a lockstep market that waits for a
+killed trader); ``tamper`` corrupts the bars an answer carries.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +45,8 @@ class FakeAlpaca:
     script: list[tuple[str, str, object]] = field(default_factory=list)  # (method, path prefix, fault)
     requests: list[str] = field(default_factory=list)
     headers: list[dict] = field(default_factory=list)
+    advance: Callable[[pd.Timestamp], bool] | None = None  # reveal the next bar only when this says so
+    tamper: Callable[[dict[str, list[dict]]], None] | None = None  # edits each bars answer in place
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -118,7 +123,7 @@ class FakeAlpaca:
         if path == "/v2/orders":
             return 200, []
         if path == "/v1beta3/crypto/us/bars":
-            return 200, self.bars(query["symbols"][0].split(","))
+            return 200, self.bars(query["symbols"][0].split(","), query)
         return 404, {"code": 40410000, "message": f"no route {method} {path}"}
 
     def place(self, body: dict) -> tuple[int, object]:
@@ -150,15 +155,23 @@ class FakeAlpaca:
         self.orders[cid] = order
         return 200, order
 
-    def bars(self, pairs: list[str]) -> dict:
-        self.revealed = min(self.revealed + 1, len(self.closes))
-        times = self.start + pd.Timedelta("1h") * np.arange(self.revealed)
+    def bars(self, pairs: list[str], query: dict) -> dict:
+        """The newest revealed bars, as many as the request's start..end spans (the fake's clock is
+        its own: a window asks for its length, not its dates); one more bar is revealed first,
+        when ``advance`` (given the newest bar's time) allows it."""
+        if self.advance is None or self.advance(self.start + pd.Timedelta("1h") * (self.revealed - 1)):
+            self.revealed = min(self.revealed + 1, len(self.closes))
+        span = pd.Timestamp(query["end"][0]) - pd.Timestamp(query["start"][0]) if "start" in query and "end" in query else None
+        first = max(self.revealed - int(np.ceil(span / pd.Timedelta("1h"))), 0) if span is not None else 0
+        times = self.start + pd.Timedelta("1h") * np.arange(first, self.revealed)
         out = {}
         for pair in pairs:
             column = self.symbols.index(pair.split("/")[0])
-            close = self.closes[: self.revealed, column]
+            close = self.closes[first : self.revealed, column]
             out[pair] = [
                 {"t": t.isoformat().replace("+00:00", "Z"), "o": c, "h": c * 1.002, "l": c * 0.998, "c": c, "v": 10.0, "n": 1, "vw": c}
                 for t, c in zip(times, close.tolist())
             ]
+        if self.tamper is not None:
+            self.tamper(out)
         return {"bars": out, "next_page_token": None}

@@ -66,27 +66,38 @@ class AlpacaSource(BarSource):
 
 
 def alpaca_market(cfg: AlpacaSource, cached: bool = True) -> tuple[MarketData, DataReport]:
-    """Bars of ``cfg.symbols`` quoted in ``cfg.quote`` from ``cfg.start`` to ``cfg.end`` (UTC).
+    """Bars of ``cfg.symbols`` quoted in ``cfg.quote`` from ``cfg.start`` to ``cfg.end`` (UTC), cleaned.
 
     A date without a time means its midnight UTC, so ``end: 2024-12-31`` stops at that day's first bar.
-    ``cached=False`` always downloads and writes no cache file (a trader's trailing bars).
+    ``cached=False`` always downloads and writes no cache file.
     """
-    interval = parse_interval(cfg.interval)
-    timeframe = alpaca_timeframe(interval)
+    return clean_alpaca_bars(cfg, alpaca_bars(cfg, cached))
+
+
+def alpaca_bars(cfg: AlpacaSource, cached: bool = True) -> pd.DataFrame:
+    """The bars as Alpaca sent them: a long table (symbol, time, open, high, low, close, volume)."""
+    timeframe = alpaca_timeframe(parse_interval(cfg.interval))
     start, end = to_utc(cfg.start), to_utc(cfg.end)
     cache = Path(cfg.cache_dir).expanduser() / f"bars-{_cache_key(cfg, timeframe, start, end)}.parquet"
     if cached and cache.is_file():
-        table = pd.read_parquet(cache)
-    else:
-        table = _download(cfg, timeframe, start, end)
-    if cached and not cache.is_file():
+        return pd.read_parquet(cache)
+    table = _download(cfg, timeframe, start, end)
+    if cached:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial")
         table.to_parquet(partial, index=False)
         partial.replace(cache)  # atomic: an interrupted run never leaves a truncated cache file
+    return table
+
+
+def clean_alpaca_bars(cfg: AlpacaSource, table: pd.DataFrame) -> tuple[MarketData, DataReport]:
+    """``alpaca_bars``' table validated, repaired and aligned as the data group says."""
     frames = {s: group.set_index("time").drop(columns="symbol") for s, group in table.groupby("symbol", sort=False)}
+    missing = [s for s in cfg.symbols if s not in frames]
+    if missing:
+        raise DataError(f"Alpaca returned no bars for {missing} between {cfg.start} and {cfg.end}; check data.symbols and the date range")
     frames = {s: frames[s] for s in cfg.symbols}  # config order
-    return clean_bars(frames, interval, cfg.max_gap_bars, source="alpaca", inconsistent_bars=cfg.inconsistent_bars)
+    return clean_bars(frames, parse_interval(cfg.interval), cfg.max_gap_bars, source="alpaca", inconsistent_bars=cfg.inconsistent_bars)
 
 
 def alpaca_timeframe(interval: pd.Timedelta) -> TimeFrame:

@@ -2,11 +2,13 @@
 
 Per loop: the trailing bars (long enough for every member's features and window:
 ``feature_memory + lookback`` bars, with a margin) are read from Alpaca with the data group's
-own source and cleaning (``data=alpaca_1h``), without a cache; bars still forming are left out;
-if the newest closed bar is one the state file has not seen, each member's window is built with
-the training code's features over those bars, and the trader steps. Otherwise the loop sleeps
-until the next bar closes (plus ``settle_seconds``). A failed read or a broker error is recorded
-and retried at the next loop: the session never dies on one.
+own source and cleaning (``data=alpaca_1h``), without a cache; bars still forming are left out.
+If the newest closed bar is one the state file has not finished (a new bar, or one a killed
+session left half done), each member's window is built with the training code's features over
+those bars, and the trader steps; the guards judge the newest bar as Alpaca sent it, before any
+repair. Otherwise the loop sleeps until the next bar closes (plus ``settle_seconds``). A failed
+read or a broker error is recorded and retried at the next loop: the session never dies on one.
+Every member's schema is checked against the first bars read, before anything is sent.
 
 At start the broker is reconciled: account, positions and open orders are read, open orders
 this trader did not place are recorded as external (and left alone), and if the broker cannot
@@ -19,18 +21,21 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
-from cappuccino.data.alpaca_source import AlpacaSource, alpaca_market
+from cappuccino.data.alpaca_source import AlpacaSource, alpaca_bars, clean_alpaca_bars
 from cappuccino.data.cleaning import DataError
 from cappuccino.data.features import feature_memory, with_features
-from cappuccino.data.market import MarketData
+from cappuccino.data.market import OHLCV, MarketData
 from cappuccino.errors import UserError
 from cappuccino.runtime import check_interrupt
 from cappuccino.secrets import mask_text
 from cappuccino.trading.alpaca import AlpacaPaperBroker, BrokerError
+from cappuccino.trading.members import Member
 from cappuccino.trading.state import TradingState
 from cappuccino.trading.trader import BarInput, Trader
 
@@ -64,53 +69,78 @@ def reconcile(broker: AlpacaPaperBroker, state: TradingState, adopt_positions: b
     state.event(None, "reconciled", f"cash {account.cash}, positions {dict(account.positions)}, {len(open_orders)} open orders")
 
 
-def trailing_bars(source: AlpacaSource, now: pd.Timestamp, n_bars: int, interval: pd.Timedelta) -> MarketData:
-    """The newest ``n_bars`` closed bars before ``now``, cleaned as the data group cleans them."""
+@dataclass(frozen=True)
+class TrailingBars:
+    """The trailing closed bars, cleaned, and the newest of them as Alpaca sent it."""
+
+    market: MarketData
+    newest: np.ndarray  # (A, 5) the newest bar before any repair: what the guards judge
+
+
+def trailing_bars(source: AlpacaSource, now: pd.Timestamp, n_bars: int, interval: pd.Timedelta) -> TrailingBars:
+    """The newest ``n_bars`` closed bars before ``now``, cleaned as the data group cleans them.
+
+    A repair the data group allows in history (an inconsistent high/low widened) must not make a
+    bad newest bar look tradable, so the newest bar is also kept as sent."""
     window = dataclasses.replace(source, start=(now - n_bars * interval).isoformat(), end=now.isoformat())
-    market, report = alpaca_market(window, cached=False)
+    table = alpaca_bars(window, cached=False)
+    table = table[table["time"] + interval <= now]  # a bar still forming is not traded on
+    market, report = clean_alpaca_bars(window, table)
     for line in report.lines(limit=5):
         log.info(f"data: {line}")
-    closed = market.timestamps + interval <= now
-    if closed.all():
-        return market
-    keep = int(closed.sum())
-    return dataclasses.replace(market, timestamps=market.timestamps[:keep], ohlcv=market.ohlcv[:keep], content_hash="")
+    newest = market.ohlcv[-1].copy()
+    sent = table[table["time"] == market.timestamps[-1]].drop_duplicates("symbol", keep="last").set_index("symbol")
+    for column, symbol in enumerate(market.symbols):
+        if symbol in sent.index:  # a symbol without a trade in the newest bar keeps its flat fill
+            newest[column] = sent.loc[symbol, list(OHLCV)].to_numpy(np.float64)
+    return TrailingBars(market, newest)
+
+
+def member_windows(members: list[Member], market: MarketData, check: bool) -> list[torch.Tensor]:
+    """Each member's (1, L, A, F) window ending at the newest bar, from the training code's
+    features; ``check``: first check every member's schema against these bars."""
+    featured_by_window: dict[int, MarketData] = {}
+    windows = []
+    for member in members:
+        schema = member.policy.schema
+        if schema.zscore_window not in featured_by_window:
+            featured_by_window[schema.zscore_window] = with_features(market, schema.zscore_window)
+        featured = featured_by_window[schema.zscore_window]
+        if check:
+            schema.check(featured, schema.lookback, schema.zscore_window, name=member.name)
+        windows.append(torch.as_tensor(featured.features[-schema.lookback :]).unsqueeze(0))
+    return windows
 
 
 def live_loop(
     trader: Trader, broker: AlpacaPaperBroker, source: AlpacaSource, max_bars: int | None, settle_seconds: float,
     beat: Callable[[pd.Timestamp], None], now: Callable[[], pd.Timestamp] = lambda: pd.Timestamp.now(tz="UTC"),
 ) -> None:  # fmt: skip
-    """Trade each newly closed bar until ``max_bars`` were traded or a stop is requested."""
+    """Trade each newly closed bar (and a bar a killed session left unfinished) until
+    ``max_bars`` were traded or a stop is requested."""
     interval = pd.Timedelta(source.interval)
     members = trader.members
     n_bars = max(feature_memory(m.policy.schema.zscore_window) + m.policy.schema.lookback for m in members) + MARGIN_BARS
-    traded = 0
+    traded, checked = 0, False
     while max_bars is None or traded < max_bars:
         check_interrupt()
         moment = now()
         try:
-            market = trailing_bars(source, moment, n_bars, interval)
+            bars = trailing_bars(source, moment, n_bars, interval)
         except DataError as error:
             trader.state.event(None, "data_error", mask_text(str(error)))
             log.warning(f"bars not read ({mask_text(str(error))}); trying again at the next bar")
             _sleep_until_next_bar(moment, interval, settle_seconds)
             continue
-        newest = market.timestamps[-1]
-        latest = trader.state.latest_time()
-        if latest is not None and newest <= pd.Timestamp(latest):
+        newest = bars.market.timestamps[-1]
+        latest, row = trader.state.latest_time(), trader.state.bar(newest.isoformat())
+        if (row is not None and row.done) or (latest is not None and newest < pd.Timestamp(latest)):
             _sleep_until_next_bar(moment, interval, settle_seconds)
             continue
-        windows, featured_by_window = [], {}
-        for member in members:
-            schema = member.policy.schema
-            if schema.zscore_window not in featured_by_window:
-                featured_by_window[schema.zscore_window] = with_features(market, schema.zscore_window)
-            featured = featured_by_window[schema.zscore_window]
-            schema.check(featured, schema.lookback, schema.zscore_window, name=member.name)
-            windows.append(torch.as_tensor(featured.features[-schema.lookback :]).unsqueeze(0))
-        broker.observe(market.ohlcv[-1, :, 3])
-        trader.step(BarInput(int(newest.value // interval.value), newest, market.ohlcv[-1], windows))
+        windows = member_windows(members, bars.market, check=not checked)
+        checked = True
+        broker.observe(bars.market.ohlcv[-1, :, 3])
+        trader.step(BarInput(int(newest.value // interval.value), newest, bars.newest, windows))
         beat(newest)
         traded += 1
 
