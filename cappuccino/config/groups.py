@@ -137,10 +137,12 @@ class AlpacaBrokerConfig(BrokerConfig):
     url_override: Optional[str] = None  # another trading API server (tests: a local fake)
     max_bars: Optional[int] = None  # stop after this many bars; null: run until stopped
     settle_seconds: float = 10.0  # wait after a bar's close before reading it (Alpaca aggregates)
+    requests_per_minute: int = 190  # under the plan's rate limit (200 on Alpaca's free plan)
 
     def __post_init__(self) -> None:
         _require(self.max_bars is None or self.max_bars >= 1, "broker.max_bars", f"must be >= 1 or null, got {self.max_bars}")
         _require(self.settle_seconds >= 0, "broker.settle_seconds", f"must be >= 0, got {self.settle_seconds}")
+        _require(self.requests_per_minute >= 1, "broker.requests_per_minute", f"must be >= 1, got {self.requests_per_minute}")
 
 
 @dataclass

@@ -14,8 +14,8 @@ What Alpaca crypto asks of an order, and where this module respects it:
   client id, not treated as a failure. alpaca-py's silent retries are off (``_retry = 0``): every
   request here is retried with backoff and jitter on 429, 5xx, timeouts and dropped connections,
   and has a timeout (alpaca-py sets none).
-- **Rate limit**: 200 requests a minute; requests wait so that no more than ``RATE_LIMIT`` go
-  out in any 60 s.
+- **Rate limit**: 200 requests a minute on Alpaca's free plan (more on paid ones); requests wait
+  so that no more than ``requests_per_minute`` go out in any 60 s.
 
 Keys come from the environment only (``ALPACA_API_KEY``, ``ALPACA_SECRET_KEY``) and appear in no
 message. A live account needs ``live=True`` and ``CAPPUCCINO_LIVE_TRADING=yes`` in the environment.
@@ -47,7 +47,6 @@ from cappuccino.trading.broker import Account, OrderRecord, OrderRequest
 log = logging.getLogger(__name__)
 KEY_VARIABLES = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY")
 LIVE_CONFIRMATION = ("CAPPUCCINO_LIVE_TRADING", "yes")
-RATE_LIMIT = 190  # requests per 60 s: under Alpaca's 200
 MAX_ATTEMPTS, BACKOFF_SECONDS = 5, 0.5
 DUPLICATE_CLIENT_ORDER_ID = 40010001
 T = TypeVar("T")
@@ -66,12 +65,13 @@ class AlpacaPaperBroker:
     """Alpaca's trading API for ``symbols`` quoted in ``quote`` (module docstring).
 
     ``url_override`` points alpaca-py at another server (tests: a local fake); ``fallback_rules``
-    give (min order size, quantity increment) per symbol where ``get_asset`` has none.
+    give (min order size, quantity increment) per symbol where ``get_asset`` has none;
+    ``requests_per_minute``: the plan's rate limit, with a margin.
     """
 
     def __init__(
         self, *, symbols: tuple[str, ...], quote: str = "USD", live: bool = False, url_override: str | None = None,
-        fallback_rules: dict[str, tuple[float, float]] | None = None,
+        fallback_rules: dict[str, tuple[float, float]] | None = None, requests_per_minute: int = 190,
     ) -> None:  # fmt: skip
         keys = [os.environ.get(name, "") for name in KEY_VARIABLES]
         if not all(keys):
@@ -88,6 +88,9 @@ class AlpacaPaperBroker:
         for scheme in ("http://", "https://"):
             self.client._session.mount(scheme, adapter)  # alpaca-py exposes no timeout
         self.client._retry = 0  # its fixed-wait retries would re-send orders unseen; ours look them up
+        if requests_per_minute < 1:
+            raise ConfigError(f"broker.requests_per_minute must be >= 1, got {requests_per_minute}")
+        self.requests_per_minute = requests_per_minute
         self.sent: collections.deque[float] = collections.deque()
         self.prices = np.full(len(symbols), np.nan)
         self.increments, self.min_sizes = self._asset_rules(fallback_rules or {})
@@ -178,10 +181,13 @@ class AlpacaPaperBroker:
         raise AssertionError("unreachable")
 
     def _wait_for_rate_limit(self) -> None:
-        now = time.monotonic()
-        while self.sent and now - self.sent[0] > 60.0:
-            self.sent.popleft()
-        if len(self.sent) >= RATE_LIMIT:
+        """Wait until fewer than ``requests_per_minute`` requests went out in the last 60 s."""
+        while True:
+            now = time.monotonic()
+            while self.sent and now - self.sent[0] >= 60.0:
+                self.sent.popleft()
+            if len(self.sent) < self.requests_per_minute:
+                break
             time.sleep(60.0 - (now - self.sent[0]))
         self.sent.append(time.monotonic())
 
