@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,13 +44,17 @@ def project(tiny_project: Path) -> Path:
     return tiny_project
 
 
-@pytest.fixture
-def fake():
+def market(**settings: object) -> FakeAlpaca:
     rng = np.random.default_rng(0)
-    n = 2500  # more bars than 20 restarts trade (each bar request reveals one)
+    n = 2500  # more bars than 20 restarts trade
     closes = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.01, (n, len(SYMBOLS))), 0)) * np.array([1, 2, 300, 20, 1, 5, 1])
     start = pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=n + 5)
-    server = FakeAlpaca(SYMBOLS, closes, start, revealed=700)
+    return FakeAlpaca(SYMBOLS, closes, start, revealed=700, **settings)
+
+
+@pytest.fixture
+def fake():
+    server = market()
     yield server
     server.stop()
 
@@ -62,8 +69,8 @@ def keys(monkeypatch):
 def overrides(fake: FakeAlpaca, *more: str) -> list[str]:
     return [
         "broker=alpaca_paper", "data=alpaca_1h", f"data.url_override={fake.url}", f"broker.url_override={fake.url}",
-        "broker.settle_seconds=0", "logger=none", "rules.rebalance_band=0.01", *WIDE_GUARDS, *more,
-    ]  # fmt: skip
+        "broker.settle_seconds=0", "broker.requests_per_minute=100000", "logger=none", "rules.rebalance_band=0.01", *WIDE_GUARDS, *more,
+    ]  # fmt: skip  # the fake has no rate limit: the limiter has its own test
 
 
 def session(project: Path, folder: str, fake: FakeAlpaca, *more: str) -> Path:
@@ -109,6 +116,19 @@ def test_a_stalled_connection_times_out_and_is_retried(fake, keys, monkeypatch):
     assert time.monotonic() - started < 10
 
 
+def test_requests_wait_so_that_no_more_than_the_rate_limit_go_out_in_a_minute(fake, keys, monkeypatch):
+    broker = AlpacaPaperBroker(symbols=SYMBOLS, url_override=fake.url, requests_per_minute=5)
+    clock, waits = [1000.0], []
+    monkeypatch.setattr(alpaca_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(alpaca_module.time, "sleep", lambda seconds: (waits.append(seconds), clock.__setitem__(0, clock[0] + seconds)))
+    broker.sent.clear()  # the start's asset reads
+    for _ in range(5):
+        broker.account()  # two requests each
+        clock[0] += 1.0
+    assert waits == [pytest.approx(58.0)]  # the 6th request waited for the two oldest to age out
+    assert max(sum(1 for t in broker.sent if t0 <= t < t0 + 60) for t0 in broker.sent) <= 5
+
+
 def test_a_duplicate_client_order_id_is_looked_up_not_placed_again(fake, keys):
     broker = AlpacaPaperBroker(symbols=SYMBOLS, url_override=fake.url)
     broker.observe(fake.closes[fake.revealed - 1])
@@ -146,24 +166,52 @@ def test_the_keys_appear_in_no_log_output_state_file_or_mlflow_store(project, fa
     assert not [t[:200] for t in texts if KEY in t or SECRET in t]
 
 
+def finished_in(state_file: Path) -> Callable[[pd.Timestamp], bool]:
+    """Whether the trader writing ``state_file`` has finished the bar at a time: the lockstep
+    market's clock, so that a killed trader's restart finds the bar it was trading still newest."""
+
+    def finished(bar_time: pd.Timestamp) -> bool:
+        try:
+            with closing(sqlite3.connect(state_file, timeout=10)) as db:
+                row = db.execute("SELECT done FROM bars WHERE bar_time = ?", (bar_time.isoformat(),)).fetchone()
+        except sqlite3.OperationalError:  # not created yet
+            return False
+        return bool(row and row[0])
+
+    return finished
+
+
 @pytest.mark.slow
-def test_kill_9_twenty_times_against_the_fake_never_places_an_order_twice_or_loses_one(project, fake, tmp_path):
+def test_kill_9_twenty_times_places_no_order_twice_loses_none_and_ends_as_an_uninterrupted_run(project, tmp_path):
     env = {**os.environ, "ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-    command = [sys.executable, str(ROOT / "trade.py"), *overrides(fake), f"hydra.run.dir={tmp_path}/run"]
+
+    def command(fake: FakeAlpaca, folder: Path, *more: str) -> list[str]:
+        return [sys.executable, str(ROOT / "trade.py"), *overrides(fake, *more), f"hydra.run.dir={folder}"]
+
+    killed = market(advance=finished_in(tmp_path / "killed" / "trading.db"))
     rng = np.random.default_rng(1)
     for _ in range(20):
-        process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(command(killed, tmp_path / "killed"), cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(float(rng.uniform(4.0, 8.0)))
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    done = subprocess.run([*command, "broker.max_bars=1"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command(killed, tmp_path / "killed", "broker.max_bars=1"), cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert fake.orders, "no order was placed in 20 starts"
-    bars_and_sides = [(o["client_order_id"].rsplit("-", 1)[0]) for o in fake.orders.values()]
-    assert len(bars_and_sides) == len(set(bars_and_sides))  # one order per (bar, symbol, side)
-    state = TradingState(tmp_path / "run" / "trading.db")
+    state = TradingState(tmp_path / "killed" / "trading.db")
+    (n_bars,) = state.db.execute("SELECT count(*) FROM bars WHERE done = 1").fetchone()
     recorded = {cid for (cid,) in state.db.execute("SELECT client_order_id FROM orders WHERE status = 'filled'")}
-    assert set(fake.orders) <= recorded  # none lost: the restarts found every order placed
+    assert killed.orders, "no order was placed in 20 starts"
+    bars_and_sides = [(o["client_order_id"].rsplit("-", 1)[0]) for o in killed.orders.values()]
+    assert len(bars_and_sides) == len(set(bars_and_sides))  # one order per (bar, symbol, side)
+    assert set(killed.orders) <= recorded  # none lost: the restarts found every order placed
+
+    whole = market(advance=finished_in(tmp_path / "whole" / "trading.db"))
+    done = subprocess.run(command(whole, tmp_path / "whole", f"broker.max_bars={n_bars}"), cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(killed.orders) == list(whole.orders)  # the same orders, in the same order
+    assert killed.positions == whole.positions and killed.cash == whole.cash
+    killed.stop()
+    whole.stop()
 
 
 def test_a_partly_filled_order_is_read_again_until_it_settles(project, fake, keys):
@@ -212,3 +260,68 @@ def test_positions_the_trader_did_not_open_are_refused_unless_adopted(project, f
     assert fake.posts == []
     session(project, "adopted", fake, "broker.max_bars=1", "trade.adopt_positions=true")
     assert fake.posts
+
+
+class BarFuzzer:
+    """Corrupts the bars answers the fake sends, at random: the newest bar gets a NaN, zero or
+    negative price, a high below its low, or a second, different copy (all bad bars); or the
+    answer is stale (its newest bars left out) or shuffled (harmless: the cleaning sorts)."""
+
+    BAD = ("nan", "zero", "negative", "high_below_low", "duplicate")
+    KINDS = ("clean", "shuffled", "stale", *BAD)
+    CHANCES = (0.1, 0.05, 0.1, 0.15, 0.15, 0.15, 0.15, 0.15)
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.bad_times: set[str] = set()  # the newest bar's time in every answer that carried a bad bar
+        self.served = {kind: 0 for kind in self.KINDS}
+
+    def __call__(self, bars: dict[str, list[dict]]) -> None:
+        kind = str(self.rng.choice(self.KINDS, p=self.CHANCES))
+        pairs = list(bars)
+        left_out = int(self.rng.integers(1, 4))
+        if kind == "stale" and pd.Timestamp(bars[pairs[0]][-left_out - 1]["t"]).isoformat() in self.bad_times:
+            kind = "clean"  # a bar once sent bad is never the newest again: the check below stays exact
+        self.served[kind] += 1
+        if kind == "stale":
+            for pair in pairs:
+                del bars[pair][-left_out:]
+            return
+        if kind == "shuffled":
+            for pair in pairs:
+                self.rng.shuffle(bars[pair])
+            return
+        if kind == "clean":
+            return
+        newest = bars[pairs[int(self.rng.integers(len(pairs)))]][-1]
+        self.bad_times.add(pd.Timestamp(newest["t"]).isoformat())
+        field = str(self.rng.choice(["o", "h", "l", "c"]))
+        if kind == "nan":
+            newest[field] = float("nan")
+        elif kind == "zero":
+            newest[field] = 0.0
+        elif kind == "negative":
+            newest[field] = -abs(newest[field])
+        elif kind == "high_below_low":
+            newest["h"], newest["l"] = min(newest["o"], newest["c"]) * 0.99, max(newest["o"], newest["c"]) * 1.01
+        else:
+            for pair in pairs:
+                bars[pair].append({**bars[pair][-1], "c": bars[pair][-1]["c"] * 1.01})
+
+
+@pytest.mark.slow
+def test_a_thousand_bad_bars_from_alpaca_place_no_order_on_a_bad_bar_and_crash_nothing(project, fake, keys, monkeypatch):
+    from cappuccino.trading import live
+
+    monkeypatch.setattr(live, "_sleep_until_next_bar", lambda *args: None)  # the fake's next bar is there at once
+    fuzz = fake.tamper = BarFuzzer(seed=3)
+    run_dir = session(project, "fuzzed", fake, "broker.max_bars=540")
+    assert sum(fuzz.served[kind] for kind in BarFuzzer.BAD) >= 1000
+    state = TradingState(run_dir / "trading.db")
+    ordered_at = {t for (t,) in state.db.execute("SELECT DISTINCT bar_time FROM orders")}
+    assert ordered_at and not ordered_at & fuzz.bad_times
+    assert {o["client_order_id"] for o in fake.orders.values()} <= {c for (c,) in state.db.execute("SELECT client_order_id FROM orders")}
+    (data_errors,) = state.db.execute("SELECT count(*) FROM events WHERE kind = 'data_error'").fetchone()
+    (bar_guards,) = state.db.execute("SELECT count(*) FROM events WHERE kind = 'guard' AND detail LIKE 'data:%'").fetchone()
+    assert data_errors == sum(fuzz.served[kind] for kind in ("nan", "zero", "negative", "duplicate"))  # refused by the cleaning
+    assert bar_guards >= fuzz.served["high_below_low"]  # repaired by the cleaning, refused by the guards

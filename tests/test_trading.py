@@ -3,6 +3,7 @@ order twice, the guards fire and hold across restarts, bad bars place no order, 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
@@ -159,6 +161,71 @@ def test_sigterm_finishes_the_bar_and_exits_cleanly(project):
     state = TradingState(run_dir / "trading.db")
     rows = state.db.execute("SELECT count(*), sum(done) FROM bars").fetchone()
     assert rows[0] >= 1 and rows[0] == rows[1]  # no half-written bar
+
+
+def fired_at(run_dir: Path, guard: str) -> tuple[int, str] | None:
+    """The bar and time a guard first fired at, from the state file of a running session."""
+    try:
+        with closing(sqlite3.connect(run_dir / "trading.db", timeout=10)) as db:
+            return db.execute(
+                "SELECT bars.bar, bars.bar_time FROM events JOIN bars USING (bar_time) WHERE events.detail LIKE ? ORDER BY bars.bar LIMIT 1",
+                (f"{guard}:%",),
+            ).fetchone()
+    except sqlite3.OperationalError:  # not created yet
+        return None
+
+
+def orders_by_bar(run_dir: Path) -> list[tuple[int, str, str]]:
+    """(bar, bar time, side) of every order the session planned."""
+    with closing(sqlite3.connect(run_dir / "trading.db")) as db:
+        return db.execute("SELECT bars.bar, bars.bar_time, orders.side FROM orders JOIN bars USING (bar_time) ORDER BY bars.bar").fetchall()
+
+
+def kill_when_fired(command: list[str], project: Path, run_dir: Path, guard: str) -> tuple[int, str]:
+    """Start a session, SIGKILL it just after ``guard`` fired; where it fired."""
+    process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while (fired := fired_at(run_dir, guard)) is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert fired is not None, f"{guard} never fired"
+    return fired
+
+
+@pytest.mark.slow
+def test_the_kill_switch_holds_across_a_kill_9_and_clears_only_with_the_flag_after_the_cool_down(project, tmp_path):
+    run_dir = tmp_path / "killed"
+    guards = [*WIDE_GUARDS, "trade.guards.max_drawdown=0.003", "trade.guards.cooldown_bars=10"]
+    command = [sys.executable, str(ROOT / "trade.py"), *SAME_BARS, "logger=none", "rules.rebalance_band=0.01", *guards, f"hydra.run.dir={run_dir}"]
+    kill_bar, _ = kill_when_fired([*command, "broker.pace=0.05"], project, run_dir, "kill switch")
+    with closing(sqlite3.connect(run_dir / "trading.db")) as db:
+        (first_bar,) = db.execute("SELECT min(bar) FROM bars").fetchone()
+    restarted = subprocess.run([*command, f"broker.max_bars={kill_bar - first_bar + 20}"], cwd=project, capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert {side for bar, _, side in orders_by_bar(run_dir) if bar >= kill_bar} == {"sell"}  # flattened, nothing bought since
+    with closing(sqlite3.connect(run_dir / "trading.db")) as db:
+        after = [json.loads(t) for (t,) in db.execute("SELECT targets FROM bars WHERE bar > ? ORDER BY bar", (kill_bar,))]
+    assert len(after) >= 19 and all(not any(t) for t in after)  # flat at every bar of the restart
+    resumed = subprocess.run([*command, "trade.resume_after_kill=true"], cwd=project, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    buys = [bar for bar, _, side in orders_by_bar(run_dir) if side == "buy" and bar > kill_bar]
+    assert buys and min(buys) >= kill_bar + 20  # the flag clears the kill at the restart's first bar, after the cool-down
+
+
+@pytest.mark.slow
+def test_the_daily_loss_limit_holds_across_a_kill_9_until_the_day_ends(project, tmp_path):
+    run_dir = tmp_path / "killed"
+    guards = [*WIDE_GUARDS, "trade.guards.daily_loss_limit=0.003"]
+    command = [sys.executable, str(ROOT / "trade.py"), *SAME_BARS, "logger=none", "rules.rebalance_band=0.01", *guards, f"hydra.run.dir={run_dir}"]
+    stop_bar, stop_time = kill_when_fired([*command, "broker.pace=0.05"], project, run_dir, "daily loss limit")
+    restarted = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    day = stop_time[:10]
+    orders = orders_by_bar(run_dir)
+    assert not [bar for bar, when, _ in orders if bar >= stop_bar and when[:10] == day]  # none for the rest of that day
+    assert [bar for bar, when, _ in orders if when[:10] > day]  # a later day trades again
 
 
 # ------------------------------------------------------------------------------ the trader alone
