@@ -223,6 +223,9 @@ def test_a_partly_filled_order_is_read_again_until_it_settles(project, fake, key
     assert status == "filled"  # answered partially_filled, then read again at the next bar
     (event,) = state.db.execute("SELECT detail FROM events WHERE kind = 'order' AND detail LIKE ?", (f"{first}%",)).fetchone()
     assert "filled" in event
+    filled = sum(float(q) * float(p) for q, p in state.db.execute("SELECT filled_qty, filled_avg_price FROM orders WHERE filled_avg_price IS NOT NULL"))
+    (fees,) = state.db.execute("SELECT sum(fees) FROM bars").fetchone()
+    assert fees == pytest.approx(0.0025 * filled)  # the half filled after placing is charged too, once
 
 
 def test_models_come_from_a_folder_latest_an_mlflow_run_and_a_registered_model(tmp_path):

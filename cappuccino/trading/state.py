@@ -110,6 +110,11 @@ class TradingState:
         marks = ",".join("?" * len(statuses))
         return [cid for (cid,) in self.db.execute(f"SELECT client_order_id FROM orders WHERE status IN ({marks}) ORDER BY rowid", tuple(statuses))]
 
+    def filled_notional(self, client_order_id: str) -> float:
+        """Filled quantity times average price of an order, as last recorded (0 if none)."""
+        row = self.db.execute("SELECT filled_qty, filled_avg_price FROM orders WHERE client_order_id = ?", (client_order_id,)).fetchone()
+        return 0.0 if row is None or row[0] is None or row[1] is None else float(row[0]) * float(row[1])
+
     def record_order(self, record: OrderRecord | None, client_order_id: str, error: str | None = None) -> None:
         """What the broker said of a planned order (None and an ``error``: it was not placed)."""
         with self.transaction() as db:

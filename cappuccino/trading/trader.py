@@ -90,7 +90,7 @@ class Trader:
         if row is None and latest is not None and bar.time <= pd.Timestamp(latest):
             self.state.event(key, "data", f"out-of-order bar {key} after {latest}: skipped")
             return
-        self._settle(key)
+        settled_notional = self._settle(key)
         account = self.broker.account()
         cash, holdings = float(account.cash), account.holdings(self.symbols)
         close = bar.ohlcv[:, 3]
@@ -98,7 +98,7 @@ class Trader:
         if row is None:
             self._decide(bar, key, cash, holdings, account.positions, close, equity, decide)
         records = self._place(key)
-        fees, traded = self._costs(records)
+        fees, traded = self._costs(records, settled_notional)
         self.fees_paid += fees
         positions = {s: float(q) for s, q in zip(self.symbols, holdings) if q > 0}
         turnover = traded / equity if equity > 0 else 0.0
@@ -155,9 +155,11 @@ class Trader:
                     orders.append(OrderRequest(client_order_id(self.strategy_id, bar_time, symbol, side), symbol, side, rounded))
         return orders, reasons
 
-    def _settle(self, key: str) -> None:
+    def _settle(self, key: str) -> float:
         """Orders of earlier bars still open (partly filled, accepted, ...) read again: their
-        fills, cancellations, expiries or rejections are recorded as the broker reports them."""
+        fills, cancellations, expiries or rejections are recorded as the broker reports them.
+        The notional filled since they were last read (its fees are this bar's)."""
+        notional = 0.0
         for cid in self.state.unsettled_orders(OPEN_STATUSES):
             try:
                 record = self.broker.find(cid)
@@ -165,9 +167,11 @@ class Trader:
                 self.state.event(key, "broker_error", f"{cid}: {mask_text(f'{type(error).__name__}: {error}')}")
                 continue
             if record is not None:
+                notional += _filled_notional(record) - self.state.filled_notional(cid)
                 self.state.record_order(record, cid)
                 if not record.is_open:
                     self.state.event(key, "order", f"{cid} {record.status}: {record.filled_qty} of {record.qty} filled")
+        return notional
 
     def _place(self, key: str) -> list[OrderRecord]:
         """Each planned order of the bar, found at the broker by its client id or placed once."""
@@ -189,9 +193,10 @@ class Trader:
             records.append(record)
         return records
 
-    def _costs(self, records: list[OrderRecord]) -> tuple[float, float]:
-        """Fees and traded notional of the bar's filled quantities."""
-        notional = sum(float(r.filled_qty) * float(r.filled_avg_price or 0) for r in records)
+    def _costs(self, records: list[OrderRecord], settled_notional: float) -> tuple[float, float]:
+        """Fees and traded notional of the bar: its orders' filled quantities, and what earlier
+        bars' open orders filled since they were last read."""
+        notional = sum(map(_filled_notional, records)) + settled_notional
         return self.rules.fee * notional, notional
 
     def _log(self, step: int, equity: float, cash: float, held: np.ndarray, n_orders: int) -> None:
@@ -203,6 +208,10 @@ class Trader:
             metrics |= {f"target/{s}": float(t) for s, t in zip(self.symbols, targets)}
             metrics |= {"votes/spread": float(votes.std(0).mean()), "votes/members": float(len(votes))}
         self.tracker.log_metrics(metrics, step=step)
+
+
+def _filled_notional(record: OrderRecord) -> float:
+    return float(record.filled_qty) * float(record.filled_avg_price or 0)
 
 
 def exact_quantity(symbol: str, qty: float) -> Decimal:
