@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cappuccino.evaluation.overfitting import (
+    minimum_track_record_length,
     deflated_sharpe_ratio,
     expected_maximum_sharpe,
     probabilistic_sharpe_ratio,
@@ -332,3 +333,25 @@ def test_expected_maximum_rejects_bad_input_exactly() -> None:
 def test_expected_maximum_of_float32_sharpes_is_computed_in_float64() -> None:
     trials = np.random.default_rng(16).normal(0.0, 0.02, size=50).astype(np.float32)
     assert expected_maximum_sharpe(trials) == pytest.approx(expected_maximum_sharpe(trials.astype(np.float64)), rel=1e-12)
+
+
+def test_minimum_track_record_length_matches_the_formula_and_is_where_psr_reaches_the_confidence() -> None:
+    sharpe, skew, kurt = 0.05, -0.5, 6.0  # per hour: about 4.7 annualised
+    expected = 1 + (1 + 0.5 * 0.05 + 5 / 4 * 0.05**2) * (NormalDist().inv_cdf(0.95) / 0.05) ** 2
+    length = minimum_track_record_length(sharpe, skew, kurt)
+    assert length == pytest.approx(expected, rel=1e-12)
+    assert probabilistic_sharpe_ratio(sharpe, math.ceil(length), skew, kurt) >= 0.95
+    assert probabilistic_sharpe_ratio(sharpe, math.floor(length), skew, kurt) < 0.95
+    assert minimum_track_record_length(sharpe, 0.0, 3.0) < length  # fat tails and negative skew need more bars
+    assert minimum_track_record_length(sharpe, skew, kurt, confidence=0.99) > length
+    assert minimum_track_record_length(0.01, skew, kurt, benchmark=0.02) == math.inf
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"confidence": 1.0}, "confidence"), ({"kurtosis": 0.0}, "non-excess kurtosis"), ({"sharpe": math.nan}, "sharpe must be finite")],
+)
+def test_minimum_track_record_length_rejects_bad_input(kwargs: dict, match: str) -> None:
+    arguments = {"sharpe": 0.05, "skewness": 0.0, "kurtosis": 3.0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        minimum_track_record_length(**arguments)

@@ -347,6 +347,10 @@ def test_overfitting_statistics_read_the_trials_out_of_sample_returns_and_say_wh
     expected = scipy_stats.norm.cdf((sr - sr0) * np.sqrt(bars - 1) / np.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
     assert stats["deflated_sharpe"] == pytest.approx(expected, rel=1e-12)
     assert stats["deflated_sharpe_trials"] == 6 and "variance" in stats["deflated_sharpe_inputs"]
+    variance = 1 - skew * sr + (kurt - 1) / 4 * sr**2  # the minimum track record length by hand
+    assert stats["min_track_record_bars"] == pytest.approx(1 + variance * (scipy_stats.norm.ppf(0.95) / sr) ** 2, rel=1e-9)
+    deflated = np.inf if sr <= sr0 else 1 + variance * (scipy_stats.norm.ppf(0.95) / (sr - sr0)) ** 2
+    assert stats["min_track_record_bars_deflated"] == pytest.approx(deflated, rel=1e-9)
 
     holdout = [optuna.trial.create_trial(value=1.0), optuna.trial.create_trial(value=2.0)]
     stats = overfitting(holdout, holdout[1], blocks=8)

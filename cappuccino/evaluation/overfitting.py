@@ -193,3 +193,24 @@ def deflated_sharpe_ratio(
     return probabilistic_sharpe_ratio(
         sharpe, n_observations, skewness, kurtosis, benchmark=expected_maximum_sharpe(trial_sharpes)
     )
+
+
+def minimum_track_record_length(
+    sharpe: float, skewness: float, kurtosis: float, benchmark: float = 0.0, confidence: float = 0.95
+) -> float:
+    """How many returns a strategy with this per-period Sharpe, skewness and (non-excess)
+    kurtosis needs before its Sharpe is above ``benchmark`` with ``confidence`` (Bailey and
+    López de Prado 2012): MinTRL = 1 + (1 - skew * SR + (kurt - 1) / 4 * SR^2) * (z / (SR - SR*))^2.
+
+    The length at which ``probabilistic_sharpe_ratio`` reaches ``confidence``; infinite when the
+    Sharpe is not above the benchmark (no track record proves it).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    probabilistic_sharpe_ratio(sharpe, 2, skewness, kurtosis, benchmark)  # the same checks of the moments
+    if kurtosis < 1.0 + skewness**2:
+        raise ValueError(f"kurtosis {kurtosis} is below 1 + skewness^2: it must be the non-excess kurtosis, e.g. 3 for normal returns")
+    if sharpe <= benchmark:
+        return math.inf
+    variance = 1.0 - skewness * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    return 1.0 + variance * (_STANDARD_NORMAL.inv_cdf(confidence) / (sharpe - benchmark)) ** 2

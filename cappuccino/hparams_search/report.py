@@ -22,12 +22,15 @@ Files, written to the sweep folder and logged to that run:
   blocks of time of the complete trials' out-of-sample excess returns per bar; see
   ``overfitting``) and the deflated Sharpe ratio of the best trial (per-bar Sharpe of its
   out-of-sample returns against the expected maximum of all trials'), each with what its rows,
-  blocks and inputs were; also logged as metrics ``pbo`` and ``deflated_sharpe`` and printed.
+  blocks and inputs were; and the minimum track record length of the best trial (bars of paper
+  trading before its Sharpe would be significant at 95 %, above 0 and above the expected
+  maximum of the trials'); also logged as metrics and printed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 import warnings
@@ -42,7 +45,12 @@ from omegaconf import OmegaConf
 from rich.table import Table
 
 from cappuccino.config import LoggerConfig
-from cappuccino.evaluation.overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting
+from cappuccino.evaluation.overfitting import (
+    deflated_sharpe_ratio,
+    expected_maximum_sharpe,
+    minimum_track_record_length,
+    probability_of_backtest_overfitting,
+)
 from cappuccino.evaluation.results import OOS_RETURNS_FILE
 from cappuccino.hparams_search import OUTPUT_DIR_ATTR
 from cappuccino.progress import console, print_line
@@ -157,6 +165,9 @@ def study_description(
     if stats is not None:
         shown = {key: "n/a" if stats.get(key) is None else f"{stats[key]:.3f}" for key in ("pbo", "deflated_sharpe")}
         lines += ["", f"Probability of backtest overfitting: {shown['pbo']}; deflated Sharpe ratio of the best trial: {shown['deflated_sharpe']}."]
+        if (bars := stats.get("min_track_record_bars")) is not None:
+            proof = "never (its Sharpe is not above 0)" if bars == float("inf") else f"{bars:,.0f} bars"
+            lines += [f"Minimum track record length (95 %, its skewness and kurtosis): {proof} of paper trading before the best trial's Sharpe is significant."]
     if rerun is not None:
         lines += ["", "Run the best trial again:", "", "```bash", rerun, "```"]
     return "\n".join(lines)
@@ -367,6 +378,11 @@ def overfitting(complete: list[optuna.trial.FrozenTrial], best: optuna.trial.Fro
         )
         out.update({"best_sharpe_per_period": attrs["sharpe_per_period"], "deflated_sharpe_trials": len(sharpes)})
         out["deflated_sharpe_inputs"] = DSR_INPUTS
+        # The bars of paper trading after which the best trial's Sharpe, if it held, would be
+        # significant at 95 %: above 0, and above what the best of this many trials reaches by luck.
+        moments = (attrs["sharpe_per_period"], attrs["skewness"], attrs["kurtosis"])
+        out["min_track_record_bars"] = minimum_track_record_length(*moments)
+        out["min_track_record_bars_deflated"] = minimum_track_record_length(*moments, benchmark=expected_maximum_sharpe(sharpes))
     except (KeyError, ValueError) as error:
         out.update({"deflated_sharpe": None, "deflated_sharpe_reason": f"needs two trials with cv/ metrics: {error!r}"})
     return out
@@ -398,7 +414,8 @@ def end_killed_trial_runs(tracker: Tracker, numbers: Sequence[int]) -> None:
 
 
 def numbers(stats: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The finite numbers among ``stats`` (an infinite track record length is not a metric)."""
+    return {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def save_yaml(content: Any, path: Path) -> Path:
@@ -427,6 +444,9 @@ def print_study(
     for key, label in (("pbo", "probability of backtest overfitting"), ("deflated_sharpe", "deflated Sharpe ratio")):
         value = stats.get(key)
         table.add_row(label, "n/a" if value is None else f"{value:.3f}")
+    for key, label in (("min_track_record_bars", "bars of paper trading to prove Sharpe > 0"), ("min_track_record_bars_deflated", "... > the best of N by luck")):
+        value = stats.get(key)
+        table.add_row(label, "n/a" if value is None else "never" if value == float("inf") else f"{value:,.0f}")
     console.print(table)
     lines = []
     if rerun is not None:
