@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +59,13 @@ def train(
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
     trial: int | None = None,
+    tags: Mapping[str, str] = {},
 ) -> float:
     """Train one agent per cv split, backtest each, and return the configured objective.
 
     ``parent_run_id`` nests the run under another tracked run (a sweep's study, an experiment);
     ``trial`` is the Optuna trial number of a sweep's job (run name ``trial N: ...``, tag
-    ``optuna.trial``).
+    ``optuna.trial``); ``tags`` go on the run too (an experiment's arm).
     """
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.torch_threads)
@@ -88,7 +89,7 @@ def train(
         figures_in_folder=trial is None or cfg.logger.name == "none",
     )  # fmt: skip
 
-    run_name, tags = short_run_name(overrides), overrides_tags(overrides)
+    run_name, tags = short_run_name(overrides), {**overrides_tags(overrides), **tags}
     if trial is not None:  # a sweep's trial: its overrides are in its tags and params
         run_name, tags = f"trial {trial}", {**tags, "optuna.trial": str(trial)}
     with tracked_job(cfg.logger, run_name, paths.project_dir, market, config_yaml, tags, parent_run_id) as tracker:

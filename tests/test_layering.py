@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "models": 2,
     "data": 1,
     "trading": 7,  # the trader: it loads models, reads MLflow and studies, and tracks its session
+    "report": 7,  # python -m cappuccino.report: reads MLflow, writes the report
     "trading.rules": 1,  # the order rules the environment fills and the trader sends
     "runtime": 0,
     "progress": 0,

@@ -1,0 +1,396 @@
+"""The report of an experiment: which arm wins, and how sure that is.
+
+Read from MLflow only: the experiment's run, its arm runs (nested under it, tagged
+``experiment.arm``, the seed in param ``trainer.seed``) and their per-split test metrics
+(``split<k>/test/<metric>``; a holdout run's ``test/<metric>`` is one split). Written to a folder
+and logged to the experiment's run under ``report/``:
+
+- ``report.md``: the verdicts first, then per arm the interquartile mean and median across splits
+  x seeds with 95 % stratified bootstrap intervals, the references (buy-and-hold, the oracle),
+  the paired comparisons, the resources, and the figures;
+- ``arms.csv``, ``pairs.csv``, ``runs.csv``: the same numbers, and every run's scores;
+- ``aggregates.png``, ``profiles.png``, ``learning_curves.png``.
+
+Statistics: ``cappuccino.evaluation.aggregate``. An arm "beats buy-and-hold" only when the interval
+over periods of its test excess Sharpe lies above 0; "X beats Y" only when the interval of
+P(X > Y) excludes 0.5; otherwise the report says the data cannot tell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from cappuccino.config import ABLATION_ARMS
+from cappuccino.errors import UserError
+from cappuccino.evaluation.aggregate import (
+    CLAIM_CONFIDENCE,
+    CONFIDENCE,
+    Interval,
+    aggregate,
+    aggregate_over_periods,
+    beats_buy_and_hold,
+    comparison_claim,
+    interquartile_mean,
+    paired_difference,
+    performance_profile,
+    probability_of_improvement,
+    win_share,
+)
+from cappuccino.reporting.figures import close_figure
+
+ARM_TAG = "experiment.arm"
+MAIN_SCORE = "excess_sharpe"
+CLAIM_RESAMPLES = 10_000  # a Bonferroni interval's tails hold few resamples: more of them
+MIN_CLAIM_SEEDS = 3  # below, the claim rule erred more often than stated (5-7 % at 2 seeds per split)
+# test metric -> (label, unit) in the order the report shows them
+SCORES = {
+    "excess_sharpe": ("excess Sharpe over buy-and-hold", "annualised"),
+    "sharpe": ("Sharpe", "annualised"),
+    "sortino": ("Sortino", "annualised"),
+    "max_drawdown": ("max drawdown", "fraction of the peak"),
+    "total_return": ("total return", "fraction"),
+    "annual_turnover": ("turnover", "x portfolio value per year"),
+    "fees_paid": ("fees paid", "cash"),
+}
+RESOURCES = {
+    "wall_minutes": "training wall time (minutes, all splits)",
+    "steps_per_second": "environment steps/s (whole job)",
+    "peak_rss_mb": "peak RSS (MB)",
+    "parameters": "policy parameters",
+}
+REFERENCES = {"buy-and-hold": "benchmark", "oracle": "oracle", "random": "random", "flat": "flat"}
+CURVE_METRICS = ("val/excess_sharpe", "train/step_reward")  # a holdout run's validation curve, else training reward
+_SPLIT_KEY = re.compile(r"^split(\d+)/test/excess_sharpe$")
+
+
+class ReportError(UserError):
+    """The runs cannot be reported on as asked; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class ArmRuns:
+    """One arm's runs: scores (n_splits, n_seeds) per test metric, resources per seed."""
+
+    arm: str
+    seeds: list[int]
+    splits: list[str]
+    scores: dict[str, np.ndarray]
+    resources: dict[str, np.ndarray]
+    run_ids: list[str]
+
+
+@dataclass
+class ExperimentReport:
+    arms: dict[str, ArmRuns]
+    summary: pd.DataFrame  # arm, metric, statistic, value, low, high
+    pairs: pd.DataFrame  # x, y, P(X > Y) and its interval, mean paired difference and its interval, win share
+    verdicts: list[str]
+    best_arm: str
+    best_iqm: float
+    files: list[Path] = field(default_factory=list)
+
+
+def read_arms(client: MlflowClient, parent_run_id: str) -> tuple[dict[str, ArmRuns], dict[str, float]]:
+    """The finished arm runs nested under ``parent_run_id``, on the seeds every arm has, and the
+    references' mean test metrics (the same bars and fees for every arm)."""
+    parent = client.get_run(parent_run_id)
+    children = _search(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    by_arm: dict[str, dict[int, Run]] = {}
+    for run in children:
+        arm = run.data.tags.get(ARM_TAG)
+        if arm is not None and run.info.status == "FINISHED":
+            by_arm.setdefault(arm, {})[int(run.data.params["trainer.seed"])] = run
+    if len(by_arm) < 2:
+        raise ReportError(f"run {parent_run_id} has {len(by_arm)} finished arm run(s) tagged {ARM_TAG}: a comparison needs two or more")
+    seeds = sorted(set.intersection(*(set(runs) for runs in by_arm.values())))
+    if len(seeds) < 2:
+        raise ReportError(f"the arms share {len(seeds)} finished seed(s) ({seeds}): intervals need two or more; rerun the missing ones")
+    arms = {arm: _arm_runs(arm, [runs[s] for s in seeds], seeds) for arm, runs in sorted(by_arm.items(), key=lambda item: _arm_order(item[0]))}
+    splits = {tuple(a.splits) for a in arms.values()}
+    if len(splits) != 1:
+        raise ReportError(f"the arms were scored on different splits {sorted(splits)}: run every arm with the same cv settings")
+    return arms, _references(next(iter(by_arm.values()))[seeds[0]])
+
+
+def _arm_order(arm: str) -> tuple[int, str]:
+    return (ABLATION_ARMS.index(arm) if arm in ABLATION_ARMS else len(ABLATION_ARMS), arm)
+
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _arm_runs(arm: str, runs: list[Run], seeds: list[int]) -> ArmRuns:
+    metrics = [run.data.metrics for run in runs]
+    split_ids = sorted({int(m.group(1)) for key in metrics[0] if (m := _SPLIT_KEY.match(key))})
+    prefixes = [f"split{k}/test/" for k in split_ids] if split_ids else ["test/"]
+    missing = [(run.info.run_id, p + name) for run, m in zip(runs, metrics) for p in prefixes for name in SCORES if p + name not in m]
+    if missing:
+        raise ReportError(f"arm {arm}: runs lack test metrics, e.g. {missing[0][1]} in run {missing[0][0]}; rerun them to the end")
+    scores = {name: np.array([[m[p + name] for m in metrics] for p in prefixes]) for name in SCORES}
+    seconds = np.array([max(r.info.end_time - r.info.start_time, 1) / 1000 for r in runs])
+    steps = np.array([int(r.data.params.get("trainer.total_steps", 0)) * len(prefixes) for r in runs])  # every split's agent
+    resources = {
+        "wall_minutes": seconds / 60,
+        "steps_per_second": steps / seconds,
+        "peak_rss_mb": np.array([m.get("peak_rss_mb", np.nan) for m in metrics]),
+        "parameters": np.array([float(r.data.params.get("policy.parameters", "nan")) for r in runs]),
+    }
+    names = [f"split {k}" for k in split_ids] if split_ids else ["holdout"]
+    return ArmRuns(arm, seeds, names, scores, resources, [r.info.run_id for r in runs])
+
+
+def _references(run: Run) -> dict[str, float]:
+    """Each reference's mean test excess Sharpe and Sharpe (cv runs: over splits)."""
+    metrics, out = run.data.metrics, {}
+    for label, name in REFERENCES.items():
+        for key in (f"cv/{name}_{{}}_mean", f"test/{name}_{{}}"):
+            if key.format("sharpe") in metrics:
+                out[f"{label} sharpe"] = metrics[key.format("sharpe")]
+                out[f"{label} excess_sharpe"] = metrics.get(key.format("excess_sharpe"), 0.0)
+                break
+    if "buy-and-hold sharpe" not in out:  # the benchmark's own prefix
+        sharpe = metrics.get("cv/benchmark_sharpe_mean", metrics.get("test/benchmark_sharpe"))
+        if sharpe is not None:
+            out["buy-and-hold sharpe"], out["buy-and-hold excess_sharpe"] = sharpe, 0.0
+    return out
+
+
+def summarise(arms: dict[str, ArmRuns], seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[str], str]:
+    """Per-arm aggregates, pairwise comparisons on the main score, the verdicts, the winning arm."""
+    main = {arm: runs.scores[MAIN_SCORE] for arm, runs in arms.items()}
+    periods = buy_and_hold_intervals(main, seed)
+    rows = []
+    for arm, runs in arms.items():
+        for name, scores in runs.scores.items():
+            for statistic in ("iqm", "median"):
+                rows.append({"arm": arm, "metric": name, "statistic": statistic, **_interval_columns(aggregate(scores, statistic, seed=seed))})
+        if periods[arm] is not None:
+            rows.append({"arm": arm, "metric": MAIN_SCORE, "statistic": "iqm over periods", **_interval_columns(periods[arm])})
+    pairs, verdicts = comparisons(main, seed)
+    iqm = {arm: float(interquartile_mean(scores)) for arm, scores in main.items()}
+    return pd.DataFrame(rows), pairs, [buy_and_hold_verdict(periods), *verdicts], max(iqm, key=iqm.get)  # type: ignore[arg-type]
+
+
+def comparisons(scores: dict[str, np.ndarray], seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """Every pair of arms: P(X > Y), the mean paired difference, the share of splits won, and a
+    claim. The claims share one 5 % error budget (Bonferroni): each pair's interval of P(X > Y) is
+    at 1 - (1 - CLAIM_CONFIDENCE) / n_pairs, so that no-skill arms are told apart at most about
+    5 % of the time whatever the number of arms (tests/test_experiment_report.py)."""
+    pairs = list(itertools.combinations(scores, 2))
+    confidence = 1.0 - (1.0 - CLAIM_CONFIDENCE) / len(pairs)
+    rows, verdicts = [], []
+    for x, y in pairs:
+        a, b = scores[x], scores[y]
+        improvement = probability_of_improvement(a, b, seed=seed, confidence=confidence, n_resamples=CLAIM_RESAMPLES)
+        difference = paired_difference(a, b, seed=seed)
+        rows.append({
+            "x": x, "y": y, "p_x_beats_y": improvement.value, "p_low": improvement.low, "p_high": improvement.high, "p_confidence": confidence,
+            "mean_difference": difference.value, "difference_low": difference.low, "difference_high": difference.high,
+            "x_wins_share_of_splits": win_share(a, b),
+        })  # fmt: skip
+        few = a.shape[1] < MIN_CLAIM_SEEDS
+        verdicts.append(f"{a.shape[1]} seeds per split: too few to tell {x} and {y} apart (claims need {MIN_CLAIM_SEEDS})" if few else comparison_claim(x, y, improvement))
+    return pd.DataFrame(rows), verdicts
+
+
+def buy_and_hold_intervals(scores: dict[str, np.ndarray], seed: int = 0) -> dict[str, Interval | None]:
+    """Each arm's excess Sharpe interval over periods (None with one split), at a confidence
+    shared among the arms (Bonferroni): 1 - (1 - CONFIDENCE) / n_arms."""
+    confidence = 1.0 - (1.0 - CONFIDENCE) / len(scores)
+    return {arm: aggregate_over_periods(s, seed=seed, confidence=confidence) if s.shape[0] >= 2 else None for arm, s in scores.items()}
+
+
+def buy_and_hold_verdict(periods: dict[str, Interval | None]) -> str:
+    if None in periods.values():
+        return "one test period: whether an arm beats buy-and-hold on bars not seen cannot be told (use cv=cpcv with cv.n_test_groups=1)"
+    winners = [arm for arm, interval in periods.items() if interval is not None and beats_buy_and_hold(interval)]
+    if winners:
+        return f"beat buy-and-hold after fees with confidence (excess Sharpe's interval over periods above 0): {', '.join(winners)}"
+    return "no arm beats buy-and-hold after fees with confidence: every arm's interval over periods of excess Sharpe includes 0 or lies below it"
+
+
+def _interval_columns(interval: Interval) -> dict[str, float]:
+    return {"value": interval.value, "low": interval.low, "high": interval.high, "confidence": interval.confidence}
+
+
+def write_report(client: MlflowClient, parent_run_id: str, out_dir: Path, seed: int = 0) -> ExperimentReport:
+    """Read, summarise, write the folder, and log it to the experiment's run (module docstring)."""
+    arms, references = read_arms(client, parent_run_id)
+    summary, pairs, verdicts, best = summarise(arms, seed)
+    report = ExperimentReport(arms, summary, pairs, verdicts, best, float(interquartile_mean(arms[best].scores[MAIN_SCORE])))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out_dir / "arms.csv", index=False)
+    pairs.to_csv(out_dir / "pairs.csv", index=False)
+    _runs_table(arms).to_csv(out_dir / "runs.csv", index=False)
+    figures = {
+        "aggregates.png": aggregates_figure(summary, references),
+        "profiles.png": profiles_figure(arms, references, seed),
+        "learning_curves.png": learning_curves_figure(client, arms),
+    }
+    for name, figure in figures.items():
+        figure.savefig(out_dir / name, dpi=110, bbox_inches="tight")
+        close_figure(figure)
+    (out_dir / "report.md").write_text(markdown(report, references, client.get_run(parent_run_id)))
+    report.files = sorted(out_dir.iterdir())
+    client.log_artifacts(parent_run_id, str(out_dir), "report")
+    return report
+
+
+def _runs_table(arms: dict[str, ArmRuns]) -> pd.DataFrame:
+    rows = []
+    for arm, runs in arms.items():
+        for j, (seed, run_id) in enumerate(zip(runs.seeds, runs.run_ids)):
+            for i, split in enumerate(runs.splits):
+                rows.append({"arm": arm, "seed": seed, "split": split, "run_id": run_id, **{k: v[i, j] for k, v in runs.scores.items()}})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------ text
+def markdown(report: ExperimentReport, references: dict[str, float], parent: Run) -> str:
+    arms = report.arms
+    first = next(iter(arms.values()))
+    lines = [
+        f"# {parent.data.tags.get('mlflow.runName', 'experiment')}: which arm wins, and how sure that is",
+        "",
+        f"{len(arms)} arms x {len(first.seeds)} seeds ({', '.join(map(str, first.seeds))}) x {len(first.splits)} splits, "
+        "every arm on the same splits, seeds and step budget. Intervals: 95 % stratified bootstrap (seeds resampled "
+        f"within each split); P(X > Y): {report.pairs['p_confidence'].iloc[0]:.2%}, the claims' 5 % error budget shared by the "
+        f"{len(report.pairs)} pairs (a claim needs it to exclude 0.5); \"over periods\": splits resampled too, at "
+        f"{1 - 0.05 / len(arms):.2%} for each of the {len(arms)} arms, for the claim against buy-and-hold.",
+        "",
+        "## Verdict",
+        "",
+        *[f"- {line}" for line in report.verdicts],
+        "",
+        "## Per arm (test split, interquartile mean [95 % interval])",
+        "",
+        "| arm | " + " | ".join(f"{SCORES[k][0]} ({SCORES[k][1]})" for k in SCORES) + " |",
+        "|---|" + "---:|" * len(SCORES),
+    ]
+    iqm = report.summary[report.summary["statistic"] == "iqm"].set_index(["arm", "metric"])
+    for arm in arms:
+        cells = [f"{iqm.loc[(arm, k), 'value']:+.3g} [{iqm.loc[(arm, k), 'low']:+.3g}, {iqm.loc[(arm, k), 'high']:+.3g}]" for k in SCORES]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    over = report.summary[report.summary["statistic"] == "iqm over periods"]
+    if len(over):
+        lines += ["", "Excess Sharpe, interval over periods: " + "; ".join(f"{r.arm} {r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}]" for r in over.itertuples()) + "."]
+    if references:
+        lines += ["", "References on the same bars and fees (mean over splits): " + ", ".join(f"{k} {v:+.2f}" for k, v in references.items()) + "."]
+    lines += ["", "## Paired comparisons (test excess Sharpe)", "", "| X | Y | P(X > Y) | mean X - Y [95 %] | splits X wins |", "|---|---|---:|---:|---:|"]
+    for r in report.pairs.itertuples():
+        lines.append(
+            f"| {r.x} | {r.y} | {r.p_x_beats_y:.2f} [{r.p_low:.2f}, {r.p_high:.2f}] | "
+            f"{r.mean_difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}] | {r.x_wins_share_of_splits:.0%} |"
+        )
+    lines += ["", "## Resources (mean over seeds)", "", "| arm | " + " | ".join(RESOURCES.values()) + " |", "|---|" + "---:|" * len(RESOURCES)]
+    for arm, runs in arms.items():
+        means = {k: np.nanmean(v) if np.isfinite(v).any() else np.nan for k, v in runs.resources.items()}
+        lines.append(f"| {arm} | " + " | ".join("-" if not np.isfinite(means[k]) else f"{means[k]:,.0f}" if k == "parameters" else f"{means[k]:,.1f}" for k in RESOURCES) + " |")
+    lines += [
+        "", "## Figures", "",
+        "![IQM with intervals](aggregates.png)", "", "![Performance profiles](profiles.png)", "", "![Learning curves](learning_curves.png)", "",
+        "Files: `arms.csv` (every aggregate), `pairs.csv` (every comparison), `runs.csv` (every run's scores).", "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- figures
+def aggregates_figure(summary: pd.DataFrame, references: dict[str, float]) -> Figure:
+    """Each arm's IQM with its 95 % interval, one panel per score."""
+    iqm = summary[summary["statistic"] == "iqm"]
+    arms = list(dict.fromkeys(iqm["arm"]))
+    columns = 4
+    rows_of_panels = -(-len(SCORES) // columns)
+    figure = Figure(figsize=(3.4 * columns, (0.45 * len(arms) + 1.4) * rows_of_panels), layout="constrained")
+    axes = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
+    for ax in axes[len(SCORES) :]:
+        ax.set_visible(False)
+    for ax, (name, (label, unit)) in zip(axes, SCORES.items()):
+        rows = iqm[iqm["metric"] == name].set_index("arm").loc[arms]
+        y = -np.arange(len(arms))  # the first arm on top
+        ax.errorbar(rows["value"], y, xerr=[rows["value"] - rows["low"], rows["high"] - rows["value"]], fmt="o", capsize=4, color="tab:blue")
+        if name == "excess_sharpe":
+            ax.axvline(0.0, color="grey", lw=1, ls="--", label="buy-and-hold")
+            if "oracle excess_sharpe" in references:
+                ax.axvline(references["oracle excess_sharpe"], color="tab:green", lw=1, ls=":", label="oracle")
+            ax.legend(loc="best", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.set_yticks(y, arms)
+        ax.set_ylim(y[-1] - 0.5, 0.5)
+        ax.grid(axis="x", alpha=0.3)
+    figure.suptitle("Interquartile mean across splits x seeds, with 95 % stratified bootstrap intervals")
+    return figure
+
+
+def profiles_figure(arms: dict[str, ArmRuns], references: dict[str, float], seed: int) -> Figure:
+    """Performance profiles of test excess Sharpe: the fraction of runs above each threshold."""
+    every = np.concatenate([runs.scores[MAIN_SCORE].ravel() for runs in arms.values()])
+    taus = np.linspace(every.min() - 0.1, every.max() + 0.1, 60)
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = figure.subplots()
+    for arm, runs in arms.items():
+        profile = performance_profile(runs.scores[MAIN_SCORE], taus, seed=seed, n_resamples=500)
+        ax.plot(taus, profile.fraction, label=arm)
+        ax.fill_between(taus, profile.low, profile.high, alpha=0.2)
+    ax.axvline(0.0, color="grey", lw=1, ls="--", label="buy-and-hold")
+    if "oracle excess_sharpe" in references:
+        ax.axvline(references["oracle excess_sharpe"], color="tab:green", lw=1, ls=":", label="oracle")
+    ax.set(xlabel="test excess Sharpe over buy-and-hold, tau (annualised)", ylabel="fraction of runs above tau", ylim=(-0.02, 1.02))
+    ax.set_title("Performance profiles with 95 % bands")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return figure
+
+
+def learning_curves_figure(client: MlflowClient, arms: dict[str, ArmRuns]) -> Figure:
+    """Per arm, the IQM across seeds and splits of the validation objective (holdout runs) or of
+    the training reward per step (cv runs), with the interquartile range as a band."""
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = figure.subplots()
+    drawn = None
+    for arm, runs in arms.items():
+        metric, curves = _curves(client, runs)
+        if not curves:
+            continue
+        drawn = metric
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        values = np.array([[c[s] for s in steps] for c in curves])  # (runs, steps)
+        ax.plot(steps, interquartile_mean(values, axis=0), label=arm)
+        ax.fill_between(steps, np.percentile(values, 25, axis=0), np.percentile(values, 75, axis=0), alpha=0.2)
+    labels = {"val/excess_sharpe": "validation excess Sharpe (annualised)", "train/step_reward": "training reward per step (excess log return)"}
+    ax.set(xlabel="environment steps", ylabel=labels.get(drawn or "", "no curve logged"))
+    ax.set_title("Learning curves: IQM across seeds x splits, interquartile band")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend()
+    return figure
+
+
+def _curves(client: MlflowClient, runs: ArmRuns) -> tuple[str, list[dict[int, float]]]:
+    """Each run's (split run's) history of the first of ``CURVE_METRICS`` it logged."""
+    sources = []
+    for run_id in runs.run_ids:
+        children = _search(client, client.get_run(run_id).info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
+        sources += [c.info.run_id for c in children] or [run_id]
+    for metric in CURVE_METRICS:
+        curves = [{m.step: m.value for m in client.get_metric_history(source, metric)} for source in sources]
+        if all(curves):
+            return metric, curves
+    return "", []

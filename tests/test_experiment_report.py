@@ -1,0 +1,132 @@
+"""The experiment report, read from an MLflow store: arm runs nested under an experiment run,
+scored per split, become the tables, verdicts and figures a researcher reads; the command finds
+the run by id or by experiment name. Runs are written straight into a SQLite store, so the
+scores (and the truth about which arm is better) are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cappuccino.report import main as report_command
+from cappuccino.reporting.experiment_report import (
+    ARM_TAG,
+    SCORES,
+    ReportError,
+    buy_and_hold_intervals,
+    buy_and_hold_verdict,
+    comparisons,
+    read_arms,
+    write_report,
+)
+
+N_SPLITS, SEEDS = 4, (0, 1, 2, 3, 4)
+
+
+def experiment_store(tmp_path: Path, edges: dict[str, float], period_sd: float = 1.0, seed: int = 0) -> tuple[MlflowClient, str]:
+    """An experiment run with one arm run per (arm, seed): test excess Sharpe per split = that
+    split's market luck (shared by every arm and seed) + the arm's edge + seed noise."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("cappuccino", artifact_location=(tmp_path / "artifacts").as_uri())
+    rng = np.random.default_rng(seed)
+    luck = rng.normal(0, period_sd, N_SPLITS)
+    parent = client.create_run(experiment_id, tags={"experiment": "ablation", "mlflow.runName": "ablation_encoder"})
+    for arm, edge in edges.items():
+        for seed_ in SEEDS:
+            run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id, ARM_TAG: arm, "mlflow.runName": f"{arm} seed={seed_}"})
+            client.log_param(run.info.run_id, "trainer.seed", seed_)
+            client.log_param(run.info.run_id, "policy.parameters", 1000 if arm == "mlp" else 5000)
+            excess = luck + edge + rng.normal(0, 0.3, N_SPLITS)
+            for k in range(N_SPLITS):
+                values = {name: float(rng.normal()) for name in SCORES} | {"excess_sharpe": float(excess[k])}
+                for name, value in values.items():
+                    client.log_metric(run.info.run_id, f"split{k}/test/{name}", value)
+                split = client.create_run(experiment_id, tags={"mlflow.parentRunId": run.info.run_id, "cv.split": str(k)})
+                for step in range(1, 5):
+                    client.log_metric(split.info.run_id, "train/step_reward", step * (1 + edge) + rng.normal(0, 0.1), step=step * 512)
+                client.set_terminated(split.info.run_id)
+            client.log_metric(run.info.run_id, "cv/oracle_excess_sharpe_mean", 2.5)
+            client.log_metric(run.info.run_id, "cv/oracle_sharpe_mean", 3.0)
+            client.log_metric(run.info.run_id, "cv/benchmark_sharpe_mean", 0.5)
+            client.log_metric(run.info.run_id, "train/steps_per_second", 400.0)
+            client.set_terminated(run.info.run_id)
+    client.set_terminated(parent.info.run_id)
+    return client, parent.info.run_id
+
+
+def test_the_report_reads_every_arm_seed_and_split_from_mlflow(tmp_path):
+    client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_scratch": 0.0})
+    arms, references = read_arms(client, parent)
+    assert list(arms) == ["mlp", "ft_scratch"]  # the ablation's order
+    assert arms["mlp"].seeds == list(SEEDS) and arms["mlp"].splits == [f"split {k}" for k in range(N_SPLITS)]
+    assert arms["mlp"].scores["excess_sharpe"].shape == (N_SPLITS, len(SEEDS))
+    seed_2 = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`{ARM_TAG}` = 'mlp' and params.`trainer.seed` = '2'")[0]
+    assert arms["mlp"].scores["excess_sharpe"][3, 2] == seed_2.data.metrics["split3/test/excess_sharpe"]
+    assert references["oracle excess_sharpe"] == 2.5 and references["buy-and-hold sharpe"] == 0.5
+
+
+def test_a_real_edge_is_claimed_and_written_with_its_interval(tmp_path):
+    client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_finetuned": 3.0}, period_sd=0.5)
+    report = write_report(client, parent, tmp_path / "report")
+    assert report.best_arm == "ft_finetuned"
+    assert report.verdicts[1].startswith("ft_finetuned beats mlp: P(mlp > ft_finetuned) = 0.00")
+    assert "ft_finetuned" in report.verdicts[0] and report.verdicts[0].startswith("beat buy-and-hold")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Verdict" in text and "ft_finetuned beats mlp" in text and "![Performance profiles](profiles.png)" in text
+    arms_csv = pd.read_csv(tmp_path / "report" / "arms.csv")
+    row = arms_csv[(arms_csv.arm == "ft_finetuned") & (arms_csv.metric == "excess_sharpe") & (arms_csv.statistic == "iqm")].iloc[0]
+    assert row.low < row.value < row.high
+    assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 2 * len(SEEDS) * N_SPLITS
+    for figure in ("aggregates.png", "profiles.png", "learning_curves.png"):
+        assert (tmp_path / "report" / figure).stat().st_size > 10_000
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/pairs.csv", "report/profiles.png"} <= logged
+
+
+def test_without_an_edge_no_arm_beats_buy_and_hold_and_the_arms_are_not_told_apart(tmp_path):
+    client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_scratch": 0.0, "ft_frozen": 0.0}, seed=3)
+    report = write_report(client, parent, tmp_path / "report")
+    assert report.verdicts[0].startswith("no arm beats buy-and-hold after fees with confidence")
+    assert all(v.startswith("the data cannot tell") for v in report.verdicts[1:]) and len(report.verdicts) == 4
+
+
+def test_the_command_finds_the_run_by_experiment_name_and_says_what_is_missing(tmp_path, capsys, monkeypatch):
+    client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_scratch": 1.0})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    assert report_command(["cappuccino", "--tracking-uri", uri]) == 0
+    assert (tmp_path / f"report-{parent}" / "report.md").is_file()
+    assert "report:" in capsys.readouterr().out
+    assert report_command(["no-such-thing", "--tracking-uri", uri]) == 2
+    assert "neither a run id nor an MLflow experiment name" in capsys.readouterr().err
+
+
+def test_an_arm_without_two_common_seeds_is_refused(tmp_path):
+    client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_scratch": 0.0})
+    experiment_id = client.get_run(parent).info.experiment_id
+    for run in client.search_runs([experiment_id], f"tags.`{ARM_TAG}` = 'ft_scratch' and params.`trainer.seed` != '0'"):
+        client.set_terminated(run.info.run_id, status="FAILED")
+    with pytest.raises(ReportError, match=r"the arms share 1 finished seed\(s\) \(\[0\]\)"):
+        read_arms(client, parent)
+
+
+def test_no_skill_arms_make_a_claim_in_at_most_about_five_percent_of_experiments_whatever_their_number():
+    """Four arms from one distribution (six pairs), split luck shared, fat tails: the share of
+    experiments with any claim at all, pairwise or against buy-and-hold, stays within the stated
+    5 % (and the simulation's error)."""
+    rng = np.random.default_rng(0)
+    n_experiments, any_pair, any_buy_and_hold = 150, 0, 0
+    for experiment in range(n_experiments):
+        luck = rng.normal(0, 1, (N_SPLITS, 1))
+        scores = {arm: luck + rng.standard_t(3, (N_SPLITS, len(SEEDS))) * 0.5 for arm in ("a", "b", "c", "d")}
+        _, verdicts = comparisons(scores, seed=experiment)
+        any_pair += any(not v.startswith("the data cannot tell") for v in verdicts)
+        any_buy_and_hold += buy_and_hold_verdict(buy_and_hold_intervals(scores, seed=experiment)).startswith("beat")
+    stated = 0.05
+    bound = stated + 2 * np.sqrt(stated * (1 - stated) / n_experiments)
+    assert any_pair / n_experiments <= bound and any_buy_and_hold / n_experiments <= bound
