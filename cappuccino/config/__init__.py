@@ -40,11 +40,14 @@ from cappuccino.config.groups import (
     feature_reach,
 )
 from cappuccino.config.jobs import (
+    ABLATION_ARMS,
     PRETRAIN_OBJECTIVES,
+    AblationExperimentConfig,
     SCHEMAS,
     ExperimentConfig,
     PretrainConfig,
     PretrainJobConfig,
+    SensitivityExperimentConfig,
     TradeConfig,
     TradeJobConfig,
     TrainConfig,
@@ -60,7 +63,7 @@ from cappuccino.config.jobs import (
 from cappuccino.errors import ArgumentError, ConfigError
 
 __all__ = [
-    "DEFAULT_SYMBOLS", "INDICATOR_REACH_BARS", "PRECISIONS", "PRETRAIN_OBJECTIVES", "SCHEMAS",
+    "ABLATION_ARMS", "AblationExperimentConfig", "DEFAULT_SYMBOLS", "SensitivityExperimentConfig", "INDICATOR_REACH_BARS", "PRECISIONS", "PRETRAIN_OBJECTIVES", "SCHEMAS",
     "AlpacaBrokerConfig", "AlpacaDataConfig", "ArgumentError", "BrokerConfig", "GuardsConfig", "SimBrokerConfig", "TradeConfig", "TradeJobConfig", "CPCVConfig", "CVConfig", "ConfigError", "CsvDataConfig",
     "DataConfig", "EncoderConfig", "EnvConfig", "ExperimentConfig", "FTTransformerEncoderConfig",
     "HoldoutConfig", "LoggerConfig", "MLPEncoderConfig", "MLflowLoggerConfig", "NoLoggerConfig", "Node",

@@ -266,6 +266,53 @@ class TransferExperimentConfig(ExperimentConfig):
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
+ABLATION_ARMS = ("mlp", "ft_scratch", "ft_frozen", "ft_finetuned")
+
+
+@dataclass
+class AblationExperimentConfig(ExperimentConfig):
+    """Train one agent per arm and seed on the same cv splits with the same step budget: the
+    ``baseline`` encoder (an MLP), the configured FT-Transformer from scratch, and the same
+    pre-trained on ``source`` bars (frozen, or fine-tuned); then report which arm wins and how
+    sure that is; see cappuccino.experiments.ablation."""
+
+    _target_: str = "cappuccino.experiments.ablation.run"
+    name: str = "ablation"
+    arms: list[str] = field(default_factory=lambda: list(ABLATION_ARMS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    baseline: EncoderConfig = MISSING
+    source: DataConfig = MISSING
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [arm for arm in self.arms if arm not in ABLATION_ARMS]
+        _require(not unknown and len(set(self.arms)) == len(self.arms) >= 2, "experiment.arms", f"must be two or more of {list(ABLATION_ARMS)}, each once; got {self.arms}")
+        _require(len(set(self.seeds)) == len(self.seeds) >= 2, "experiment.seeds", f"must be two or more distinct seeds (an interval needs them); got {self.seeds}")
+
+
+@dataclass
+class SensitivityExperimentConfig(ExperimentConfig):
+    """Train the configured FT-Transformer at every point of a grid over ``d_token``,
+    ``n_blocks`` and ``n_heads`` (each grid point an arm), with every seed, on the same cv
+    splits and step budget, then report; see cappuccino.experiments.sensitivity."""
+
+    _target_: str = "cappuccino.experiments.sensitivity.run"
+    name: str = "sensitivity"
+    d_token: list[int] = field(default_factory=lambda: [32, 64])
+    n_blocks: list[int] = field(default_factory=lambda: [1, 2])
+    n_heads: list[int] = field(default_factory=lambda: [2, 4])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def __post_init__(self) -> None:
+        for key in ("d_token", "n_blocks", "n_heads"):
+            values = getattr(self, key)
+            _require(len(values) == len(set(values)) >= 1 and all(v >= 1 for v in values), f"experiment.{key}", f"must be distinct values >= 1, got {values}")
+        bad = [(d, h) for d in self.d_token for h in self.n_heads if d % h]
+        _require(not bad, "experiment.d_token", f"every d_token must be a multiple of every n_heads; {bad} are not")
+        _require(len(self.d_token) * len(self.n_blocks) * len(self.n_heads) >= 2, "experiment", "the grid needs two or more points")
+        _require(len(set(self.seeds)) == len(self.seeds) >= 2, "experiment.seeds", f"must be two or more distinct seeds (an interval needs them); got {self.seeds}")
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "csv": CsvDataConfig, "alpaca": AlpacaDataConfig},
     "window": {"default": WindowConfig},
@@ -277,7 +324,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "logger": {"mlflow": MLflowLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
     "broker": {"sim": SimBrokerConfig, "alpaca_paper": AlpacaBrokerConfig},
-    "experiment": {"transfer": TransferExperimentConfig},
+    "experiment": {"transfer": TransferExperimentConfig, "ablation": AblationExperimentConfig, "sensitivity": SensitivityExperimentConfig},
 }
 
 

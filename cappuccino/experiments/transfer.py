@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cappuccino.config import PretrainJobConfig, TrainConfig, TransferExperimentConfig
+from cappuccino.config import AblationExperimentConfig, PretrainJobConfig, TrainConfig, TransferExperimentConfig
 from cappuccino.errors import ConfigError
 from cappuccino.evaluation.scoring import objective_key
 from cappuccino.evaluation.validation import VALIDATION_CURVE
@@ -123,10 +123,10 @@ def validation_metric(objective: str | None) -> str:
 
 
 def pretrain_job(
-    cfg: TrainConfig, experiment: TransferExperimentConfig, plain: dict[str, Any]
+    cfg: TrainConfig, experiment: TransferExperimentConfig | AblationExperimentConfig, plain: dict[str, Any]
 ) -> tuple[PretrainJobConfig, str]:
-    """pretrain.py's config for step 1, typed and as YAML: the source data and pre-training
-    settings, the agent's window, encoder, cv and logger. Pre-training makes one encoder, so
+    """pretrain.py's config for an experiment's pre-training, typed and as YAML: the source data
+    and pre-training settings, the agent's window, encoder, cv and logger. Pre-training makes one encoder, so
     ``encoder.shared`` (how the arms use it) is off here."""
     encoder = replace(cfg.encoder, shared=False)
     job = PretrainJobConfig(
