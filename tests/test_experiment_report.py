@@ -74,7 +74,8 @@ def test_a_real_edge_is_claimed_and_written_with_its_interval(tmp_path):
     client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_finetuned": 3.0}, period_sd=0.5)
     report = write_report(client, parent, tmp_path / "report")
     assert report.best_arm == "ft_finetuned"
-    assert report.verdicts[1].startswith("ft_finetuned beats mlp: P(mlp > ft_finetuned) = 0.00")
+    assert report.verdicts[1].startswith("highest IQM of test excess Sharpe: ft_finetuned") and report.verdicts[1].endswith("it beats mlp with confidence")
+    assert report.verdicts[2].startswith("ft_finetuned beats mlp: P(mlp > ft_finetuned) = 0.00")
     assert "ft_finetuned" in report.verdicts[0] and report.verdicts[0].startswith("beat buy-and-hold")
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Verdict" in text and "ft_finetuned beats mlp" in text and "![Performance profiles](profiles.png)" in text
@@ -92,7 +93,8 @@ def test_without_an_edge_no_arm_beats_buy_and_hold_and_the_arms_are_not_told_apa
     client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_scratch": 0.0, "ft_frozen": 0.0}, seed=3)
     report = write_report(client, parent, tmp_path / "report")
     assert report.verdicts[0].startswith("no arm beats buy-and-hold after fees with confidence")
-    assert all(v.startswith("the data cannot tell") for v in report.verdicts[1:]) and len(report.verdicts) == 4
+    assert report.verdicts[1].endswith("it beats no other arm with confidence")
+    assert all(v.startswith("the data cannot tell") for v in report.verdicts[2:]) and len(report.verdicts) == 5
 
 
 def test_the_command_finds_the_run_by_experiment_name_and_says_what_is_missing(tmp_path, capsys, monkeypatch):

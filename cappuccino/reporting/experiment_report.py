@@ -184,7 +184,13 @@ def summarise(arms: dict[str, ArmRuns], seed: int = 0) -> tuple[pd.DataFrame, pd
             rows.append({"arm": arm, "metric": MAIN_SCORE, "statistic": "iqm over periods", **_interval_columns(periods[arm])})
     pairs, verdicts = comparisons(main, seed)
     iqm = {arm: float(interquartile_mean(scores)) for arm, scores in main.items()}
-    return pd.DataFrame(rows), pairs, [buy_and_hold_verdict(periods), *verdicts], max(iqm, key=iqm.get)  # type: ignore[arg-type]
+    best = max(iqm, key=iqm.get)  # type: ignore[arg-type]
+    beaten = [v.split(":")[0].removeprefix(f"{best} beats ") for v in verdicts if v.startswith(f"{best} beats ")]
+    ranking = (
+        f"highest IQM of test excess Sharpe: {best} ({iqm[best]:+.2f}); "
+        + (f"it beats {', '.join(beaten)} with confidence" if beaten else "it beats no other arm with confidence")
+    )
+    return pd.DataFrame(rows), pairs, [buy_and_hold_verdict(periods), ranking, *verdicts], best
 
 
 def comparisons(scores: dict[str, np.ndarray], seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
