@@ -103,6 +103,11 @@ def read_arms(client: MlflowClient, parent_run_id: str) -> tuple[dict[str, ArmRu
     """The finished arm runs nested under ``parent_run_id``, on the seeds every arm has, and the
     references' mean test metrics (the same bars and fees for every arm)."""
     parent = client.get_run(parent_run_id)
+    if "optuna.study" in parent.data.tags:
+        raise ReportError(
+            f"run {parent_run_id} is the study {parent.data.tags['optuna.study']!r}: a sweep reports itself at its end (the run's "
+            "description, overfitting.json with PBO, the deflated Sharpe and the minimum track record, and the importances)"
+        )
     children = _search(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     by_arm: dict[str, dict[int, Run]] = {}
     for run in children:
