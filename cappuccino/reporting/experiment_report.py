@@ -167,12 +167,8 @@ def _references(run: Run) -> dict[str, float]:
         for key in (f"cv/{name}_{{}}_mean", f"test/{name}_{{}}"):
             if key.format("sharpe") in metrics:
                 out[f"{label} sharpe"] = metrics[key.format("sharpe")]
-                out[f"{label} excess_sharpe"] = metrics.get(key.format("excess_sharpe"), 0.0)
+                out[f"{label} excess_sharpe"] = metrics.get(key.format("excess_sharpe"), 0.0)  # buy-and-hold's own: 0
                 break
-    if "buy-and-hold sharpe" not in out:  # the benchmark's own prefix
-        sharpe = metrics.get("cv/benchmark_sharpe_mean", metrics.get("test/benchmark_sharpe"))
-        if sharpe is not None:
-            out["buy-and-hold sharpe"], out["buy-and-hold excess_sharpe"] = sharpe, 0.0
     return out
 
 
