@@ -34,11 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from cappuccino.config import AblationExperimentConfig, EncoderConfig, FTTransformerEncoderConfig, HoldoutConfig, TrainConfig
 from cappuccino.errors import ConfigError
-from cappuccino.experiments.arms import report, train_arm
+from cappuccino.experiments.arms import experiment_tracker, report, train_arm
 from cappuccino.experiments.transfer import ENCODER_FILE, pretrain_job
 from cappuccino.pretrain import pretrain
 from cappuccino.runtime import RunPaths
-from cappuccino.tracking import build_tracker, flatten_config, overrides_tags, short_run_name
 
 PRETRAINED_ARMS = ("ft_frozen", "ft_finetuned")
 
@@ -54,9 +53,7 @@ def run(
     """Run the experiment (module docstring); the winning arm's IQM test excess Sharpe."""
     experiment = check(cfg)
     plain: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
-    with build_tracker(cfg.logger, short_run_name(overrides) or "ablation_encoder", paths.project_dir, parent_run_id) as tracker:
-        tracker.set_tags({"experiment": experiment.name, **overrides_tags(overrides)})
-        tracker.log_params(flatten_config(plain))
+    with experiment_tracker(cfg, plain, paths, overrides, parent_run_id) as tracker:
         encoder_file = None
         if set(experiment.arms) & set(PRETRAINED_ARMS):
             source_cfg = replace(cfg, cv=HoldoutConfig())  # the source's own holdout: its training part only

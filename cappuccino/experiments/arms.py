@@ -1,9 +1,11 @@
 """An experiment's arms: one agent per arm and seed, each a run nested under the experiment's
 run and tagged with its arm, on the experiment's data, cv splits and step budget (only the
-encoder differs between arms); and the report on them."""
+encoder differs between arms); the experiment's run itself; and the report on the arms."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,19 @@ from cappuccino.config import EncoderConfig, TrainConfig
 from cappuccino.progress import print_line
 from cappuccino.reporting.experiment_report import ARM_TAG, write_report
 from cappuccino.runtime import RunPaths
-from cappuccino.tracking import Tracker
+from cappuccino.tracking import Tracker, build_tracker, flatten_config, overrides_tags, short_run_name
 from cappuccino.training import train
+
+
+@contextmanager
+def experiment_tracker(cfg: TrainConfig, plain: dict[str, Any], paths: RunPaths, overrides: Sequence[str], parent_run_id: str | None) -> Iterator[Tracker]:
+    """The experiment's own run, named after its overrides and tagged ``experiment``, with the
+    whole config as params; its jobs nest under it."""
+    assert cfg.experiment is not None
+    with build_tracker(cfg.logger, short_run_name(overrides), paths.project_dir, parent_run_id) as tracker:
+        tracker.set_tags({"experiment": cfg.experiment.name, **overrides_tags(overrides)})
+        tracker.log_params(flatten_config(plain))
+        yield tracker
 
 
 def train_arm(

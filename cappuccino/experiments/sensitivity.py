@@ -19,9 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cappuccino.config import FTTransformerEncoderConfig, SensitivityExperimentConfig, TrainConfig
 from cappuccino.errors import ConfigError
-from cappuccino.experiments.arms import report, train_arm
+from cappuccino.experiments.arms import experiment_tracker, report, train_arm
 from cappuccino.runtime import RunPaths
-from cappuccino.tracking import build_tracker, flatten_config, overrides_tags, short_run_name
 
 
 def run(
@@ -39,9 +38,7 @@ def run(
         raise ConfigError(f"encoder={cfg.encoder.name}: the sensitivity grid varies an FT-Transformer; choose one (encoder=ft_default)")
     plain: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     grid = list(itertools.product(experiment.d_token, experiment.n_blocks, experiment.n_heads))
-    with build_tracker(cfg.logger, short_run_name(overrides) or "sensitivity_ft", paths.project_dir, parent_run_id) as tracker:
-        tracker.set_tags({"experiment": experiment.name, **overrides_tags(overrides)})
-        tracker.log_params(flatten_config(plain))
+    with experiment_tracker(cfg, plain, paths, overrides, parent_run_id) as tracker:
         for seed in experiment.seeds:
             for d_token, n_blocks, n_heads in grid:
                 arm = f"d_token={d_token} n_blocks={n_blocks} n_heads={n_heads}"

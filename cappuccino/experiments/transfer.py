@@ -34,12 +34,13 @@ from cappuccino.config import AblationExperimentConfig, PretrainJobConfig, Train
 from cappuccino.errors import ConfigError
 from cappuccino.evaluation.scoring import objective_key
 from cappuccino.evaluation.validation import VALIDATION_CURVE
+from cappuccino.experiments.arms import experiment_tracker
 from cappuccino.pretrain import pretrain
 from cappuccino.progress import console
 from cappuccino.reporting.console import print_outputs, transfer_table
 from cappuccino.reporting.figures import transfer_figure
 from cappuccino.runtime import RunPaths
-from cappuccino.tracking import Tracker, build_tracker, flatten_config, overrides_tags, short_run_name
+from cappuccino.tracking import Tracker
 from cappuccino.training import train
 
 ARMS = {"scratch": "from scratch", "pretrained": "pre-trained encoder"}  # run name: legend label
@@ -68,9 +69,7 @@ def run(
     plain: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     job, job_yaml = pretrain_job(cfg, experiment, plain)
 
-    with build_tracker(cfg.logger, short_run_name(overrides), paths.project_dir, parent_run_id) as tracker:
-        tracker.set_tags({"experiment": experiment.name, **overrides_tags(overrides)})
-        tracker.log_params(flatten_config(plain))
+    with experiment_tracker(cfg, plain, paths, overrides, parent_run_id) as tracker:
         pretrain_dir = paths.job("pretrain")
         pretrain(job, job_yaml, pretrain_dir, ("pretrain",), tracker.run_id)
         encoder_file = pretrain_dir.run_dir / ENCODER_FILE
