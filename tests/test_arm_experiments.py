@@ -49,6 +49,7 @@ def test_every_arm_and_seed_runs_on_the_same_splits_and_without_an_edge_the_repo
     assert sorted((r.data.tags[ARM_TAG], r.data.params["trainer.seed"]) for r in arms) == sorted(
         (arm, str(seed)) for arm in ("mlp", "ft_scratch", "ft_finetuned") for seed in range(3)
     )
+    assert {r.info.run_name for r in arms} == {f"{arm} seed={seed}" for arm in ("mlp", "ft_scratch", "ft_finetuned") for seed in range(3)}
     finetuned = [r for r in arms if r.data.tags[ARM_TAG] == "ft_finetuned"]
     assert all(r.data.params["encoder.pretrained"].endswith("best_encoder.pt") and r.data.params["encoder.freeze"] == "False" for r in finetuned)
     assert {r.data.params["encoder.name"] for r in arms if r.data.tags[ARM_TAG] == "mlp"} == {"mlp"}

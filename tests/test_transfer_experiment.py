@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -152,7 +153,7 @@ def test_transfer_experiment_runs_end_to_end(compose_config, tmp_path, monkeypat
 
     curves = json.loads((tmp_path / "run" / "transfer_curves.json").read_text())
     for arm in ("scratch", "pretrained"):
-        assert [r["step"] for r in curves["curves"][arm]] == [256, 512, 768]
+        assert [r["step"] for r in curves["curves"][arm][0]] == [256, 512, 768]  # one seed
         assert curves["summary"][arm]["final"] == runs[arm].data.metrics["val/excess_sharpe"]
     assert result == curves["summary"]["pretrained"]["final"]
 
@@ -179,3 +180,42 @@ def test_a_sweep_job_nests_the_experiment_under_its_study_run(compose_config, tm
     monkeypatch.setenv(STUDY_RUN_ENV, "abc123")  # what the study sweeper sets for each of its jobs
     run(compose_config([*EXPERIMENT_TINY, "logger=none"]), _paths(tmp_path))
     assert received["parent"] == "abc123"
+
+
+def _curve(values: list[float]) -> list[dict[str, float]]:
+    return [{"step": 256 * (i + 1), "excess_sharpe": v} for i, v in enumerate(values)]
+
+
+def test_sample_efficiency_is_the_median_over_seeds_of_the_steps_to_the_scratch_arms_final_value():
+    curves = {
+        "scratch": [_curve([0.0, 0.5, 1.0]), _curve([0.0, 0.2, 0.4]), _curve([0.1, 0.1, 0.3])],
+        "pretrained": [_curve([0.2, 1.1, 1.2]), _curve([0.5, 0.6, 0.7]), _curve([0.0, 0.2, 0.4])],
+    }
+    summary = transfer.compare(curves, "excess_sharpe")
+    # each seed against its own scratch arm's final (1.0, 0.4, 0.3): reached at 512, 256, 768 steps
+    assert summary["pretrained"]["steps_to_scratch_final"] == 512.0 and summary["pretrained"]["reached_share"] == 1.0
+    assert summary["pretrained"]["steps_to_scratch_final_low"] <= 512.0 <= summary["pretrained"]["steps_to_scratch_final_high"]
+    assert summary["pretrained"]["final"] == pytest.approx((1.2 + 0.7 + 0.4) / 3)
+    assert summary["scratch"]["steps_to_scratch_final"] == 768.0
+    curves["pretrained"][1] = _curve([0.1, 0.2, 0.3])  # this seed never reaches 0.4
+    summary = transfer.compare(curves, "excess_sharpe")
+    assert summary["pretrained"]["reached_share"] == pytest.approx(2 / 3)
+    assert summary["pretrained"]["steps_to_scratch_final"] == 640.0  # median of the seeds that did
+    assert np.isnan(summary["pretrained"]["steps_to_scratch_final_low"])  # no interval over a censored sample
+
+
+@pytest.mark.slow
+def test_transfer_with_seeds_trains_both_arms_per_seed_and_joins_the_experiment_report(compose_config, tmp_path):
+    from cappuccino.reporting.experiment_report import ARM_TAG
+
+    store = tmp_path / "store.db"
+    cfg = compose_config([*EXPERIMENT_TINY, "experiment.seeds=[0,1,2]", f"logger.tracking_uri=sqlite:///{store}", "logger.system_metrics_interval=null"])
+    run(cfg, _paths(tmp_path))
+    client, runs = _runs_by_name(store)
+    arms = {(r.data.tags[ARM_TAG], r.data.params["trainer.seed"]) for r in runs.values() if ARM_TAG in r.data.tags}
+    assert arms == {(arm, str(seed)) for arm in ("scratch", "pretrained") for seed in range(3)}
+    curves = json.loads((tmp_path / "run" / "transfer_curves.json").read_text())
+    assert [len(curves["curves"][arm]) for arm in ("scratch", "pretrained")] == [3, 3]
+    assert {"steps_to_scratch_final_low", "reached_share"} <= set(curves["summary"]["pretrained"])
+    text = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "one test period" in text and "scratch" in text and "pretrained" in text

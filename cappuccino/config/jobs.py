@@ -264,6 +264,13 @@ class TransferExperimentConfig(ExperimentConfig):
     name: str = "transfer"
     source: DataConfig = MISSING
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    seeds: Optional[list[int]] = None  # the two arms' seeds; null: trainer.seed alone
+
+    def __post_init__(self) -> None:
+        _require(
+            self.seeds is None or len(set(self.seeds)) == len(self.seeds) >= 1, "experiment.seeds",
+            f"must be null or distinct seeds, got {self.seeds}",
+        )  # fmt: skip
 
 
 ABLATION_ARMS = ("mlp", "ft_scratch", "ft_frozen", "ft_finetuned")

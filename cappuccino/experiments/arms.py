@@ -33,14 +33,17 @@ def experiment_tracker(cfg: TrainConfig, plain: dict[str, Any], paths: RunPaths,
 
 def train_arm(
     cfg: TrainConfig, plain: dict[str, Any], arm: str, seed: int, encoder: EncoderConfig, encoder_plain: dict[str, Any], paths: RunPaths,
-    parent_run_id: str | None,
+    parent_run_id: str | None, overrides: Sequence[str] | None = None,
 ) -> float:  # fmt: skip
     """Train ``arm`` (``encoder``, and ``encoder_plain`` as its config) with ``seed``; its objective.
-    ``plain`` is the experiment's whole config, resolved, the source of the job's saved config."""
+    ``plain`` is the experiment's whole config, resolved, the source of the job's saved config;
+    ``overrides`` name the run as command-line overrides would (default: the arm and
+    ``trainer.seed``, shown ``mlp seed=0``)."""
     typed = replace(cfg, experiment=None, encoder=encoder, trainer=replace(cfg.trainer, seed=seed))
     arm_plain = {k: v for k, v in plain.items() if k != "experiment"} | {"encoder": encoder_plain}
     arm_plain["trainer"] = {**plain["trainer"], "seed": seed}
-    return train(typed, OmegaConf.to_yaml(arm_plain), paths, (f"{arm} seed={seed}",), parent_run_id, tags={ARM_TAG: arm})
+    named = overrides if overrides is not None else (arm, f"trainer.seed={seed}")
+    return train(typed, OmegaConf.to_yaml(arm_plain), paths, named, parent_run_id, tags={ARM_TAG: arm})
 
 
 def report(tracker: Tracker, run_dir: Path) -> float:

@@ -44,5 +44,7 @@ def run(
                 arm = f"d_token={d_token} n_blocks={n_blocks} n_heads={n_heads}"
                 sizes = {"d_token": d_token, "n_blocks": n_blocks, "n_heads": n_heads}
                 encoder, encoder_plain = replace(cfg.encoder, **sizes), {**plain["encoder"], **sizes}
-                train_arm(cfg, plain, arm, seed, encoder, encoder_plain, paths.job(f"d{d_token}_b{n_blocks}_h{n_heads}/seed{seed}"), tracker.run_id)
+                named = [f"encoder.{key}={value}" for key, value in sizes.items()] + [f"trainer.seed={seed}"]
+                folder = paths.job(f"d{d_token}_b{n_blocks}_h{n_heads}/seed{seed}")
+                train_arm(cfg, plain, arm, seed, encoder, encoder_plain, folder, tracker.run_id, named)
         return report(tracker, paths.run_dir)

@@ -4,18 +4,21 @@
 
 1. Pre-train the configured encoder with pretrain.py's job on ``experiment.source`` bars (e.g.
    hourly), with the agent's window and cv settings: only the source's training segment is read.
-2. Train the configured agent on the configured data (e.g. 5-minute bars) twice, with the same
-   seed, steps and settings: ``scratch`` from a random encoder, ``pretrained`` from step 1's
-   ``best_encoder.pt`` (``encoder.pretrained``). Same seed means the same heads, the same
-   environment episodes and the same minibatches: only the encoder's starting weights differ.
+2. Train the configured agent on the configured data (e.g. 5-minute bars) twice per seed
+   (``experiment.seeds``, or ``trainer.seed`` alone), with the same steps and settings:
+   ``scratch`` from a random encoder, ``pretrained`` from step 1's ``best_encoder.pt``
+   (``encoder.pretrained``). Same seed means the same heads, the same environment episodes and
+   the same minibatches: only the encoder's starting weights differ.
 3. Compare their validation curves, ``trainer.objective`` (a ``val/`` metric, higher is better)
-   every ``trainer.eval_every`` environment steps: one figure, a JSON file, a table.
+   every ``trainer.eval_every`` environment steps: one figure, a JSON file, a table, with the
+   sample efficiency (steps to reach the scratch arm's final value) and, with several seeds, its
+   interval; with two or more seeds also the experiment report (``experiments.arms.report``).
 
 Tracking: a parent run named after the command-line overrides holds the figure, the curves (as
 ``<arm>/val/<metric>`` histories and ``transfer_curves.json``) and a summary; the pre-training
 run and the two training runs are nested under it, each the same run its job logs on its own.
-Run folder: ``pretrain/``, ``scratch/``, ``pretrained/`` (each job's outputs) and the two
-``transfer_curves`` files.
+Run folder: ``pretrain/``, ``scratch/``, ``pretrained/`` (each job's outputs; with several seeds
+``<arm>/seed<N>/``) and the two ``transfer_curves`` files.
 """
 
 from __future__ import annotations
@@ -34,14 +37,15 @@ from cappuccino.config import AblationExperimentConfig, PretrainJobConfig, Train
 from cappuccino.errors import ConfigError
 from cappuccino.evaluation.scoring import objective_key
 from cappuccino.evaluation.validation import VALIDATION_CURVE
-from cappuccino.experiments.arms import experiment_tracker
+from cappuccino.evaluation.aggregate import aggregate
+from cappuccino.experiments import arms
+from cappuccino.experiments.arms import experiment_tracker, report
 from cappuccino.pretrain import pretrain
 from cappuccino.progress import console
 from cappuccino.reporting.console import print_outputs, transfer_table
 from cappuccino.reporting.figures import transfer_figure
 from cappuccino.runtime import RunPaths
 from cappuccino.tracking import Tracker
-from cappuccino.training import train
 
 ARMS = {"scratch": "from scratch", "pretrained": "pre-trained encoder"}  # run name: legend label
 ENCODER_FILE = "best_encoder.pt"  # pretrain.py's best encoder by validation loss
@@ -73,16 +77,21 @@ def run(
         pretrain_dir = paths.job("pretrain")
         pretrain(job, job_yaml, pretrain_dir, ("pretrain",), tracker.run_id)
         encoder_file = pretrain_dir.run_dir / ENCODER_FILE
-        curves = {
-            arm: train_arm(cfg, plain, encoder_file if arm == "pretrained" else None, paths.job(arm), tracker.run_id)
-            for arm in ARMS
-        }
+        seeds = experiment.seeds or [cfg.trainer.seed]
+        curves: dict[str, list[Curve]] = {arm: [] for arm in ARMS}
+        for seed in seeds:
+            for arm in ARMS:
+                named = (arm,) if len(seeds) == 1 else (arm, f"trainer.seed={seed}")
+                folder = paths.job(arm if len(seeds) == 1 else f"{arm}/seed{seed}")
+                curves[arm].append(train_arm(cfg, plain, encoder_file if arm == "pretrained" else None, seed, named, folder, tracker.run_id))
         summary = compare(curves, metric)
         title = (
             f"{cfg.encoder.name} on {cfg.data.interval} bars, encoder pre-trained on "
-            f"{experiment.source.interval} bars (seed {cfg.trainer.seed})"
+            f"{experiment.source.interval} bars (seeds {', '.join(map(str, seeds))})"
         )
         log_comparison(curves, summary, metric, title, encoder_file, paths.run_dir, tracker)
+        if len(seeds) >= 2:  # the arms compared as every experiment's are
+            report(tracker, paths.run_dir)
     console.print(transfer_table(summary, metric, ARMS))
     print_outputs(paths.run_dir, tracker.ui_command, tracker.run_url)
     return summary["pretrained"]["final"]
@@ -137,24 +146,47 @@ def pretrain_job(
 
 
 def train_arm(
-    cfg: TrainConfig, plain: dict[str, Any], encoder_file: Path | None, paths: RunPaths, parent_run_id: str | None
-) -> Curve:
+    cfg: TrainConfig, plain: dict[str, Any], encoder_file: Path | None, seed: int, named: Sequence[str], paths: RunPaths,
+    parent_run_id: str | None,
+) -> Curve:  # fmt: skip
     """Train one arm (the experiment's config without ``experiment``, from ``encoder_file`` if
-    given) as a run nested under ``parent_run_id``; its validation curve."""
-    arm = paths.run_dir.name
-    typed, arm_plain = replace(cfg, experiment=None), {k: v for k, v in plain.items() if k != "experiment"}
+    given) with ``seed`` as a run named by ``named`` (``experiments.arms.train_arm``), nested under
+    ``parent_run_id`` and tagged with its arm; its validation curve."""
+    arm = "pretrained" if encoder_file is not None else "scratch"
+    encoder, encoder_plain = cfg.encoder, plain["encoder"]
     if encoder_file is not None:
-        typed = replace(typed, encoder=replace(cfg.encoder, pretrained=str(encoder_file)))
-        arm_plain["encoder"] = {**plain["encoder"], "pretrained": str(encoder_file)}
-    # train() names its run after its overrides: here, the arm.
-    train(typed, OmegaConf.to_yaml(arm_plain), paths, (arm,), parent_run_id)
+        encoder = replace(cfg.encoder, pretrained=str(encoder_file))
+        encoder_plain = {**plain["encoder"], "pretrained": str(encoder_file)}
+    arms.train_arm(cfg, plain, arm, seed, encoder, encoder_plain, paths, parent_run_id, named)
     return json.loads((paths.run_dir / VALIDATION_CURVE).read_text())
 
 
-def compare(curves: dict[str, Curve], metric: str) -> dict[str, dict[str, float]]:
-    """Per arm: final and best ``metric`` (higher is better, as for trainer.objective), the step
-    of the best, and the first step at which the arm reached the scratch arm's final value
-    (NaN if it never did)."""
+def compare(curves: dict[str, list[Curve]], metric: str) -> dict[str, dict[str, float]]:
+    """Per arm, over seeds: the mean final and best ``metric`` (higher is better, as for
+    trainer.objective), the median step of the best, and the sample efficiency: the first step
+    at which the arm reached the scratch arm's final value with the same seed, its median over
+    the seeds that reached it (NaN if none did), the share of seeds that did, and, when every
+    seed did and there are two or more, a 95 % bootstrap interval of that median."""
+    per_seed = [_compare_seed({arm: arm_curves[i] for arm, arm_curves in curves.items()}, metric) for i in range(len(curves["scratch"]))]
+    summary = {}
+    for arm in curves:
+        values = {key: np.array([seed[arm][key] for seed in per_seed]) for key in per_seed[0][arm]}
+        steps = values["steps_to_scratch_final"]
+        reached = steps[np.isfinite(steps)]
+        interval = aggregate(steps[None, :], "median") if len(steps) >= 2 and len(reached) == len(steps) else None
+        summary[arm] = {
+            "final": float(values["final"].mean()),
+            "best": float(values["best"].mean()),
+            "best_step": float(np.median(values["best_step"])),
+            "steps_to_scratch_final": float(np.median(reached)) if len(reached) else math.nan,
+            "steps_to_scratch_final_low": interval.low if interval else math.nan,
+            "steps_to_scratch_final_high": interval.high if interval else math.nan,
+            "reached_share": len(reached) / len(steps),
+        }
+    return summary
+
+
+def _compare_seed(curves: dict[str, Curve], metric: str) -> dict[str, dict[str, float]]:
     target = curves["scratch"][-1][metric]
     summary = {}
     for arm, curve in curves.items():
@@ -171,7 +203,7 @@ def compare(curves: dict[str, Curve], metric: str) -> dict[str, dict[str, float]
 
 
 def log_comparison(
-    curves: dict[str, Curve],
+    curves: dict[str, list[Curve]],
     summary: dict[str, dict[str, float]],
     metric: str,
     title: str,
@@ -179,11 +211,13 @@ def log_comparison(
     run_dir: Path,
     tracker: Tracker,
 ) -> None:
-    """The curves (as metric histories, JSON and one figure) and the summary, on the parent run."""
-    for arm, curve in curves.items():
-        for record in curve:
-            tracker.log_metrics({f"{arm}/val/{metric}": record[metric]}, step=int(record["step"]))
-    tracker.log_metrics({f"{arm}/{key}": value for arm, values in summary.items() for key, value in values.items()})
+    """The curves (as metric histories of the mean over seeds, JSON and one figure) and the
+    summary, on the parent run."""
+    for arm, arm_curves in curves.items():
+        for i, record in enumerate(arm_curves[0]):
+            mean = float(np.mean([curve[i][metric] for curve in arm_curves]))
+            tracker.log_metrics({f"{arm}/val/{metric}": mean}, step=int(record["step"]))
+    tracker.log_metrics({f"{arm}/{key}": value for arm, values in summary.items() for key, value in values.items() if math.isfinite(value)})
     tracker.log_metrics({"objective": summary["pretrained"]["final"]})
     tracker.set_tags({
         "objective.key": "pretrained/final",

@@ -99,15 +99,15 @@ def splits_table(result: CVResult, data: str) -> Table:
 
 
 def transfer_table(summary: dict[str, dict[str, float]], metric: str, labels: dict[str, str]) -> Table:
-    table = Table(title=f"validation {metric}: pre-trained vs from scratch")
-    for column in ("arm", "final", "best (at step)", "steps to scratch's final"):
+    table = Table(title=f"validation {metric}: pre-trained vs from scratch (means over seeds)")
+    for column in ("arm", "final", "best (at step)", "steps to scratch's final (median [95 %])"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for arm, values in summary.items():
-        reached = values["steps_to_scratch_final"]
-        table.add_row(
-            labels[arm],
-            f"{values['final']:+.3f}",
-            f"{values['best']:+.3f} ({values['best_step']:,.0f})",
-            "not reached" if math.isnan(reached) else f"{reached:,.0f}",
-        )
+        reached, low, high = values["steps_to_scratch_final"], values["steps_to_scratch_final_low"], values["steps_to_scratch_final_high"]
+        shown = "not reached" if math.isnan(reached) else f"{reached:,.0f}"
+        if not math.isnan(low):
+            shown += f" [{low:,.0f}, {high:,.0f}]"
+        elif values["reached_share"] < 1:
+            shown += f" ({values['reached_share']:.0%} of seeds reached it)"
+        table.add_row(labels[arm], f"{values['final']:+.3f}", f"{values['best']:+.3f} ({values['best_step']:,.0f})", shown)
     return table

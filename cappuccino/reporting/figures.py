@@ -169,12 +169,17 @@ def _utc_datetime64(timestamps: pd.DatetimeIndex) -> np.ndarray:
     return utc.tz_localize(None).to_numpy()  # matplotlib reads naive datetime64 as UTC
 
 
-def transfer_figure(curves: dict[str, list[dict[str, float]]], metric: str, title: str, labels: dict[str, str]) -> Figure:
-    """Validation ``metric`` against environment steps, one labelled line per arm."""
+def transfer_figure(curves: dict[str, list[list[dict[str, float]]]], metric: str, title: str, labels: dict[str, str]) -> Figure:
+    """Validation ``metric`` against environment steps, one labelled line per arm: the mean over
+    its seeds' curves, with their range as a band when there are several."""
     figure = Figure(figsize=(8, 4.5))
     ax = figure.subplots()
-    for arm, curve in curves.items():
-        ax.plot([r["step"] for r in curve], [r[metric] for r in curve], marker="o", markersize=3, label=labels[arm])
+    for arm, arm_curves in curves.items():
+        steps = [r["step"] for r in arm_curves[0]]
+        values = np.array([[r[metric] for r in curve] for curve in arm_curves])  # (seeds, validations)
+        (line,) = ax.plot(steps, values.mean(axis=0), marker="o", markersize=3, label=labels[arm] + (f" (mean of {len(values)} seeds)" if len(values) > 1 else ""))
+        if len(values) > 1:
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("environment steps (summed over environments)")
     ax.set_ylabel(f"validation {metric}")
     ax.xaxis.set_major_formatter(EngFormatter())
