@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from cappuccino.config import AblationExperimentConfig, EncoderConfig, FTTransformerEncoderConfig, HoldoutConfig, TrainConfig
 from cappuccino.errors import ConfigError
 from cappuccino.experiments.arms import experiment_tracker, report, train_arm
-from cappuccino.experiments.transfer import ENCODER_FILE, pretrain_job
+from cappuccino.experiments.transfer import ENCODER_FILE, check_source_symbols, pretrain_job
 from cappuccino.pretrain import pretrain
 from cappuccino.runtime import RunPaths
 
@@ -76,11 +76,7 @@ def check(cfg: TrainConfig) -> AblationExperimentConfig:
         raise ConfigError(f"encoder={cfg.encoder.name}: the ablation's FT arms train the configured encoder; choose an FT-Transformer (encoder=ft_default)")
     if cfg.encoder.pretrained is not None or cfg.encoder.freeze:
         raise ConfigError("encoder.pretrained / encoder.freeze: the ablation pre-trains and freezes per arm itself; leave them null / false")
-    if experiment.source.symbols != cfg.data.symbols:
-        raise ConfigError(
-            f"experiment.source.symbols: {experiment.source.symbols} differ from data.symbols {cfg.data.symbols}; "
-            "the encoder has one embedding per asset, so both need the same symbols in the same order"
-        )
+    check_source_symbols(cfg, experiment.source)
     return experiment
 
 

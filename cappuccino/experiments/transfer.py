@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cappuccino.config import AblationExperimentConfig, PretrainJobConfig, TrainConfig, TransferExperimentConfig
+from cappuccino.config import AblationExperimentConfig, DataConfig, PretrainJobConfig, TrainConfig, TransferExperimentConfig
 from cappuccino.errors import ConfigError
 from cappuccino.evaluation.scoring import objective_key
 from cappuccino.evaluation.validation import VALIDATION_CURVE
@@ -111,12 +111,18 @@ def check(cfg: TrainConfig) -> TransferExperimentConfig:
             "encoder.pretrained: the transfer experiment pre-trains the encoder itself; leave it null "
             "(to fine-tune an encoder you have, run train.py without experiment=)"
         )
-    if experiment.source.symbols != cfg.data.symbols:
+    check_source_symbols(cfg, experiment.source)
+    return experiment
+
+
+def check_source_symbols(cfg: TrainConfig, source: DataConfig) -> None:
+    """Pre-training bars must have the agents' symbols in their order: the encoder has one
+    embedding per asset."""
+    if source.symbols != cfg.data.symbols:
         raise ConfigError(
-            f"experiment.source.symbols: {experiment.source.symbols} differ from data.symbols {cfg.data.symbols}; "
+            f"experiment.source.symbols: {source.symbols} differ from data.symbols {cfg.data.symbols}; "
             "the encoder has one embedding per asset, so both need the same symbols in the same order"
         )
-    return experiment
 
 
 def validation_metric(objective: str | None) -> str:
