@@ -36,7 +36,7 @@ from cappuccino.evaluation.scoring import (
 )  # fmt: skip
 from cappuccino.evaluation.splits import Split, select_splits
 from cappuccino.evaluation.validation import VALIDATION_CURVE, PeriodicValidation
-from cappuccino.models.attention_probe import summarize_attention
+from cappuccino.models.attention_probe import AttentionMap, save_attention_map, summarize_attention
 from cappuccino.models.checkpoint import read_checkpoint
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.models.loading import PolicySchema, TrainedPolicy, load_pretrained, policy_from_config, save_policy
@@ -123,7 +123,8 @@ def train(
             score_holdout(backtests[0], ppy) if holdout
             else score_cv(tests, ppy, cfg.cv.std_penalty, paths_of)  # type: ignore[attr-defined]
         )  # fmt: skip
-        references = score_references(cfg, market, tensors, splits, rules, ppy)
+        reference_tests = score_references(cfg, market, tensors, splits, rules)
+        references = {index: reference_metrics(backtests, ppy) for index, backtests in reference_tests.items()}
         result = dataclasses.replace(result, references=mean_reference_metrics(list(references.values())))
         metrics = result.metrics()
         metrics["objective"] = metrics[objective]
@@ -131,7 +132,7 @@ def train(
         tracker.log_metrics(resource_metrics(device), step=steps)  # the whole run's peaks, at its end
         write_outputs(paths.run_dir, config_yaml, metrics, result, tracker)
         if not holdout:
-            write_split_scores(paths.run_dir, tests, references, paths_of, splitter, cfg, market, tracker)
+            write_split_scores(paths.run_dir, tests, references, reference_tests, paths_of, splitter, cfg, market, tracker)
     print_training_summary(result, objective, metrics["objective"], market, paths.run_dir, tracker.ui_command, tracker.run_url)
     if registered is not None:
         print_line(f"registered as {registered}: mlflow.pyfunc.load_model('models:/{register_as}/latest')")
@@ -139,18 +140,15 @@ def train(
 
 
 def score_references(
-    cfg: TrainConfig, market: MarketData, tensors: MarketTensors, splits: Sequence[tuple[int, Split]], rules: TradingRules, ppy: float
-) -> dict[int, dict[str, dict[str, float]]]:
-    """Per split, the reference strategies' metrics on its test segments (``evaluation.references``);
+    cfg: TrainConfig, market: MarketData, tensors: MarketTensors, splits: Sequence[tuple[int, Split]], rules: TradingRules
+) -> dict[int, dict[str, list[Backtest]]]:
+    """Per split, the reference strategies' backtests of its test segments (``evaluation.references``);
     the oracle only where the market's generator is known (synthetic data)."""
     source = build(cfg.data)
     gain = oracle_gain(planted_signal(source), market, tensors.close.device) if isinstance(source, SyntheticSource) else None
     return {
-        index: reference_metrics(
-            reference_backtests(
-                tensors, split.test, rules, cfg.env.initial_cash, gain=gain, init_log_std=cfg.agent.init_log_std, seed=cfg.trainer.seed + index
-            ),
-            ppy,
+        index: reference_backtests(
+            tensors, split.test, rules, cfg.env.initial_cash, gain=gain, init_log_std=cfg.agent.init_log_std, seed=cfg.trainer.seed + index
         )
         for index, split in splits
     }
@@ -265,7 +263,7 @@ class SplitJob:
         The probe batch is up to ``ATTENTION_WINDOWS`` evenly spaced decision bars of the validation
         segments (the test ones when there are none), all with an all-cash portfolio, the state every
         backtest starts from. Metrics are ``attention/...`` and ``encoder/cls_norm``, the figure
-        ``attention.png`` (``attention_<split>.png`` in the run folder).
+        ``attention.png`` (``attention_<split>.png`` in the run folder), the map ``attention[_<split>].npz``.
         """
         part, segments = ("val", split.validation) if split.validation else ("test", split.test)
         tensors = self.tensors
@@ -276,9 +274,14 @@ class SplitJob:
         tracker.log_metrics(stats, step=step)  # the trained encoder's, at the last training step
         title = f"{name + ' ' if name else ''}{part}: [CLS] attention, mean over heads and {len(bars)} all-cash windows"
         figure = attention_figure(cls, title, tensors.lookback, self.market.symbols, encoder.bars_per_token)
+        suffix = f"_{name}" if name else ""
         if self.figures_in_folder:
-            figure.savefig(self.run_dir / f"attention{'_' + name if name else ''}.png", dpi=110, bbox_inches="tight")
+            figure.savefig(self.run_dir / f"attention{suffix}.png", dpi=110, bbox_inches="tight")
         tracker.log_figure(figure, "attention.png")
+        # The map itself, so that a report can average it over seeds and splits.
+        probe = self.run_dir / f"attention{suffix}.npz"
+        save_attention_map(probe, AttentionMap(cls, tensors.lookback, self.market.symbols, encoder.bars_per_token, len(bars)))
+        tracker.log_artifact(probe)
 
 
 def validation_every(eval_every: int | None, total_steps: int, has_validation: bool) -> int:
@@ -360,19 +363,21 @@ def write_split_scores(
     run_dir: Path,
     tests: dict[int, list[Backtest]],
     references: dict[int, dict[str, dict[str, float]]],
+    reference_tests: dict[int, dict[str, list[Backtest]]],
     paths_of: list[list[tuple[int, int]]] | None,
     splitter: object,
     cfg: TrainConfig,
     market: MarketData,
     tracker: Tracker,
 ) -> None:
-    """What gathering fanned-out splits needs (``split_backtests.npz``: every CPCV path, even when
-    this run ran one split), and the run's row of a study's overfitting statistics
+    """What gathering fanned-out splits and the experiment report need (``split_backtests.npz``:
+    the agent's and the references' test backtests, every CPCV path, even when this run ran one
+    split), and the run's row of a study's overfitting statistics
     (``oos_returns.npy``, along ``paths_of``, the paths this run could stitch)."""
     every_path = splitter.paths() if isinstance(cfg.cv, CPCVConfig) else None  # type: ignore[attr-defined]
     n_splits = splitter.get_n_splits(market.first_valid, market.n_bars)  # type: ignore[attr-defined]
     scores = SplitScores(
-        tests, every_path, n_splits, cfg.cv.std_penalty, periods_per_year(market.interval), market.content_hash, references  # type: ignore[attr-defined]
+        tests, every_path, n_splits, cfg.cv.std_penalty, periods_per_year(market.interval), market.content_hash, references, reference_tests  # type: ignore[attr-defined]
     )
     save_split_scores(run_dir / BACKTESTS_FILE, scores)
     np.save(run_dir / OOS_RETURNS_FILE, oos_excess_returns(tests, paths_of))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
@@ -60,6 +61,12 @@ def test_every_arm_and_seed_runs_on_the_same_splits_and_without_an_edge_the_repo
     assert "## Verdict" in report.read_text() and math.isfinite(best)
     assert "no arm beats buy-and-hold after fees with confidence" in report.read_text()  # no planted signal: nothing to find
     assert {"report/report.md", "report/arms.csv", "report/aggregates.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    folder = report.parent
+    # the best arm's equity per path beside buy-and-hold and the oracle; a heat map per FT arm only
+    assert {"equity_paths.png", "attention_ft_scratch.png", "attention_ft_finetuned.png"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / "attention_mlp.png").exists() and "![Equity per backtest path](equity_paths.png)" in report.read_text()
+    against = pd.read_csv(folder / "references.csv")
+    assert sorted(zip(against.arm, against.reference)) == sorted((a, r) for a in ("mlp", "ft_scratch", "ft_finetuned") for r in ("oracle", "random", "flat"))
 
 
 @pytest.mark.parametrize(

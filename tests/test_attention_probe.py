@@ -4,6 +4,7 @@ statistics stay in range, and a training run logs them, the parameter counts and
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cappuccino.models import attention_probe
-from cappuccino.models.attention_probe import attention_maps, attention_stats, cls_attention, summarize_attention
+from cappuccino.models.attention_probe import attention_maps, attention_stats, cls_attention, load_attention_map, summarize_attention
 from cappuccino.models.ft_transformer import FTTransformerEncoder
 from cappuccino.reporting.figures import attention_figure
 from cappuccino.config import validate
@@ -153,4 +154,11 @@ def test_training_run_logs_attention_stats_parameter_counts_and_heat_map(compose
     assert actor > 0 and policy > actor + critic
     assert critic == (0 if params["encoder.shared"] == "True" else actor)
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
-    assert "attention.png" in artifacts
+    assert {"attention.png", "attention.npz"} <= artifacts
+    # the map a report averages over runs: the one the figure drew, with what drawing it takes
+    probe = load_attention_map(Path(client.download_artifacts(mlflow_run.info.run_id, "attention.npz", str(tmp_path))))
+    cfg = validate(cfg_dict)
+    assert probe.cls.shape[0] == 1 and probe.lookback == cfg.window.lookback and probe.patch_bars == (4 if cfg.encoder.tokens == "patch" else 1)
+    assert probe.symbols == tuple(cfg.data.symbols) and 0 < probe.windows <= 256
+    np.testing.assert_allclose(probe.cls.sum(-1), 1.0, rtol=1e-5)  # each block's [CLS] row is a distribution
+    attention_figure(probe.cls, "t", probe.lookback, probe.symbols, probe.patch_bars)  # and it draws

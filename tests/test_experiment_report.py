@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cappuccino.evaluation.backtest import Backtest, stitch
+from cappuccino.evaluation.gathering import SplitScores
 from cappuccino.report import main as report_command
 from cappuccino.reporting.experiment_report import (
     ARM_TAG,
@@ -20,7 +22,10 @@ from cappuccino.reporting.experiment_report import (
     buy_and_hold_intervals,
     buy_and_hold_verdict,
     comparisons,
+    path_equities,
     read_arms,
+    reference_comparisons,
+    reference_scores,
     write_report,
 )
 
@@ -139,3 +144,48 @@ def test_a_study_run_is_pointed_to_its_own_report(tmp_path):
     study = client.create_run(client.create_experiment("cappuccino"), tags={"optuna.study": "ppo_ft"})
     with pytest.raises(ReportError, match="is the study 'ppo_ft': a sweep reports itself"):
         read_arms(client, study.info.run_id)
+
+
+def _piece(start: int, growth: float, n: int = 6) -> Backtest:
+    bars = np.arange(start, start + n)
+    return Backtest(bars, 100.0 * growth ** np.arange(n), 100.0 * 1.01 ** np.arange(n), 0.0, 0.0)
+
+
+def _split_scores(seed: int) -> SplitScores:
+    """Two splits whose test pieces one path chains; the oracle's per-split score is seed-free,
+    the random policy's is not."""
+    tests = {0: [_piece(0, 1.02 + 0.001 * seed)], 1: [_piece(10, 0.99)]}
+    references = {i: {"oracle": {"excess_sharpe": 2.0 + i}, "random": {"excess_sharpe": -1.0 - seed}} for i in range(2)}
+    reference_tests = {i: {"oracle": [_piece(10 * i, 1.03)], "random": [_piece(10 * i, 0.98)]} for i in range(2)}
+    return SplitScores(tests, [[(0, 0), (1, 0)]], 2, 0.1, 8760.0, "hash", references, reference_tests)
+
+
+def test_each_path_chains_every_seed_s_test_pieces_beside_the_oracle_on_the_same_bars():
+    backtests = [_split_scores(seed) for seed in range(3)]
+    (path,) = path_equities(backtests)
+    assert path.agent.shape == (3, 11)  # 6 + 5 bars: the second piece's first value is the first's last
+    for seed, curve in enumerate(path.agent):
+        np.testing.assert_allclose(curve, stitch([backtests[seed].tests[0][0], backtests[seed].tests[1][0]]).equity)
+    np.testing.assert_allclose(path.references["oracle"], 100.0 * 1.03 ** np.arange(11))
+    np.testing.assert_allclose(path.benchmark, 100.0 * 1.01 ** np.arange(11))
+    assert set(path.references) == {"oracle"}  # the figure shows the oracle, not the random policy
+
+
+def test_arms_are_compared_with_each_reference_on_the_same_split_and_seed():
+    backtests = [_split_scores(seed) for seed in range(3)]
+    per_split = reference_scores(backtests)
+    np.testing.assert_array_equal(per_split["oracle"], [[2.0] * 3, [3.0] * 3])
+    np.testing.assert_array_equal(per_split["random"], [[-1.0, -2.0, -3.0]] * 2)
+    arm = per_split["oracle"] * 0.5  # half the oracle's edge on every split
+    runs = {"ft": _arm("ft", arm)}
+    against = reference_comparisons(runs, per_split).set_index("reference")
+    assert against.loc["oracle", "mean_difference"] == pytest.approx(-1.25)
+    assert against.loc["oracle", "share_of_oracle"] == pytest.approx(0.5)
+    assert against.loc["oracle", "arm_wins_share_of_runs"] == 0.0 and against.loc["random", "arm_wins_share_of_runs"] == 1.0
+    assert np.isnan(against.loc["random", "share_of_oracle"])
+
+
+def _arm(name: str, excess: np.ndarray):
+    from cappuccino.reporting.experiment_report import ArmRuns
+
+    return ArmRuns(name, [0, 1, 2], ["split 0", "split 1"], {"excess_sharpe": excess}, {}, ["a", "b", "c"], "0")

@@ -134,12 +134,13 @@ def test_the_default_market_gives_the_oracle_a_clear_edge_after_fees(default_tes
     assert rules.fee == FEE
     gain = oracle_gain(planted_signal(build(cfg.data)), market, "cpu")
     runs = reference_backtests(tensors, split.test, rules, cfg.env.initial_cash, gain=gain, init_log_std=cfg.agent.init_log_std, seed=0)
-    oracle, random, flat = (runs[name].metrics(8760.0) for name in ("oracle", "random", "flat"))
+    oracle, random, flat = (stitch(runs[name]).metrics(8760.0) for name in ("oracle", "random", "flat"))
     assert oracle["excess_sharpe"] >= 1.0, oracle  # what the issue asks of the default market
     assert oracle["fees_paid"] > 0 and oracle["annual_turnover"] > 12  # it trades, and pays for it
     assert random["excess_sharpe"] < oracle["excess_sharpe"] - 1 and random["excess_sharpe"] < 0 < random["fees_paid"]
     # The exploration noise of the old default (init_log_std -0.5) alone pays away most of the capital.
     noisy = reference_backtests(tensors, split.test, rules, cfg.env.initial_cash, gain=None, init_log_std=-0.5, seed=0)["random"]
+    noisy = stitch(noisy)
     assert noisy.metrics(8760.0)["excess_sharpe"] < -5 and noisy.fees_paid > 2 * oracle["fees_paid"]
     assert flat["total_return"] == 0.0 and flat["fees_paid"] == 0.0 and flat["sharpe"] == 0.0
 

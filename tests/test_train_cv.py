@@ -38,6 +38,23 @@ def test_cpcv_trains_one_agent_per_split_and_returns_the_penalised_mean(compose_
         assert (run_dir / f"equity_split{i}_test.png").is_file()
 
 
+def test_a_cpcv_run_keeps_every_split_s_reference_backtests_beside_the_agent_s(compose_config, tmp_path):
+    """The experiment report draws the references' equity per path from split_backtests.npz."""
+    from cappuccino.evaluation.gathering import BACKTESTS_FILE, load_split_scores
+
+    _, metrics, run_dir = _run(compose_config, tmp_path, CPCV)
+    scores = load_split_scores(run_dir / BACKTESTS_FILE)
+    assert sorted(scores.reference_tests) == [0, 1, 2] and set(scores.reference_tests[0]) == {"oracle", "random", "flat"}
+    for i, by_name in scores.reference_tests.items():
+        agent = scores.tests[i]
+        for name, pieces in by_name.items():
+            assert [p.bars.tolist() for p in pieces] == [a.bars.tolist() for a in agent]  # the same test bars
+            assert stitch(pieces).metrics(8760.0) == pytest.approx(scores.references[i][name])
+        np.testing.assert_allclose(stitch(by_name["flat"]).equity, agent[0].equity[0])  # cash never moves
+    oracle_mean = np.mean([stitch(scores.reference_tests[i]["oracle"]).metrics(8760.0)["excess_sharpe"] for i in range(3)])
+    assert metrics["cv/oracle_excess_sharpe_mean"] == pytest.approx(oracle_mean)
+
+
 def test_cv_split_runs_one_split_only(compose_config, tmp_path):
     _, metrics, run_dir = _run(compose_config, tmp_path, [*CPCV, "cv.split=1"])
     assert {k.split("/")[0] for k in metrics if k.startswith("split")} == {"split1"}

@@ -2,7 +2,7 @@
 the same configuration gets with every split in one process.
 
 Each cross-validated run writes ``split_backtests.npz``: its splits' test backtests and the
-reference strategies' test metrics, the CPCV paths, the objective's std penalty, the total number of splits and the data's content hash.
+reference strategies' test backtests and metrics, the CPCV paths, the objective's std penalty, the total number of splits and the data's content hash.
 ``gather_splits`` checks that the runs are one configuration on the same bars (configs equal
 but for ``cv.split``, every split exactly once) and scores them with ``score_cv``, so the
 objective, per-path Sharpes and the overfitting statistics' inputs are the ones one process gets.
@@ -26,6 +26,7 @@ from cappuccino.evaluation.scoring import oos_excess_returns, score_cv
 
 BACKTESTS_FILE = "split_backtests.npz"
 _FIELDS = ("bars", "equity", "benchmark")
+_REFERENCE = "reference"  # key prefix of the reference strategies' backtests
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,19 @@ class SplitScores:
     data_hash: str
     # split index -> reference strategy -> its test metrics (``evaluation.references``)
     references: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # split index -> reference strategy -> its test-group backtests in bar order (their equity curves)
+    reference_tests: dict[int, dict[str, list[Backtest]]] = field(default_factory=dict)
 
 
 def save_split_scores(path: Path, scores: SplitScores) -> None:
     arrays: dict[str, Any] = {}
     for i, tests in scores.tests.items():
         for j, test in enumerate(tests):
-            arrays.update({f"split{i}.test{j}.{name}": getattr(test, name) for name in _FIELDS})
-            arrays[f"split{i}.test{j}.costs"] = np.array([test.fees_paid, test.turnover])
+            arrays.update(_backtest_arrays(f"split{i}.test{j}.", test))
+    for i, by_name in scores.reference_tests.items():
+        for name, tests in by_name.items():
+            for j, test in enumerate(tests):
+                arrays.update(_backtest_arrays(f"{_REFERENCE}.{name}.split{i}.test{j}.", test))
     meta = {
         "paths": scores.paths,
         "n_splits": scores.n_splits,
@@ -62,17 +68,35 @@ def save_split_scores(path: Path, scores: SplitScores) -> None:
 def load_split_scores(path: Path) -> SplitScores:
     with np.load(path) as archive:
         meta = json.loads(str(archive["meta"]))
-        tests: dict[int, list[Backtest]] = {}
-        for key in sorted(k for k in archive.files if k.endswith(".bars")):
-            split, test, _ = key.split(".")
-            i, prefix = int(split.removeprefix("split")), f"{split}.{test}."
-            fees, turnover = archive[prefix + "costs"]
-            backtest = Backtest(*(archive[prefix + name] for name in _FIELDS), float(fees), float(turnover))
-            tests.setdefault(i, []).append((int(test.removeprefix("test")), backtest))
-    ordered = {i: [b for _, b in sorted(pieces, key=lambda p: p[0])] for i, pieces in sorted(tests.items())}
+        tests: dict[int, dict[int, Backtest]] = {}
+        reference_tests: dict[int, dict[str, dict[int, Backtest]]] = {}
+        for key in (k.removesuffix(".bars") for k in archive.files if k.endswith(".bars")):
+            *owner, split, test = key.split(".")
+            i, j, backtest = int(split.removeprefix("split")), int(test.removeprefix("test")), _read_backtest(archive, key + ".")
+            if owner:  # reference.<name>
+                reference_tests.setdefault(i, {}).setdefault(owner[1], {})[j] = backtest
+            else:
+                tests.setdefault(i, {})[j] = backtest
     paths = None if meta["paths"] is None else [[tuple(piece) for piece in path] for path in meta["paths"]]
     references = {int(i): refs for i, refs in meta.get("references", {}).items()}
-    return SplitScores(ordered, paths, meta["n_splits"], meta["std_penalty"], meta["periods_per_year"], meta["data_hash"], references)
+    return SplitScores(
+        _in_order(tests), paths, meta["n_splits"], meta["std_penalty"], meta["periods_per_year"], meta["data_hash"], references,
+        {i: _in_order(by_name) for i, by_name in sorted(reference_tests.items())},
+    )  # fmt: skip
+
+
+def _backtest_arrays(prefix: str, test: Backtest) -> dict[str, np.ndarray]:
+    return {**{prefix + name: getattr(test, name) for name in _FIELDS}, prefix + "costs": np.array([test.fees_paid, test.turnover])}
+
+
+def _read_backtest(archive: Any, prefix: str) -> Backtest:
+    fees, turnover = archive[prefix + "costs"]
+    return Backtest(*(archive[prefix + name] for name in _FIELDS), float(fees), float(turnover))
+
+
+def _in_order(pieces: Mapping[Any, dict[int, Backtest]]) -> dict[Any, list[Backtest]]:
+    """{key: {test-group index: backtest}} -> {key: backtests in test-group order}, keys sorted."""
+    return {key: [by_index[j] for j in sorted(by_index)] for key, by_index in sorted(pieces.items())}
 
 
 def gather_splits(runs: Mapping[str, SplitScores], configs: Mapping[str, str]) -> tuple[CVResult, np.ndarray]:

@@ -99,19 +99,21 @@ def reference_backtests(
     gain: Tensor | None,
     init_log_std: float,
     seed: int,
-) -> dict[str, Backtest]:
-    """Each reference's backtest over ``segments``, stitched; no oracle without ``gain``."""
+) -> dict[str, list[Backtest]]:
+    """Each reference's backtests, one per segment of ``segments`` (as ``backtest`` gives them);
+    no oracle without ``gain``."""
     policies: dict[str, object] = {
         "random": RandomPolicy(market.n_assets, seed, init_log_std),
         "flat": FlatPolicy(),
     }
     if gain is not None:
         policies = {"oracle": OracleRule(gain, 2.0 * rules.fee), **policies}
-    return {name: stitch(backtest(policy, market, segments, rules, initial_cash)) for name, policy in policies.items()}  # type: ignore[arg-type]
+    return {name: backtest(policy, market, segments, rules, initial_cash) for name, policy in policies.items()}  # type: ignore[arg-type]
 
 
-def reference_metrics(runs: Mapping[str, Backtest], periods_per_year: float) -> dict[str, dict[str, float]]:
-    return {name: run.metrics(periods_per_year) for name, run in runs.items()}
+def reference_metrics(runs: Mapping[str, Sequence[Backtest]], periods_per_year: float) -> dict[str, dict[str, float]]:
+    """Each reference's metrics over its segments, stitched (as a split's agent is scored)."""
+    return {name: stitch(pieces).metrics(periods_per_year) for name, pieces in runs.items()}
 
 
 def mean_reference_metrics(per_split: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,3 +134,28 @@ def summarize_attention(
             totals[key] = totals.get(key, 0.0) + share * value
         cls_total += share * cls_attention(maps)
     return totals, cls_total
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """A probed encoder's [CLS] attention with what it takes to draw it (``reporting.figures.attention_figure``)."""
+
+    cls: np.ndarray  # (blocks, T_key), mean over heads and windows
+    lookback: int
+    symbols: tuple[str, ...]
+    patch_bars: int  # bars per market-token column (1 unless patch tokens)
+    windows: int  # windows averaged
+
+
+def save_attention_map(path: Path, attention: AttentionMap) -> None:
+    np.savez(
+        path, cls=attention.cls, lookback=attention.lookback, symbols=np.array(attention.symbols),
+        patch_bars=attention.patch_bars, windows=attention.windows,
+    )  # fmt: skip
+
+
+def load_attention_map(path: Path) -> AttentionMap:
+    with np.load(path) as archive:
+        return AttentionMap(
+            archive["cls"], int(archive["lookback"]), tuple(str(s) for s in archive["symbols"]), int(archive["patch_bars"]), int(archive["windows"])
+        )

@@ -7,9 +7,13 @@ and logged to the experiment's run under ``report/``:
 
 - ``report.md``: the verdicts first, then per arm the interquartile mean and median across splits
   x seeds with 95 % stratified bootstrap intervals, the references (buy-and-hold, the oracle),
-  the paired comparisons, the resources, and the figures;
-- ``arms.csv``, ``pairs.csv``, ``runs.csv``: the same numbers, and every run's scores;
-- ``aggregates.png``, ``profiles.png``, ``learning_curves.png``.
+  the paired comparisons, the resources, each arm against each reference run by run, and the
+  figures;
+- ``arms.csv``, ``pairs.csv``, ``references.csv``, ``runs.csv``: the same numbers, and every run's scores;
+- ``aggregates.png``, ``profiles.png``, ``learning_curves.png``; for cv runs ``equity_paths.png``
+  (the best arm per backtest path against buy-and-hold and the oracle, from each arm run's
+  ``split_backtests.npz``) and, per FT arm, ``attention_<arm>.png`` (its split runs'
+  ``attention*.npz`` averaged).
 
 Statistics: ``cappuccino.evaluation.aggregate``. An arm "beats buy-and-hold" only when the interval
 over periods of its test excess Sharpe lies above 0; "X beats Y" only when the interval of
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +50,10 @@ from cappuccino.evaluation.aggregate import (
     probability_of_improvement,
     win_share,
 )
-from cappuccino.reporting.figures import close_figure
+from cappuccino.evaluation.backtest import stitch
+from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, load_split_scores
+from cappuccino.models.attention_probe import AttentionMap, load_attention_map
+from cappuccino.reporting.figures import PathEquity, attention_figure, close_figure, paths_figure
 
 ARM_TAG = "experiment.arm"
 MAIN_SCORE = "excess_sharpe"
@@ -69,6 +77,7 @@ RESOURCES = {
 }
 REFERENCES = {"buy-and-hold": "benchmark", "oracle": "oracle", "random": "random", "flat": "flat"}
 CURVE_METRICS = ("val/excess_sharpe", "train/step_reward")  # a holdout run's validation curve, else training reward
+MAX_PATHS_SHOWN = 4  # CPCV may stitch many paths: the figure shows the first ones
 _SPLIT_KEY = re.compile(r"^split(\d+)/test/excess_sharpe$")
 
 
@@ -86,6 +95,7 @@ class ArmRuns:
     scores: dict[str, np.ndarray]
     resources: dict[str, np.ndarray]
     run_ids: list[str]
+    experiment_id: str
 
 
 @dataclass
@@ -96,6 +106,7 @@ class ExperimentReport:
     verdicts: list[str]
     best_arm: str
     best_iqm: float
+    against_references: pd.DataFrame  # arm, reference, paired difference and its interval, win share, share of the IQM
     files: list[Path] = field(default_factory=list)
 
 
@@ -157,7 +168,7 @@ def _arm_runs(arm: str, runs: list[Run], seeds: list[int]) -> ArmRuns:
         "parameters": np.array([float(r.data.params.get("policy.parameters", "nan")) for r in runs]),
     }
     names = [f"split {k}" for k in split_ids] if split_ids else ["holdout"]
-    return ArmRuns(arm, seeds, names, scores, resources, [r.info.run_id for r in runs])
+    return ArmRuns(arm, seeds, names, scores, resources, [r.info.run_id for r in runs], runs[0].info.experiment_id)
 
 
 def _references(run: Run) -> dict[str, float]:
@@ -240,23 +251,118 @@ def write_report(client: MlflowClient, parent_run_id: str, out_dir: Path, seed: 
     """Read, summarise, write the folder, and log it to the experiment's run (module docstring)."""
     arms, references = read_arms(client, parent_run_id)
     summary, pairs, verdicts, best = summarise(arms, seed)
-    report = ExperimentReport(arms, summary, pairs, verdicts, best, float(interquartile_mean(arms[best].scores[MAIN_SCORE])))
     out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:  # downloads: read, never logged again
+        backtests = {arm: read_backtests(client, runs, Path(scratch)) for arm, runs in arms.items()}
+        attention = {arm: read_attention(client, runs, Path(scratch)) for arm, runs in arms.items()}
+    per_split = next((reference_scores(b) for b in backtests.values() if b), {})
+    against = reference_comparisons(arms, per_split, seed)
+    report = ExperimentReport(arms, summary, pairs, verdicts, best, float(interquartile_mean(arms[best].scores[MAIN_SCORE])), against)
     summary.to_csv(out_dir / "arms.csv", index=False)
     pairs.to_csv(out_dir / "pairs.csv", index=False)
+    against.to_csv(out_dir / "references.csv", index=False)
     _runs_table(arms).to_csv(out_dir / "runs.csv", index=False)
     figures = {
         "aggregates.png": aggregates_figure(summary, references),
         "profiles.png": profiles_figure(arms, references, seed),
         "learning_curves.png": learning_curves_figure(client, arms),
     }
+    if backtests[best]:
+        paths = path_equities(backtests[best])
+        title = f"{best} (highest IQM) against buy-and-hold and the oracle, per backtest path" + (
+            f" ({MAX_PATHS_SHOWN} of {len(paths)})" if len(paths) > MAX_PATHS_SHOWN else ""
+        )
+        figures["equity_paths.png"] = paths_figure(paths[:MAX_PATHS_SHOWN], best, title)
+    for arm, probe in attention.items():
+        if probe is not None:
+            title = f"{arm}: [CLS] attention, mean over heads, {len(arms[arm].seeds)} seeds x {len(arms[arm].splits)} splits and {probe.windows} all-cash windows"
+            figures[f"attention_{arm}.png"] = attention_figure(probe.cls, title, probe.lookback, probe.symbols, probe.patch_bars)
     for name, figure in figures.items():
         figure.savefig(out_dir / name, dpi=110, bbox_inches="tight")
         close_figure(figure)
-    (out_dir / "report.md").write_text(markdown(report, references, client.get_run(parent_run_id)))
+    (out_dir / "report.md").write_text(markdown(report, references, client.get_run(parent_run_id), list(figures)))
     report.files = sorted(out_dir.iterdir())
     client.log_artifacts(parent_run_id, str(out_dir), "report")
     return report
+
+
+
+
+# ----------------------------------------------------------- backtests and attention maps
+def read_backtests(client: MlflowClient, runs: ArmRuns, into: Path) -> list[SplitScores]:
+    """Each seed's ``split_backtests.npz`` (the agent's and the references' test backtests), in
+    the order of ``runs.seeds``; empty for holdout runs, which keep none."""
+    scores = []
+    for seed, run_id in zip(runs.seeds, runs.run_ids):
+        if BACKTESTS_FILE not in {a.path for a in client.list_artifacts(run_id)}:
+            return []
+        folder = into / f"{runs.arm}_seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scores.append(load_split_scores(Path(client.download_artifacts(run_id, BACKTESTS_FILE, str(folder)))))
+    return scores
+
+
+def reference_scores(backtests: list[SplitScores], metric: str = MAIN_SCORE) -> dict[str, np.ndarray]:
+    """Each reference's test ``metric`` per split and seed, (n_splits, n_seeds), paired with the
+    arm's runs: the oracle's is the same for every seed, the random policy's is drawn per seed."""
+    first = backtests[0].references
+    names = next(iter(first.values())).keys() if first else ()
+    return {name: np.array([[b.references[i][name][metric] for b in backtests] for i in sorted(first)]) for name in names}
+
+
+def reference_comparisons(arms: dict[str, ArmRuns], references: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
+    """Each arm against each reference on the same splits and seeds: the mean paired difference
+    of test excess Sharpe with its interval, the share of runs the arm wins, and the arm's IQM as
+    a share of the oracle's (what share of the known edge the arm captures; none when the oracle
+    has no edge)."""
+    rows = []
+    for arm, runs in arms.items():
+        for name, reference in references.items():
+            agent = runs.scores[MAIN_SCORE]
+            difference = paired_difference(agent, reference, seed=seed)
+            reference_iqm = float(interquartile_mean(reference))
+            rows.append({
+                "arm": arm, "reference": name, "mean_difference": difference.value, "difference_low": difference.low,
+                "difference_high": difference.high, "arm_wins_share_of_runs": float(np.mean(agent > reference)),
+                "reference_iqm": reference_iqm,
+                "share_of_oracle": float(interquartile_mean(agent)) / reference_iqm if name == "oracle" and reference_iqm > 0 else np.nan,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def path_equities(backtests: list[SplitScores], shown: tuple[str, ...] = ("oracle",)) -> list[PathEquity]:
+    """The equity along each CPCV backtest path (every split's test groups chained, as the scores
+    are), per seed, with buy-and-hold and the ``shown`` references; without paths (walk-forward,
+    or one split of a fanned-out run), one history of the splits' test pieces in split order."""
+    first = backtests[0]
+    paths = first.paths or [[(i, j) for i in sorted(first.tests) for j in range(len(first.tests[i]))]]
+    out = []
+    for k, path in enumerate(paths):
+        agent = np.array([stitch([b.tests[i][j] for i, j in path]).equity for b in backtests])  # (seeds, T)
+        pieces = [first.tests[i][j] for i, j in path]
+        references = {
+            name: stitch([first.reference_tests[i][name][j] for i, j in path]).equity
+            for name in shown if first.reference_tests and name in first.reference_tests[path[0][0]]
+        }  # fmt: skip
+        out.append(PathEquity(f"path {k}" if first.paths else "the splits' test periods in order", agent, stitch(pieces).benchmark, references))
+    return out
+
+
+def read_attention(client: MlflowClient, runs: ArmRuns, into: Path) -> AttentionMap | None:
+    """The arm's [CLS] attention averaged over its seeds and splits (each split run's
+    ``attention*.npz``), or None when its encoder has no attention (the MLP)."""
+    maps = []
+    for run_id in runs.run_ids:
+        for source in _split_runs(client, runs.experiment_id, run_id):
+            for artifact in client.list_artifacts(source):
+                if artifact.path.startswith("attention") and artifact.path.endswith(".npz"):
+                    folder = into / source
+                    folder.mkdir(parents=True, exist_ok=True)
+                    maps.append(load_attention_map(Path(client.download_artifacts(source, artifact.path, str(folder)))))
+    if not maps:
+        return None
+    first = maps[0]
+    return AttentionMap(np.mean([m.cls for m in maps], axis=0), first.lookback, first.symbols, first.patch_bars, sum(m.windows for m in maps))
 
 
 def _runs_table(arms: dict[str, ArmRuns]) -> pd.DataFrame:
@@ -269,7 +375,15 @@ def _runs_table(arms: dict[str, ArmRuns]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------ text
-def markdown(report: ExperimentReport, references: dict[str, float], parent: Run) -> str:
+FIGURE_CAPTIONS = {
+    "aggregates.png": "IQM with intervals",
+    "profiles.png": "Performance profiles",
+    "learning_curves.png": "Learning curves",
+    "equity_paths.png": "Equity per backtest path",
+}  # and attention_<arm>.png per FT arm
+
+
+def markdown(report: ExperimentReport, references: dict[str, float], parent: Run, figures: list[str]) -> str:
     arms = report.arms
     first = next(iter(arms.values()))
     lines = [
@@ -309,12 +423,35 @@ def markdown(report: ExperimentReport, references: dict[str, float], parent: Run
     for arm, runs in arms.items():
         means = {k: np.nanmean(v) if np.isfinite(v).any() else np.nan for k, v in runs.resources.items()}
         lines.append(f"| {arm} | " + " | ".join("-" if not np.isfinite(means[k]) else f"{means[k]:,.0f}" if k == "parameters" else f"{means[k]:,.1f}" for k in RESOURCES) + " |")
+    lines += _against_references(report.against_references)
+    lines += ["", "## Figures", ""]
+    for name in figures:
+        caption = FIGURE_CAPTIONS.get(name) or f"[CLS] attention of {name.removeprefix('attention_').removesuffix('.png')}"
+        lines += [f"![{caption}]({name})", ""]
     lines += [
-        "", "## Figures", "",
-        "![IQM with intervals](aggregates.png)", "", "![Performance profiles](profiles.png)", "", "![Learning curves](learning_curves.png)", "",
-        "Files: `arms.csv` (every aggregate), `pairs.csv` (every comparison), `runs.csv` (every run's scores).", "",
+        "Files: `arms.csv` (every aggregate), `pairs.csv` (every comparison), `references.csv` (every arm against "
+        "each reference), `runs.csv` (every run's scores).", "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _against_references(against: pd.DataFrame) -> list[str]:
+    """The table of each arm against each reference, per split and seed (none for holdout runs)."""
+    if against.empty:
+        return []
+    lines = [
+        "", "## Against the references, run by run (test excess Sharpe, the same split and seed)", "",
+        "The oracle knows the market's generator: a reference, not an optimum. Share of the oracle: "
+        "the arm's IQM over the oracle's.", "",
+        "| arm | reference | mean arm - reference [95 %] | runs the arm wins | share of the oracle's IQM |", "|---|---|---:|---:|---:|",
+    ]  # fmt: skip
+    for r in against.itertuples():
+        share = "-" if not np.isfinite(r.share_of_oracle) else f"{r.share_of_oracle:.0%}"
+        lines.append(
+            f"| {r.arm} | {r.reference} | {r.mean_difference:+.2f} [{r.difference_low:+.2f}, {r.difference_high:+.2f}] | "
+            f"{r.arm_wins_share_of_runs:.0%} | {share} |"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -392,12 +529,14 @@ def learning_curves_figure(client: MlflowClient, arms: dict[str, ArmRuns]) -> Fi
 
 def _curves(client: MlflowClient, runs: ArmRuns) -> tuple[str, list[dict[int, float]]]:
     """Each run's (split run's) history of the first of ``CURVE_METRICS`` it logged."""
-    sources = []
-    for run_id in runs.run_ids:
-        children = _search(client, client.get_run(run_id).info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
-        sources += [c.info.run_id for c in children] or [run_id]
+    sources = [source for run_id in runs.run_ids for source in _split_runs(client, runs.experiment_id, run_id)]
     for metric in CURVE_METRICS:
         curves = [{m.step: m.value for m in client.get_metric_history(source, metric)} for source in sources]
         if all(curves):
             return metric, curves
     return "", []
+
+
+def _split_runs(client: MlflowClient, experiment_id: str, run_id: str) -> list[str]:
+    """A cv run's per-split runs (nested under it), or the holdout run itself."""
+    return [c.info.run_id for c in _search(client, experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")] or [run_id]

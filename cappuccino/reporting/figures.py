@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,18 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 _AGENT_COLOR = "tab:blue"
 _BENCHMARK_COLOR = "tab:gray"
+_REFERENCE_COLORS = {"oracle": "tab:green", "random": "tab:red", "flat": "black"}
+
+
+@dataclass(frozen=True)
+class PathEquity:
+    """One backtest path's equity curves, on the same bars: an arm's per seed, buy-and-hold's,
+    and the references' (name -> curve)."""
+
+    name: str  # e.g. "path 0"
+    agent: np.ndarray  # (seeds, T)
+    benchmark: np.ndarray  # (T,)
+    references: dict[str, np.ndarray]  # name -> (T,)
 
 
 def equity_figure(
@@ -186,4 +199,41 @@ def transfer_figure(curves: dict[str, list[list[dict[str, float]]]], metric: str
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
+    return figure
+
+
+def paths_figure(paths: Sequence[PathEquity], arm: str, title: str) -> Figure:
+    """Per backtest path: the arm's equity for each seed (thin) and their median (bold) against
+    buy-and-hold and the references (e.g. the oracle), normalised to 1 at the path's first bar,
+    with their drawdowns underneath. The x axis counts the path's test bars: a path chains test
+    periods that purged gaps separate, so calendar time would show holes."""
+    figure = Figure(figsize=(10, 4.2 * len(paths)), layout="constrained")
+    axes = figure.subplots(2 * len(paths), 1, height_ratios=[3, 1] * len(paths), squeeze=False)[:, 0]
+    figure.suptitle(title)
+    for k, path in enumerate(paths):
+        equity_ax, drawdown_ax = axes[2 * k], axes[2 * k + 1]
+        steps = np.arange(path.agent.shape[1])  # (T,)
+        agent = path.agent / path.agent[:, :1]  # (seeds, T)
+        for seed_curve in agent:
+            equity_ax.plot(steps, seed_curve, color=_AGENT_COLOR, lw=0.6, alpha=0.35)
+            drawdown_ax.plot(steps, _drawdown(seed_curve), color=_AGENT_COLOR, lw=0.5, alpha=0.35)
+        median = np.median(agent, axis=0)
+        equity_ax.plot(steps, median, color=_AGENT_COLOR, lw=1.6, label=f"{arm}, median of {len(agent)} seeds: {median[-1] - 1:+.1%}")
+        lines = {"buy-and-hold (equal weight)": (path.benchmark, _BENCHMARK_COLOR), **{n: (c, _REFERENCE_COLORS.get(n, "tab:purple")) for n, c in path.references.items()}}
+        for label, (curve, color) in lines.items():
+            curve = curve / curve[0]
+            equity_ax.plot(steps, curve, color=color, lw=1.2, label=f"{label}: {curve[-1] - 1:+.1%}")
+            drawdown_ax.plot(steps, _drawdown(curve), color=color, lw=1.0)
+        drawdown_ax.fill_between(steps, _drawdown(median), 0.0, color=_AGENT_COLOR, alpha=0.2, lw=0)
+        equity_ax.axhline(1.0, color="black", lw=0.6, ls="--")
+        equity_ax.set_title(path.name, loc="left", fontsize=10)
+        equity_ax.set_ylabel("equity (start = 1)")
+        equity_ax.legend(loc="upper left", fontsize=8)
+        equity_ax.grid(alpha=0.3)
+        drawdown_ax.set_ylabel("drawdown")
+        drawdown_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        drawdown_ax.set_xlabel("test bars along the path")
+        drawdown_ax.grid(alpha=0.3)
+        for ax in (equity_ax, drawdown_ax):
+            ax.set_xlim(0, steps[-1])
     return figure
