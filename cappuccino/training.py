@@ -35,7 +35,7 @@ from cappuccino.evaluation.scoring import (
     SplitBacktests, evaluate, objective_definition, objective_key, oos_excess_returns, score_cv, score_holdout,
 )  # fmt: skip
 from cappuccino.evaluation.splits import Split, select_splits
-from cappuccino.evaluation.validation import VALIDATION_CURVE, PeriodicValidation
+from cappuccino.evaluation.validation import PeriodicValidation, validation_curve_file
 from cappuccino.models.attention_probe import AttentionMap, save_attention_map, summarize_attention
 from cappuccino.models.checkpoint import read_checkpoint
 from cappuccino.models.ft_transformer import FTTransformerEncoder
@@ -72,7 +72,7 @@ def train(
     if cfg.encoder.pretrained is not None:  # a wrong file fails before any data is loaded
         read_checkpoint(cfg.encoder.pretrained, "encoder", "encoder.pretrained")
     rules, sampling = build(cfg.rules), build(cfg.env)
-    holdout = isinstance(cfg.cv, HoldoutConfig)  # the only scheme with validation segments
+    holdout = isinstance(cfg.cv, HoldoutConfig)  # one split, scored on its validation and test segments
     objective = objective_key(cfg.trainer.objective, holdout)
 
     market, report = load_market(cfg.data, cfg.window.zscore_window)
@@ -213,7 +213,7 @@ class SplitJob:
         suffix = f"_{name}" if name else ""
         checkpoint = self.checkpoint(name)
         try:
-            learn(ppo, tracker, self.device, cfg.trainer.progress, f"PPO {name}".strip(), self.periodic_validation(policy, split))
+            learn(ppo, tracker, self.device, cfg.trainer.progress, f"PPO {name}".strip(), self.periodic_validation(policy, split, name))
         except Interrupted:  # stopped between two updates: keep what was learnt, marked as such
             save_policy(checkpoint, module, self.config_yaml, self.schema, interrupted=True)
             tracker.log_artifact(checkpoint)
@@ -237,15 +237,15 @@ class SplitJob:
             load_pretrained(policy, pretrained, self.schema, freeze)
         return policy
 
-    def periodic_validation(self, policy: TrainedPolicy, split: Split) -> PeriodicValidation | None:
+    def periodic_validation(self, policy: TrainedPolicy, split: Split, name: str) -> PeriodicValidation | None:
         """``trainer.eval_every``'s validation of ``policy``, or None when it is off. TrainConfig
-        allows a positive value with cv=holdout only, whose one split always has validation segments."""
+        allows a positive value only with validation segments (``config.has_validation``)."""
         every = validation_every(self.cfg.trainer.eval_every, self.cfg.trainer.total_steps, bool(split.validation))
         if every == 0:
             return None
         ppy = periods_per_year(self.market.interval)
         return PeriodicValidation(
-            every, policy, self.tensors, split.validation, self.rules, self.sampling.initial_cash, ppy, self.run_dir / VALIDATION_CURVE
+            every, policy, self.tensors, split.validation, self.rules, self.sampling.initial_cash, ppy, self.run_dir / validation_curve_file(name)
         )
 
     def save_equity_plot(self, result, part: str, suffix: str, tracker: Tracker) -> None:  # noqa: ANN001

@@ -57,6 +57,9 @@ def test_every_arm_and_seed_runs_on_the_same_splits_and_without_an_edge_the_repo
     hashes = {r.data.tags["data.hash"] for r in arms}
     assert len(hashes) == 1  # the same bars for every arm
     assert {"split0/test/excess_sharpe", "split1/test/excess_sharpe"} <= set(arms[0].data.metrics)
+    # each split validates on its last training bars as it learns: the report's learning curves
+    splits = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == arms[0].info.run_id]
+    assert len(splits) == 2 and all(len(client.get_metric_history(r.info.run_id, "val/excess_sharpe")) >= 2 for r in splits)
     report = tmp_path / "run" / "report" / "report.md"
     assert "## Verdict" in report.read_text() and math.isfinite(best)
     assert "no arm beats buy-and-hold after fees with confidence" in report.read_text()  # no planted signal: nothing to find

@@ -140,6 +140,7 @@ def test_groups_too_small_for_purge_and_embargo_are_rejected():
         ("n_test_groups", 0, r"must be in \[1, n_groups=6\) to leave a training group, got 0"),
         ("purge_bars", -1, "must be >= 0, got -1"),
         ("embargo_bars", -1, "must be >= 0 or null, got -1"),
+        ("val_fraction", 1.0, r"must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_arguments_are_rejected_naming_them(compose_config, argument, value, message):
@@ -290,3 +291,51 @@ def test_a_null_embargo_reads_feature_memory_in_groups_and_split():
     with pytest.raises(ValueError, match=r"cv\.embargo_bars = 10:"):
         list(cv.split(0, 20, feature_memory=10))
     assert [s.train for s in cv.split(0, 24, feature_memory=10)] == [(Segment(22, 24),), (Segment(0, 12),)]
+
+
+def test_val_fraction_holds_out_the_last_training_bars_a_purge_after_the_rest():
+    """The hand-worked example above with 20 % of its training bars held out for validation."""
+    cv = CombinatorialPurgedCV(n_groups=3, n_test_groups=1, purge_bars=2, embargo_bars=3, val_fraction=0.2)
+    splits = list(cv.split(100, 160))
+    assert [s.test for s in splits] == [(Segment(100, 120),), (Segment(120, 140),), (Segment(140, 160),)]
+    assert [(s.train, s.validation) for s in splits] == [
+        ((Segment(125, 151),), (Segment(153, 160),)),  # 35 training bars: 7 held out, 2 purged before them
+        ((Segment(100, 118), Segment(145, 151)), (Segment(153, 160),)),  # 33: 7 (round(6.6)) off the last run
+        ((Segment(100, 128),), (Segment(130, 138),)),  # 38: 8
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(cpcv_cases(), st.floats(0.01, 0.3))
+def test_validation_bars_are_training_bars_that_no_training_bar_follows(case, fraction):
+    cv, start, stop = case
+    plain = CombinatorialPurgedCV(n_groups=cv.n_groups, n_test_groups=cv.n_test_groups, purge_bars=cv.purge_bars, embargo_bars=cv.embargo_bars)
+    held = CombinatorialPurgedCV(**{**vars(plain), "val_fraction": fraction})
+    try:
+        splits = list(held.split(start, stop))
+    except ValueError as error:  # nothing left to train on: said, not cut silently
+        assert "cv.val_fraction" in str(error) or "cv.embargo_bars" in str(error)
+        return
+    for before, after in zip(plain.split(start, stop), splits):
+        assert after.test == before.test
+        validation, train = bars(after.validation), bars(after.train)
+        assert set(validation) | set(train) <= set(bars(before.train))  # carved out of the training bars
+        assert validation.size == max(1, round(fraction * bars(before.train).size))
+        assert train.max() < validation.min() - cv.purge_bars  # a purge between, and no training bar after
+        assert bars(before.train)[-validation.size :].tolist() == validation.tolist()  # the last training bars
+
+
+def test_cpcv_validation_gives_learning_curves_and_leaves_the_test_scores_to_the_test_groups(compose_config):
+    cfg = validate(compose_config(["cv=cpcv", "cv.val_fraction=0.1", "trainer.eval_every=512"]))
+    assert cfg.cv.val_fraction == 0.1 and build(cfg.cv).val_fraction == 0.1
+    with pytest.raises(ConfigError, match=r"^trainer\.eval_every: .*cv=cpcv with cv\.val_fraction > 0"):
+        validate(compose_config(["cv=cpcv", "trainer.eval_every=512"]))
+
+
+def test_a_validation_tail_longer_than_the_last_training_run_reaches_into_the_run_before():
+    cv = CombinatorialPurgedCV(n_groups=3, n_test_groups=1, purge_bars=2, embargo_bars=3, val_fraction=0.5)
+    split = list(cv.split(100, 160))[1]  # trains on [100, 118) and [145, 160): 33 bars, 16 held out
+    assert split.validation == (Segment(117, 118), Segment(145, 160))
+    assert split.train == (Segment(100, 115),)  # purge_bars before the validation bars
+    with pytest.raises(ValueError, match=r"^cv\.val_fraction=0\.95 holds out 33 of a split's 35 training bars"):
+        list(CombinatorialPurgedCV(n_groups=3, n_test_groups=1, purge_bars=2, embargo_bars=3, val_fraction=0.95).split(100, 160))

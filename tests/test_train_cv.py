@@ -1,6 +1,7 @@
 """train.py across cross-validation splits: one agent per split, scored on its test groups."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -53,6 +54,16 @@ def test_a_cpcv_run_keeps_every_split_s_reference_backtests_beside_the_agent_s(c
         np.testing.assert_allclose(stitch(by_name["flat"]).equity, agent[0].equity[0])  # cash never moves
     oracle_mean = np.mean([stitch(scores.reference_tests[i]["oracle"]).metrics(8760.0)["excess_sharpe"] for i in range(3)])
     assert metrics["cv/oracle_excess_sharpe_mean"] == pytest.approx(oracle_mean)
+
+
+def test_cpcv_with_validation_tails_logs_a_learning_curve_per_split(compose_config, tmp_path):
+    _, metrics, run_dir = _run(compose_config, tmp_path, [*CPCV, "cv.val_fraction=0.2"])
+    for i in range(3):
+        curve = json.loads((run_dir / f"validation_curve_split{i}.json").read_text())
+        assert [point["step"] for point in curve] == [256, 512, 768]  # every tenth of the budget: each update of 8 x 32 steps
+        assert all(math.isfinite(point["excess_sharpe"]) for point in curve)
+        assert (run_dir / f"equity_split{i}_val.png").is_file()
+    assert "cv/objective" in metrics and not any(k.startswith("val/") for k in metrics)  # scored on the test groups only
 
 
 def test_cv_split_runs_one_split_only(compose_config, tmp_path):

@@ -272,10 +272,12 @@ class CPCVConfig(CVConfig):
     n_test_groups: int = 2
     purge_bars: int = 60
     embargo_bars: Optional[int] = None
+    val_fraction: float = 0.0
     split: Optional[int] = None
     std_penalty: float = 0.1
 
     def __post_init__(self) -> None:
+        _require(0.0 <= self.val_fraction < 1.0, "cv.val_fraction", f"must be in [0, 1) (0: no validation segments), got {self.val_fraction}")
         n_splits = math.comb(self.n_groups, self.n_test_groups) if 1 <= self.n_test_groups < self.n_groups else None
         _require_split(self.split, n_splits)
         _require(self.std_penalty >= 0, "cv.std_penalty", f"must be >= 0, got {self.std_penalty}")
@@ -310,6 +312,11 @@ def feature_reach(zscore_window: int) -> int:
     """How many bars back a feature reaches: the z-score window over indicators that each read
     INDICATOR_REACH_BARS back (to the features' stated tolerance)."""
     return zscore_window + INDICATOR_REACH_BARS - 1
+
+
+def has_validation(cfg: CVConfig) -> bool:
+    """Whether the scheme's splits have validation segments (what periodic validation reads)."""
+    return isinstance(cfg, HoldoutConfig) or (isinstance(cfg, CPCVConfig) and cfg.val_fraction > 0)
 
 
 def check_purge(cfg: CVConfig, window: WindowConfig) -> None:

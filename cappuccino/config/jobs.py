@@ -35,6 +35,7 @@ from cappuccino.config.groups import (
     WalkForwardConfig,
     WindowConfig,
     check_purge,
+    has_validation,
 )
 from cappuccino.errors import ConfigError
 from cappuccino.secrets import refuse_passwords
@@ -104,10 +105,10 @@ class TrainConfig(Node):
         )
         check_purge(self.cv, self.window)
         _require(
-            not self.trainer.eval_every or isinstance(self.cv, HoldoutConfig),
+            not self.trainer.eval_every or has_validation(self.cv),
             "trainer.eval_every",
             f"periodic validation needs validation segments, and cv={self.cv.name} has none "
-            "(its held-out parts are test data): use cv=holdout, or trainer.eval_every=0",
+            "(its held-out parts are test data): use cv=holdout, cv=cpcv with cv.val_fraction > 0, or trainer.eval_every=0",
         )
 
 

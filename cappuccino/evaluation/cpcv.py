@@ -22,6 +22,10 @@ Choices, and where they differ from the book or from skfolio:
   hundreds of bars) would read test bars, so purge + embargo must cover how far back features
   reach; the config's null embargo is exactly that. The splitter sees neither the lookback nor
   the features: ``cappuccino.config.check_purge`` checks both.
+* ``val_fraction`` (not in the book) holds out the last bars of each split's training set (from
+  its last training run back) as validation segments, ``purge_bars`` after the training bars
+  before them: what periodic validation (learning curves) reads. No training bar follows them,
+  and the test groups stay out of sample; the scores are still the test groups'.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class CombinatorialPurgedCV:
     and the purge and embargo around each of them."""
 
     def __init__(
-        self, *, n_groups: int = 6, n_test_groups: int = 2, purge_bars: int = 0, embargo_bars: int | None = 0
+        self, *, n_groups: int = 6, n_test_groups: int = 2, purge_bars: int = 0, embargo_bars: int | None = 0, val_fraction: float = 0.0
     ) -> None:
         require(n_groups >= 2, "n_groups", f"must be >= 2, got {n_groups}")
         require(
@@ -52,6 +56,8 @@ class CombinatorialPurgedCV:
         )
         require(purge_bars >= 0, "purge_bars", f"must be >= 0, got {purge_bars}")
         require(embargo_bars is None or embargo_bars >= 0, "embargo_bars", f"must be >= 0 or null, got {embargo_bars}")
+        require(0.0 <= val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
         self.n_groups = n_groups
         self.n_test_groups = n_test_groups
         self.purge_bars = purge_bars
@@ -90,8 +96,9 @@ class CombinatorialPurgedCV:
 
     def split(self, start: int, stop: int, feature_memory: int = 0) -> Iterator[Split]:
         """Split the usable bars [start, stop); ``test`` holds the k test groups in bar order and
-        ``validation`` is empty (the objective is measured on the test groups). ``feature_memory``:
-        how many bars back a feature reads, which a null embargo covers."""
+        ``validation`` the training set's held-out tail (empty unless ``val_fraction``; the
+        objective is measured on the test groups). ``feature_memory``: how many bars back a
+        feature reads, which a null embargo covers."""
         groups = self.groups(start, stop, feature_memory)
         bar = np.arange(start, stop)[:, None]  # (n, 1)
         after = self.purge_bars + self.embargo_for(feature_memory)
@@ -100,7 +107,24 @@ class CombinatorialPurgedCV:
             starts = np.array([s.start for s in test])  # (k,)
             stops = np.array([s.stop for s in test])  # (k,)
             blocked = (bar >= starts - self.purge_bars) & (bar < stops + after)  # (n, k)
-            yield Split(train=_runs(~blocked.any(axis=1), start), validation=(), test=test)
+            train, validation = self._validation_tail(_runs(~blocked.any(axis=1), start))
+            yield Split(train=train, validation=validation, test=test)
+
+    def _validation_tail(self, train: tuple[Segment, ...]) -> tuple[tuple[Segment, ...], tuple[Segment, ...]]:
+        """The last ``val_fraction`` of the training bars (from the last training runs back),
+        with ``purge_bars`` dropped before them: (training runs, validation segments)."""
+        if self.val_fraction == 0.0:
+            return train, ()
+        n_train = sum(s.stop - s.start for s in train)
+        n_validation = max(1, round(self.val_fraction * n_train))
+        runs, validation = _cut_tail(train, n_validation)
+        runs, _ = _cut_tail(runs, self.purge_bars)
+        if not runs:
+            raise ValueError(
+                f"cv.val_fraction={self.val_fraction} holds out {n_validation} of a split's {n_train} training bars, and "
+                f"cv.purge_bars={self.purge_bars} before them leave none to train on: use a smaller cv.val_fraction or more data"
+            )
+        return runs, validation
 
     def paths(self) -> list[list[tuple[int, int]]]:
         """For each of the ``n_paths`` paths, its N pieces in group order: ``path[g] = (i, j)``
@@ -120,3 +144,16 @@ def _runs(mask: np.ndarray, offset: int) -> tuple[Segment, ...]:
     """Maximal runs of True in ``mask`` (n,) as Segments, bar i of the mask being ``offset + i``."""
     edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0)).reshape(-1, 2)  # (runs, 2)
     return tuple(Segment(offset + int(a), offset + int(b)) for a, b in edges)
+
+
+def _cut_tail(runs: tuple[Segment, ...], bars: int) -> tuple[tuple[Segment, ...], tuple[Segment, ...]]:
+    """The last ``bars`` bars of ``runs`` cut off: (the runs left, the cut pieces in bar order)."""
+    left, cut = list(runs), []
+    while bars > 0 and left:
+        last = left.pop()
+        taken = min(bars, last.stop - last.start)
+        cut.insert(0, Segment(last.stop - taken, last.stop))
+        if taken < last.stop - last.start:
+            left.append(Segment(last.start, last.stop - taken))
+        bars -= taken
+    return tuple(left), tuple(cut)

@@ -14,6 +14,12 @@ from cappuccino.trading.rules import TradingRules
 VALIDATION_CURVE = "validation_curve.json"  # the results so far, in the run folder
 
 
+def validation_curve_file(split_name: str) -> str:
+    """The curve's file name: ``VALIDATION_CURVE`` for the one split of a holdout run (``split_name``
+    is ""), else one file per split (``validation_curve_split0.json``)."""
+    return VALIDATION_CURVE if not split_name else VALIDATION_CURVE.replace(".json", f"_{split_name}.json")
+
+
 @dataclass
 class PeriodicValidation:
     """Only ``segments``, a split's validation part, are ever run: the test segments stay unseen

@@ -76,7 +76,9 @@ RESOURCES = {
     "parameters": "policy parameters",
 }
 REFERENCES = {"buy-and-hold": "benchmark", "oracle": "oracle", "random": "random", "flat": "flat"}
-CURVE_METRICS = ("val/excess_sharpe", "train/step_reward")  # a holdout run's validation curve, else training reward
+# the validation objective where the splits have validation segments (cv=holdout, or cpcv with
+# cv.val_fraction), else the training reward
+CURVE_METRICS = ("val/excess_sharpe", "train/step_reward")
 MAX_PATHS_SHOWN = 4  # CPCV may stitch many paths: the figure shows the first ones
 _SPLIT_KEY = re.compile(r"^split(\d+)/test/excess_sharpe$")
 
@@ -504,8 +506,8 @@ def profiles_figure(arms: dict[str, ArmRuns], references: dict[str, float], seed
 
 
 def learning_curves_figure(client: MlflowClient, arms: dict[str, ArmRuns]) -> Figure:
-    """Per arm, the IQM across seeds and splits of the validation objective (holdout runs) or of
-    the training reward per step (cv runs), with the interquartile range as a band."""
+    """Per arm, the IQM across seeds and splits of the validation objective (runs with validation
+    segments) or else of the training reward per step, with the interquartile range as a band."""
     figure = Figure(figsize=(7, 4.2), layout="constrained")
     ax = figure.subplots()
     drawn = None
