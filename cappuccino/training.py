@@ -45,7 +45,7 @@ from cappuccino.progress import print_line, progress_bar
 from cappuccino.reporting.console import data_label, print_data_report, print_training_summary
 from cappuccino.reporting.figures import attention_figure, equity_figure
 from cappuccino.runtime import Interrupted, RunPaths, check_interrupt, deferred_interrupts, resolve_device, seed_everything
-from cappuccino.tracking import Tracker, overrides_tags, short_run_name
+from cappuccino.tracking import TRIAL_TAG, Tracker, overrides_tags, short_run_name
 from cappuccino.tracking.job import tracked_job
 from cappuccino.tracking.resources import peak_rss_mb, peak_vram_mb
 from cappuccino.trading.rules import TradingRules
@@ -91,7 +91,7 @@ def train(
 
     run_name, tags = short_run_name(overrides), {**overrides_tags(overrides), **tags}
     if trial is not None:  # a sweep's trial: its overrides are in its tags and params
-        run_name, tags = f"trial {trial}", {**tags, "optuna.trial": str(trial)}
+        run_name, tags = f"trial {trial}", {**tags, TRIAL_TAG: str(trial)}
     with tracked_job(cfg.logger, run_name, paths.project_dir, market, config_yaml, tags, parent_run_id) as tracker:
         tracker.log_params(parameter_counts(cfg, market))
         tracker.set_tags({"objective.key": objective, "objective.definition": objective_definition(objective, getattr(cfg.cv, "std_penalty", 0.0))})

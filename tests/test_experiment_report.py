@@ -142,7 +142,7 @@ def test_no_skill_arms_make_a_claim_in_at_most_about_five_percent_of_experiments
 def test_a_study_run_is_pointed_to_its_own_report(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     study = client.create_run(client.create_experiment("cappuccino"), tags={"optuna.study": "ppo_ft"})
-    with pytest.raises(ReportError, match="is the study 'ppo_ft': a sweep reports itself"):
+    with pytest.raises(ReportError, match="is the study 'ppo_ft', not an experiment: its report is reporting.study_report"):
         read_arms(client, study.info.run_id)
 
 

@@ -77,6 +77,19 @@ def test_study_is_one_mlflow_run_with_trials_and_splits_nested_and_a_runnable_be
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     expected = {"best_trial.yaml", "optimization_results.yaml", "overfitting.json", "optimization_history.png", "param_importances.png"}
     assert expected <= artifacts
+    # python -m cappuccino.report <the study's run>: the same numbers, read back from MLflow alone
+    from cappuccino.report import main as report_command
+
+    out = tmp_path / "study_report"
+    assert report_command([parent.info.run_id, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(out)]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out / "trials.csv")
+    assert table["objective"].tolist() == pytest.approx([t.value for t in sorted(trials, key=lambda t: t.number)])
+    text = (out / "report.md").read_text()
+    assert f"- best: trial {study.best_trial.number}, objective {study.best_value:+.4g}" in text
+    assert f"probability of backtest overfitting {parent.data.metrics['pbo']:.2f}" in text and "![Parameter importances (PED-ANOVA)](param_importances.png)" in text
+    assert {"slices.png", "param_importances.png", "optimization_history.png"} <= {p.name for p in out.iterdir()}
 
     trial_runs = child_runs(client, parent.info.run_id)
     assert sorted(int(r.data.tags["optuna.trial"]) for r in trial_runs) == [0, 1, 2]

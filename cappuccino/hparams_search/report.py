@@ -55,14 +55,13 @@ from cappuccino.evaluation.results import OOS_RETURNS_FILE
 from cappuccino.hparams_search import OUTPUT_DIR_ATTR
 from cappuccino.progress import console, print_line
 from cappuccino.secrets import mask_text, mask_url
-from cappuccino.tracking import MAX_TAG_VALUE_LENGTH, Tracker, build_tracker, truncate
+from cappuccino.tracking import MAX_TAG_VALUE_LENGTH, STUDY_TAG, TRIAL_TAG, Tracker, build_tracker, truncate
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
 RUN_ATTR = "mlflow_run_id"
-TRIAL_TAG = "optuna.trial"  # tag of each trial's MLflow run
 
 
 def study_tracker(
@@ -86,7 +85,7 @@ def study_tracker(
         except Exception as error:  # noqa: BLE001 - e.g. the study moved to another tracking store
             log.warning(f"The study's MLflow run {run_id} cannot be reopened ({mask_text(str(error))}); starting a new one")
     tracker = build_tracker(cfg, name, project_dir)
-    tracker.set_tags({"optuna.study": study.study_name})
+    tracker.set_tags({STUDY_TAG: study.study_name})
     tracker.log_params(params)  # once, by the run's creator: params are write-once
     study.set_user_attr(RUN_ATTR, tracker.run_id)
     return tracker

@@ -53,6 +53,7 @@ from cappuccino.evaluation.aggregate import (
 from cappuccino.evaluation.backtest import stitch
 from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, load_split_scores
 from cappuccino.models.attention_probe import AttentionMap, load_attention_map
+from cappuccino.tracking import STUDY_TAG
 from cappuccino.reporting.figures import PathEquity, attention_figure, close_figure, paths_figure
 
 ARM_TAG = "experiment.arm"
@@ -116,10 +117,10 @@ def read_arms(client: MlflowClient, parent_run_id: str) -> tuple[dict[str, ArmRu
     """The finished arm runs nested under ``parent_run_id``, on the seeds every arm has, and the
     references' mean test metrics (the same bars and fees for every arm)."""
     parent = client.get_run(parent_run_id)
-    if "optuna.study" in parent.data.tags:
+    if STUDY_TAG in parent.data.tags:
         raise ReportError(
-            f"run {parent_run_id} is the study {parent.data.tags['optuna.study']!r}: a sweep reports itself at its end (the run's "
-            "description, overfitting.json with PBO, the deflated Sharpe and the minimum track record, and the importances)"
+            f"run {parent_run_id} is the study {parent.data.tags[STUDY_TAG]!r}, not an experiment: its report is "
+            "reporting.study_report.write_study_report (python -m cappuccino.report picks the right one)"
         )
     children = _search(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     by_arm: dict[str, dict[int, Run]] = {}

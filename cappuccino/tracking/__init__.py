@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # MLflow's storage limits (mlflow.utils.validation and the SQL schema), copied so that
 # flattening a config or naming a run does not import MLflow.
+STUDY_TAG = "optuna.study"  # tag of a study's MLflow run: the study's name
+TRIAL_TAG = "optuna.trial"  # tag of each trial's MLflow run: the trial's number
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_RUN_NAME_LENGTH = 250
 MAX_TAG_VALUE_LENGTH = 5000  # the SQL stores' tag column of older MLflow schemas; newer ones keep 8000
