@@ -87,6 +87,8 @@ def test_a_real_edge_is_claimed_and_written_with_its_interval(tmp_path):
     arms_csv = pd.read_csv(tmp_path / "report" / "arms.csv")
     row = arms_csv[(arms_csv.arm == "ft_finetuned") & (arms_csv.metric == "excess_sharpe") & (arms_csv.statistic == "iqm")].iloc[0]
     assert row.low < row.value < row.high
+    resources = set(arms_csv[(arms_csv.arm == "mlp") & (arms_csv.statistic == "iqm")].metric) - set(SCORES)
+    assert resources == {"wall_minutes", "steps_per_second", "parameters"}  # with intervals over seeds; no RSS or VRAM was logged
     assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 2 * len(SEEDS) * N_SPLITS
     for figure in ("aggregates.png", "profiles.png", "learning_curves.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 10_000

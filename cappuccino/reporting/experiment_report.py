@@ -74,6 +74,7 @@ RESOURCES = {
     "wall_minutes": "training wall time (minutes, all splits)",
     "steps_per_second": "environment steps/s (whole job)",
     "peak_rss_mb": "peak RSS (MB)",
+    "peak_vram_mb": "peak VRAM (MB)",
     "parameters": "policy parameters",
 }
 REFERENCES = {"buy-and-hold": "benchmark", "oracle": "oracle", "random": "random", "flat": "flat"}
@@ -168,6 +169,7 @@ def _arm_runs(arm: str, runs: list[Run], seeds: list[int]) -> ArmRuns:
         "wall_minutes": seconds / 60,
         "steps_per_second": steps / seconds,
         "peak_rss_mb": np.array([m.get("peak_rss_mb", np.nan) for m in metrics]),
+        "peak_vram_mb": np.array([m.get("peak_vram_mb", np.nan) for m in metrics]),  # CUDA runs only
         "parameters": np.array([float(r.data.params.get("policy.parameters", "nan")) for r in runs]),
     }
     names = [f"split {k}" for k in split_ids] if split_ids else ["holdout"]
@@ -195,6 +197,9 @@ def summarise(arms: dict[str, ArmRuns], seed: int = 0) -> tuple[pd.DataFrame, pd
         for name, scores in runs.scores.items():
             for statistic in ("iqm", "median"):
                 rows.append({"arm": arm, "metric": name, "statistic": statistic, **_interval_columns(aggregate(scores, statistic, seed=seed))})
+        for name, values in runs.resources.items():  # one value per seed: its interval resamples the seeds
+            if np.isfinite(values).all():
+                rows.append({"arm": arm, "metric": name, "statistic": "iqm", **_interval_columns(aggregate(values[None, :], "iqm", seed=seed))})
         if periods[arm] is not None:
             rows.append({"arm": arm, "metric": MAIN_SCORE, "statistic": "iqm over periods", **_interval_columns(periods[arm])})
     pairs, verdicts = comparisons(main, seed)
@@ -422,10 +427,10 @@ def markdown(report: ExperimentReport, references: dict[str, float], parent: Run
             f"| {r.x} | {r.y} | {r.p_x_beats_y:.2f} [{r.p_low:.2f}, {r.p_high:.2f}] | "
             f"{r.mean_difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}] | {r.x_wins_share_of_splits:.0%} |"
         )
-    lines += ["", "## Resources (mean over seeds)", "", "| arm | " + " | ".join(RESOURCES.values()) + " |", "|---|" + "---:|" * len(RESOURCES)]
-    for arm, runs in arms.items():
-        means = {k: np.nanmean(v) if np.isfinite(v).any() else np.nan for k, v in runs.resources.items()}
-        lines.append(f"| {arm} | " + " | ".join("-" if not np.isfinite(means[k]) else f"{means[k]:,.0f}" if k == "parameters" else f"{means[k]:,.1f}" for k in RESOURCES) + " |")
+    shown = [k for k in RESOURCES if any((arm, k) in iqm.index for arm in arms)]
+    lines += ["", "## Resources (IQM over seeds [95 % interval])", "", "| arm | " + " | ".join(RESOURCES[k] for k in shown) + " |", "|---|" + "---:|" * len(shown)]
+    for arm in arms:
+        lines.append(f"| {arm} | " + " | ".join(_resource_cell(iqm, arm, k) for k in shown) + " |")
     lines += _against_references(report.against_references)
     lines += ["", "## Figures", ""]
     for name in figures:
@@ -436,6 +441,15 @@ def markdown(report: ExperimentReport, references: dict[str, float], parent: Run
         "each reference), `runs.csv` (every run's scores).", "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _resource_cell(iqm: pd.DataFrame, arm: str, name: str) -> str:
+    if (arm, name) not in iqm.index:
+        return "-"
+    row = iqm.loc[(arm, name)]
+    if name == "parameters":  # the same for every seed
+        return f"{row['value']:,.0f}"
+    return f"{row['value']:,.1f} [{row['low']:,.1f}, {row['high']:,.1f}]"
 
 
 def _against_references(against: pd.DataFrame) -> list[str]:
