@@ -193,3 +193,76 @@ def test_no_skill_arms_beat_buy_and_hold_no_more_often_than_the_stated_error_rat
     stated = 0.025
     assert claims / n_experiments <= stated + 2 * np.sqrt(stated * (1 - stated) / n_experiments)
     assert found / n_experiments > 0.5
+
+
+# Gaps found by mutation testing (mutmut over cappuccino/evaluation/aggregate.py).
+
+
+@pytest.mark.parametrize("compare", [probability_of_improvement, paired_difference, win_share])
+def test_a_comparison_names_the_arm_whose_scores_are_bad(compare):
+    good, bad = np.zeros((2, 3)), np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"^x contains NaN or inf"):
+        compare(bad, good)
+    with pytest.raises(ValueError, match=r"^y contains NaN or inf"):
+        compare(good, bad)
+    with pytest.raises(ValueError, match=r"^scores contains NaN or inf"):
+        aggregate(bad)
+
+
+def test_unknown_statistics_empty_scores_and_one_period_are_refused_with_what_to_do():
+    scores = np.zeros((3, 2))
+    for aggregate_of in (aggregate, aggregate_over_periods):
+        with pytest.raises(ValueError, match=r"^statistic must be one of \('iqm', 'median', 'mean'\), got 'mode'$"):
+            aggregate_of(scores, "mode")
+    with pytest.raises(ValueError, match=r"^one split: an interval over periods needs at least 2 \(more cv splits\)$"):
+        aggregate_over_periods(np.zeros((1, 4)))
+    assert aggregate_over_periods(np.array([[0.0, 1.0], [2.0, 3.0]])).low < 1.5  # two periods are enough
+    with pytest.raises(ValueError, match=r"^scores must be an \(n_splits, n_seeds\) array, got shape \(0, 3\)$"):
+        aggregate(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match=r"^x has 3 splits and y 2: compare arms on the same splits$"):
+        probability_of_improvement(np.zeros((3, 4)), np.zeros((2, 4)))
+
+
+def test_every_interval_is_the_same_on_every_call_and_states_its_confidence():
+    """A report is reproduced exactly from the same runs: by default every bootstrap uses seed 0."""
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(3, 12)), rng.normal(size=(3, 12))  # enough runs that two seeds' percentiles differ
+    for interval_of in (
+        lambda **k: aggregate(x, **k), lambda **k: aggregate_over_periods(x, **k),
+        lambda **k: probability_of_improvement(x, y, **k), lambda **k: paired_difference(x, y, **k),
+    ):  # fmt: skip
+        assert interval_of() == interval_of() == interval_of(seed=0) != interval_of(seed=1)
+        assert interval_of(confidence=0.9).confidence == 0.9
+    taus = np.array([-1.0, 0.0, 1.0])
+    first, again = performance_profile(x, taus), performance_profile(x, taus, seed=0)
+    assert np.array_equal(first.low, again.low) and np.array_equal(first.high, again.high)
+
+
+def test_seed_noise_widens_the_interval_over_periods_even_when_the_periods_agree():
+    agreeing = np.tile([-1.0, 1.0], (5, 1))  # every period the same, the seeds far apart
+    interval = aggregate_over_periods(agreeing, "mean")
+    assert interval.value == 0.0 and interval.high - interval.low > 0.5
+
+
+def test_an_interval_touching_the_line_makes_no_claim():
+    from cappuccino.evaluation.aggregate import Interval
+
+    assert not beats_buy_and_hold(Interval(0.5, 0.0, 1.0, 0.95)) and beats_buy_and_hold(Interval(0.5, 1e-9, 1.0, 0.95))
+    assert comparison_claim("a", "b", Interval(0.7, 0.5, 0.9, 0.975)) == (
+        "the data cannot tell a and b apart: P(a > b) = 0.70 [0.50, 0.90], which includes 0.5"
+    )
+    assert comparison_claim("a", "b", Interval(0.3, 0.1, 0.5, 0.975)).startswith("the data cannot tell a and b apart")
+    assert comparison_claim("a", "b", Interval(0.3, 0.1, 0.49, 0.975)) == "b beats a: P(a > b) = 0.30 [0.10, 0.49]"
+
+
+def test_a_profile_band_is_the_stratified_interval_of_the_share_above_tau_and_ties_are_not_above():
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=(3, 6))
+    taus = np.array([-0.5, 0.0, 0.7])
+    profile = performance_profile(scores, taus, seed=3)
+    assert profile.thresholds.tolist() == taus.tolist()
+    for k, tau in enumerate(taus):
+        share = aggregate((scores > tau).astype(float), "mean", seed=3)
+        assert (profile.low[k], profile.high[k]) == pytest.approx((share.low, share.high))
+    tied = performance_profile(np.ones((2, 3)), np.array([1.0]))
+    assert (tied.fraction[0], tied.low[0], tied.high[0]) == (0.0, 0.0, 0.0)  # a score equal to tau is not above it

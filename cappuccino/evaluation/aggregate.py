@@ -42,9 +42,6 @@ class Interval:
     high: float
     confidence: float
 
-    def excludes(self, value: float) -> bool:
-        return value < self.low or value > self.high
-
 
 def check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
     """``scores`` as a finite float (n_splits, n_seeds) array with at least two seeds per split."""
@@ -72,13 +69,13 @@ _STATISTICS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def _bootstrap(statistic: Callable[..., np.ndarray], samples: list[np.ndarray], seed: int, confidence: float, n_resamples: int, paired: bool = False) -> Interval:
+def _bootstrap(statistic: Callable[..., np.ndarray], samples: list[np.ndarray], seed: int, confidence: float, n_resamples: int) -> Interval:
     """Percentile interval of ``statistic(*samples, axis=-1)``, each sample resampled on its own
-    (or all together: ``paired``) with a generator seeded by ``seed``."""
+    with a generator seeded by ``seed``."""
     value = float(statistic(*samples, axis=-1))
     result = stats.bootstrap(
         samples, statistic, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-        vectorized=True, paired=paired, axis=-1, rng=np.random.default_rng(seed),
+        vectorized=True, axis=-1, rng=np.random.default_rng(seed),
     )  # fmt: skip
     return Interval(value, float(result.confidence_interval.low), float(result.confidence_interval.high), confidence)
 
