@@ -54,6 +54,7 @@ from cappuccino.evaluation.backtest import stitch
 from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, load_split_scores
 from cappuccino.models.attention_probe import AttentionMap, load_attention_map
 from cappuccino.tracking import STUDY_TAG
+from cappuccino.tracking.mlflow_tracker import child_runs
 from cappuccino.reporting.figures import PathEquity, attention_figure, close_figure, paths_figure
 
 ARM_TAG = "experiment.arm"
@@ -123,7 +124,7 @@ def read_arms(client: MlflowClient, parent_run_id: str) -> tuple[dict[str, ArmRu
             f"run {parent_run_id} is the study {parent.data.tags[STUDY_TAG]!r}, not an experiment: its report is "
             "reporting.study_report.write_study_report (python -m cappuccino.report picks the right one)"
         )
-    children = _search(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    children = child_runs(client, parent.info.experiment_id, parent_run_id)
     by_arm: dict[str, dict[int, Run]] = {}
     for run in children:
         arm = run.data.tags.get(ARM_TAG)
@@ -143,16 +144,6 @@ def read_arms(client: MlflowClient, parent_run_id: str) -> tuple[dict[str, ArmRu
 
 def _arm_order(arm: str) -> tuple[int, str]:
     return (ABLATION_ARMS.index(arm) if arm in ABLATION_ARMS else len(ABLATION_ARMS), arm)
-
-
-def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _arm_runs(arm: str, runs: list[Run], seeds: list[int]) -> ArmRuns:
@@ -449,7 +440,8 @@ def _resource_cell(iqm: pd.DataFrame, arm: str, name: str) -> str:
     row = iqm.loc[(arm, name)]
     if name == "parameters":  # the same for every seed
         return f"{row['value']:,.0f}"
-    return f"{row['value']:,.1f} [{row['low']:,.1f}, {row['high']:,.1f}]"
+    digits = 1 if name == "wall_minutes" else 0
+    return f"{row['value']:,.{digits}f} [{row['low']:,.{digits}f}, {row['high']:,.{digits}f}]"
 
 
 def _against_references(against: pd.DataFrame) -> list[str]:
@@ -556,4 +548,4 @@ def _curves(client: MlflowClient, runs: ArmRuns) -> tuple[str, list[dict[int, fl
 
 def _split_runs(client: MlflowClient, experiment_id: str, run_id: str) -> list[str]:
     """A cv run's per-split runs (nested under it), or the holdout run itself."""
-    return [c.info.run_id for c in _search(client, experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")] or [run_id]
+    return [c.info.run_id for c in child_runs(client, experiment_id, run_id)] or [run_id]

@@ -32,6 +32,7 @@ from cappuccino.errors import UserError
 from cappuccino.evaluation.metrics import periods_per_year
 from cappuccino.reporting.figures import close_figure
 from cappuccino.tracking import STUDY_TAG, TRIAL_TAG
+from cappuccino.tracking.mlflow_tracker import child_runs
 
 OVERFITTING_FILE = "overfitting.json"
 OPTUNA_FIGURES = ("param_importances.png", "optimization_history.png")
@@ -63,13 +64,7 @@ def read_trials(client: MlflowClient, study_run: Run) -> pd.DataFrame:
     """One row per trial run nested under the study's run, in trial order: its state, objective,
     cross-validation scores, and the searched parameters' values (as the trial's params hold them)."""
     searched = [key.removeprefix("search.") for key in study_run.data.params if key.startswith("search.")]
-    runs, token = [], None
-    while True:
-        page = client.search_runs([study_run.info.experiment_id], f"tags.mlflow.parentRunId = '{study_run.info.run_id}'", max_results=1000, page_token=token)
-        runs += [r for r in page if TRIAL_TAG in r.data.tags]
-        token = page.token
-        if not token:
-            break
+    runs = [r for r in child_runs(client, study_run.info.experiment_id, study_run.info.run_id) if TRIAL_TAG in r.data.tags]
     rows = [
         {
             "trial": int(r.data.tags[TRIAL_TAG]), "state": r.info.status, "objective": r.data.metrics.get("objective", np.nan),

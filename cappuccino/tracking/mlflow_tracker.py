@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Dataset, DatasetInput, LifecycleStage, Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, LifecycleStage, Metric, Param, Run, RunTag
 from mlflow.environment_variables import MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
@@ -324,6 +324,17 @@ class MLflowTracker(Tracker):
                 "or choose another name"
             )
         return experiment.experiment_id
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """Every run nested directly under ``parent_run_id``, all pages of the search."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def mlflow_client_uri(tracking_uri: str) -> str:
