@@ -127,7 +127,7 @@ def attention_figure(
             market[b].T, aspect="auto", cmap="viridis", vmin=market[b].min(), vmax=market[b].max(),
             extent=(bars[0] - 0.5, bars[-1] + 0.5, rows - 0.5, -0.5),
         )  # fmt: skip
-        figure.colorbar(image, ax=market_ax, pad=0.01, label="share of attention", format=PercentFormatter(xmax=1.0, decimals=2))
+        figure.colorbar(image, ax=market_ax, pad=0.01, label="share of attention", format=PercentFormatter(xmax=1.0, decimals=None))  # decimals from the range: a narrow one needs more
         market_ax.set_yticks(range(rows), row_names)
         market_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         market_ax.set_title(f"block {b}: market tokens ({market[b].sum():.0%} of attention)", loc="left")
