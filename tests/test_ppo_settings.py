@@ -221,6 +221,8 @@ def test_value_loss_clipped_branch_hand_numbers():
         ("max_grad_norm", 0.0, 1e-9, "must be > 0, got 0.0"),
         ("target_kl", 0.0, None, "must be > 0 or null, got 0.0"),
         ("target_kl", -1.0, 1e-9, "must be > 0 or null, got -1.0"),
+        ("micro_batch_size", 0, 1, "must be in [1, minibatch_size=8] or null (the whole minibatch), got 0"),
+        ("micro_batch_size", 9, 8, "must be in [1, minibatch_size=8] or null (the whole minibatch), got 9"),
     ],
 )
 def test_settings_bounds(field, bad, good, message):
@@ -576,3 +578,32 @@ def test_size_errors_name_the_settings_and_the_fix():
         "policy was built for (lookback, n_assets, n_features) = (3, 2, 2) but the env has (2, 2, 2); "
         "build the ActorCritic with the env's sizes"
     )
+
+
+# -------------------------------------------------------------------------- micro-batching
+@pytest.mark.parametrize("micro_batch_size", [1, 3, 8])
+def test_micro_batches_take_the_same_steps_as_whole_minibatches(micro_batch_size):
+    """Gradient accumulation over chunks (the last one smaller) is the same update: the same
+    gradients at every step, the same parameters after two updates of two epochs, the same
+    logged losses; advantages are normalised over the whole minibatch, not per chunk."""
+    env_settings = dict(num_envs=4, episode_length=3, base=[[1.0, -0.5, 2.0], [0.25, 0.0, -1.0], [0.5, 0.5, 0.0], [-1.0, 2.0, 1.0]], action_cost=0.3)
+    settings = replace(BASE, minibatch_size=8, update_epochs=2, norm_adv=True, clip_value_loss=True, ent_coef=0.01, max_grad_norm=0.5)
+    runs = {}
+    for micro in (None, micro_batch_size):
+        env = ScriptedEnv(**env_settings)
+        runs[micro] = learn(make_policy(env), env, replace(settings, micro_batch_size=micro), total_steps=2 * 16)
+    (whole, whole_probe, whole_ppo), (chunked, chunked_probe, chunked_ppo) = runs[None], runs[micro_batch_size]
+    assert len(whole_probe.grads) == len(chunked_probe.grads) == 2 * 2 * 2  # updates x epochs x minibatches
+    for a, b in zip(whole_probe.grads, chunked_probe.grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(trainable(whole_ppo.policy), trainable(chunked_ppo.policy)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
+        assert [m[key] for m in chunked] == pytest.approx([m[key] for m in whole], rel=1e-5, abs=1e-7), key
+
+
+def test_micro_batching_runs_each_forward_on_one_chunk(monkeypatch):
+    env = ScriptedEnv(num_envs=4, episode_length=3)
+    surrogate = Spy(monkeypatch, "clipped_surrogate")
+    learn(make_policy(env), env, replace(BASE, minibatch_size=8, micro_batch_size=3), total_steps=16)
+    assert [len(args[0]) for args, _ in surrogate.calls] == [3, 3, 2, 3, 3, 2]  # two minibatches of 8

@@ -15,6 +15,9 @@ Choices: Adam(eps=1e-5, fused); learning rate annealed linearly over updates (Cl
 draws minibatches without replacement from one permutation and keeps the last, smaller
 minibatch, so every sample is used exactly once per epoch; the target-KL check runs after each
 epoch on the KL of that epoch's last minibatch (the most recent policy) and stops the epoch loop.
+``micro_batch_size`` runs a minibatch's forward and backward passes in chunks whose weighted
+gradients add up to the minibatch's (gradient accumulation; advantages are normalised over the
+whole minibatch first): the same step up to float rounding, with the activations of one chunk.
 
 The rollout buffer keeps bar indices and portfolio weights, never feature windows: windows are
 gathered from the env per forward pass, so a 60-bar lookback costs no rollout memory. All
@@ -62,6 +65,7 @@ class PPOSettings:
     gae_lambda: float = 0.95
     update_epochs: int = 4
     minibatch_size: int = 1024
+    micro_batch_size: Optional[int] = None  # samples per forward/backward pass of a minibatch; None: the whole minibatch
     clip_coef: float = 0.2
     clip_value_loss: bool = True
     vf_coef: float = 0.5
@@ -77,6 +81,11 @@ class PPOSettings:
         require(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
         require(self.update_epochs >= 1, "update_epochs", f"must be >= 1, got {self.update_epochs}")
         require(self.minibatch_size >= 1, "minibatch_size", f"must be >= 1, got {self.minibatch_size}")
+        require(
+            self.micro_batch_size is None or 1 <= self.micro_batch_size <= self.minibatch_size,
+            "micro_batch_size",
+            f"must be in [1, minibatch_size={self.minibatch_size}] or null (the whole minibatch), got {self.micro_batch_size}",
+        )
         require(self.clip_coef > 0, "clip_coef", f"must be > 0, got {self.clip_coef}")
         require(self.vf_coef >= 0, "vf_coef", f"must be >= 0, got {self.vf_coef}")
         require(self.ent_coef >= 0, "ent_coef", f"must be >= 0, got {self.ent_coef}")
@@ -355,26 +364,31 @@ class PPO:
         for _ in range(hp.update_epochs):
             epochs_run += 1
             for idx in torch.randperm(self.batch_size, device=bars.device).split(hp.minibatch_size):
-                with self._autocast():  # the forward only: backward and losses run in float32
-                    log_prob, entropy, value = policy.evaluate(self.env.window(bars[idx], dtype=self._window_dtype), weights[idx], actions[idx])
-                log_ratio = log_prob - old_log_probs[idx]
-                ratio = log_ratio.exp()
-                adv = normalize(advantages[idx]) if hp.norm_adv else advantages[idx]
-
-                pg_loss = clipped_surrogate(ratio, adv, hp.clip_coef)
-                v_loss = value_loss(value, old_values[idx], returns[idx], value_clip)
-                mean_entropy = entropy.mean()
-                loss = pg_loss - hp.ent_coef * mean_entropy + hp.vf_coef * v_loss
-
+                adv = normalize(advantages[idx]) if hp.norm_adv else advantages[idx]  # over the whole minibatch
                 self.optimizer.zero_grad()
-                loss.backward()
+                # The minibatch's losses are means, so the chunks' losses weighted by their share
+                # of it sum to them, and so do their gradients: one step, as one pass would take.
+                means = torch.zeros(5, device=bars.device)  # policy, value, entropy, clip fraction, KL
+                for chunk in torch.arange(len(idx), device=bars.device).split(hp.micro_batch_size or len(idx)):
+                    rows, share = idx[chunk], len(chunk) / len(idx)
+                    with self._autocast():  # the forward only: backward and losses run in float32
+                        log_prob, entropy, value = policy.evaluate(self.env.window(bars[rows], dtype=self._window_dtype), weights[rows], actions[rows])
+                    log_ratio = log_prob - old_log_probs[rows]
+                    ratio = log_ratio.exp()
+
+                    pg_loss = clipped_surrogate(ratio, adv[chunk], hp.clip_coef)
+                    v_loss = value_loss(value, old_values[rows], returns[rows], value_clip)
+                    mean_entropy = entropy.mean()
+                    loss = pg_loss - hp.ent_coef * mean_entropy + hp.vf_coef * v_loss
+                    (share * loss).backward()
+
+                    with torch.no_grad():
+                        clip_fraction = ((ratio - 1.0).abs() > hp.clip_coef).float().mean()
+                        means += share * torch.stack([pg_loss, v_loss, mean_entropy, clip_fraction, approx_kl(log_ratio)])
                 grad_norm = nn.utils.clip_grad_norm_(trainable(policy), hp.max_grad_norm)
                 self.optimizer.step()
-
-                with torch.no_grad():
-                    kl = approx_kl(log_ratio)
-                    clip_fraction = ((ratio - 1.0).abs() > hp.clip_coef).float().mean()
-                    totals += torch.stack([pg_loss, v_loss, mean_entropy, clip_fraction, grad_norm])
+                kl = means[4]
+                totals += torch.cat([means[:4], grad_norm.reshape(1)])
                 n_minibatches += 1
             if hp.target_kl is not None and kl > hp.target_kl:
                 break

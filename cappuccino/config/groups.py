@@ -176,6 +176,7 @@ class PPOConfig(Node):
     gae_lambda: float = 0.95
     update_epochs: int = 4
     minibatch_size: int = 1024
+    micro_batch_size: Optional[int] = None
     clip_coef: float = 0.2
     clip_value_loss: bool = True
     vf_coef: float = 0.5
