@@ -44,6 +44,7 @@ EXPERIMENT_TINY = [
     "experiment.pretrain.eval_every=10",
     "experiment.pretrain.val_fraction=0.2",
     "experiment.pretrain.progress=false",
+    "experiment.seeds=null",  # one seed: trainer.seed (the quick size has three)
 ]
 
 
