@@ -115,6 +115,8 @@ def test_the_sensitivity_grid_trains_every_size_with_every_seed(tmp_path):
     assert arms == {(f"d_token=16 n_blocks={b} n_heads=4", str(b), str(s)) for b in (1, 2) for s in range(3)}
     text = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "d_token=16 n_blocks=1 n_heads=4" in text and "## Paired comparisons" in text
+    effects = pd.read_csv(tmp_path / "run" / "report" / "effects.csv")  # the one factor the grid varies
+    assert effects["factor"].tolist() == ["encoder.n_blocks"] * 2 and effects["level"].tolist() == [1, 2]
 
 
 def test_a_sensitivity_grid_that_cannot_be_built_fails_before_any_work():

@@ -17,11 +17,13 @@ from cappuccino.evaluation.gathering import SplitScores
 from cappuccino.report import main as report_command
 from cappuccino.reporting.experiment_report import (
     ARM_TAG,
+    FACTORS_TAG,
     SCORES,
     ReportError,
     buy_and_hold_intervals,
     buy_and_hold_verdict,
     comparisons,
+    main_effects,
     path_equities,
     read_arms,
     reference_comparisons,
@@ -32,9 +34,12 @@ from cappuccino.reporting.experiment_report import (
 N_SPLITS, SEEDS = 4, (0, 1, 2, 3, 4)
 
 
-def experiment_store(tmp_path: Path, edges: dict[str, float], period_sd: float = 1.0, seed: int = 0) -> tuple[MlflowClient, str]:
+def experiment_store(
+    tmp_path: Path, edges: dict[str, float], period_sd: float = 1.0, seed: int = 0, levels: dict[str, dict[str, str]] | None = None
+) -> tuple[MlflowClient, str]:
     """An experiment run with one arm run per (arm, seed): test excess Sharpe per split = that
-    split's market luck (shared by every arm and seed) + the arm's edge + seed noise."""
+    split's market luck (shared by every arm and seed) + the arm's edge + seed noise. ``levels``:
+    a grid's arm -> factor -> value, logged as params and named in the factors tag."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("cappuccino", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -46,6 +51,10 @@ def experiment_store(tmp_path: Path, edges: dict[str, float], period_sd: float =
             run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id, ARM_TAG: arm, "mlflow.runName": f"{arm} seed={seed_}"})
             client.log_param(run.info.run_id, "trainer.seed", seed_)
             client.log_param(run.info.run_id, "policy.parameters", 1000 if arm == "mlp" else 5000)
+            for factor, value in (levels or {}).get(arm, {}).items():
+                client.log_param(run.info.run_id, factor, value)
+            if levels:
+                client.set_tag(run.info.run_id, FACTORS_TAG, ",".join(levels[arm]))
             excess = luck + edge + rng.normal(0, 0.3, N_SPLITS)
             for k in range(N_SPLITS):
                 values = {name: float(rng.normal()) for name in SCORES} | {"excess_sharpe": float(excess[k])}
@@ -191,3 +200,39 @@ def _arm(name: str, excess: np.ndarray):
     from cappuccino.reporting.experiment_report import ArmRuns
 
     return ArmRuns(name, [0, 1, 2], ["split 0", "split 1"], {"excess_sharpe": excess}, {}, ["a", "b", "c"], "0")
+
+
+def test_a_grid_s_main_effects_pool_each_level_over_the_other_factors(tmp_path):
+    """d_token carries the whole edge (+2 at 64), n_blocks none: the d_token levels' intervals
+    are apart, the n_blocks levels' overlap, and the report ranks d_token first."""
+    grid = {f"d{d} b{b}": {"encoder.d_token": str(d), "encoder.n_blocks": str(b)} for d in (32, 64) for b in (1, 2)}
+    client, parent = experiment_store(tmp_path, {arm: 2.0 * (sizes["encoder.d_token"] == "64") for arm, sizes in grid.items()}, period_sd=0.5, levels=grid)
+    arms, _ = read_arms(client, parent)
+    assert arms["d64 b1"].levels == {"encoder.d_token": "64", "encoder.n_blocks": "1"}
+    effects = main_effects(arms).set_index(["factor", "level"])
+    assert effects.loc[("encoder.d_token", "32"), "arms"] == 2
+    small, large = effects.loc[("encoder.d_token", "32")], effects.loc[("encoder.d_token", "64")]
+    assert small.high < large.low and large.value - small.value == pytest.approx(2.0, abs=0.5)
+    one, two = effects.loc[("encoder.n_blocks", "1")], effects.loc[("encoder.n_blocks", "2")]
+    assert one.low < two.high and two.low < one.high
+    pooled = np.concatenate([arms["d32 b1"].scores["excess_sharpe"], arms["d32 b2"].scores["excess_sharpe"]], axis=1)
+    assert small.value == pytest.approx(float(stats_trim_mean(pooled)))
+    report = write_report(client, parent, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Main effects" in text and text.index("Spread of the levels' IQM: `encoder.d_token`") > 0
+    assert (tmp_path / "report" / "main_effects.png").stat().st_size > 10_000 and len(pd.read_csv(tmp_path / "report" / "effects.csv")) == 4
+    assert not report.effects.empty
+
+
+def test_arms_that_form_no_grid_have_no_main_effects(tmp_path):
+    client, parent = experiment_store(tmp_path, {"mlp": 0.0, "ft_scratch": 0.0})
+    arms, _ = read_arms(client, parent)
+    assert main_effects(arms).empty
+    write_report(client, parent, tmp_path / "report")
+    assert not (tmp_path / "report" / "effects.csv").exists() and "## Main effects" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def stats_trim_mean(values: np.ndarray) -> float:
+    from scipy import stats
+
+    return stats.trim_mean(values.ravel(), 0.25)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from cappuccino.config import EncoderConfig, TrainConfig
 from cappuccino.progress import print_line
-from cappuccino.reporting.experiment_report import ARM_TAG, write_report
+from cappuccino.reporting.experiment_report import ARM_TAG, FACTORS_TAG, write_report
 from cappuccino.runtime import RunPaths
 from cappuccino.tracking import Tracker, build_tracker, flatten_config, overrides_tags, short_run_name
 from cappuccino.training import train
@@ -33,17 +33,18 @@ def experiment_tracker(cfg: TrainConfig, plain: dict[str, Any], paths: RunPaths,
 
 def train_arm(
     cfg: TrainConfig, plain: dict[str, Any], arm: str, seed: int, encoder: EncoderConfig, encoder_plain: dict[str, Any], paths: RunPaths,
-    parent_run_id: str | None, overrides: Sequence[str] | None = None,
+    parent_run_id: str | None, overrides: Sequence[str] | None = None, factors: Sequence[str] = (),
 ) -> float:  # fmt: skip
     """Train ``arm`` (``encoder``, and ``encoder_plain`` as its config) with ``seed``; its objective.
     ``plain`` is the experiment's whole config, resolved, the source of the job's saved config;
     ``overrides`` name the run as command-line overrides would (default: the arm and
-    ``trainer.seed``, shown ``mlp seed=0``)."""
+    ``trainer.seed``, shown ``mlp seed=0``); ``factors``: the params a grid varies (its report's main effects)."""
     typed = replace(cfg, experiment=None, encoder=encoder, trainer=replace(cfg.trainer, seed=seed))
     arm_plain = {k: v for k, v in plain.items() if k != "experiment"} | {"encoder": encoder_plain}
     arm_plain["trainer"] = {**plain["trainer"], "seed": seed}
     named = overrides if overrides is not None else (arm, f"trainer.seed={seed}")
-    return train(typed, OmegaConf.to_yaml(arm_plain), paths, named, parent_run_id, tags={ARM_TAG: arm})
+    tags = {ARM_TAG: arm} | ({FACTORS_TAG: ",".join(factors)} if factors else {})
+    return train(typed, OmegaConf.to_yaml(arm_plain), paths, named, parent_run_id, tags=tags)
 
 
 def report(tracker: Tracker, run_dir: Path) -> float:

@@ -4,8 +4,8 @@ and n_heads, with seeds, on the same splits and step budget.
 ``python train.py experiment=sensitivity_ft`` (conf/experiment/sensitivity_ft.yaml): each grid
 point is an arm (``d_token=64 n_blocks=2 n_heads=4``) trained with every seed in
 ``experiment.seeds`` as runs nested under the experiment's run; the report
-(``cappuccino.reporting.experiment_report``) compares them. Returns the winning arm's IQM test
-excess Sharpe.
+(``cappuccino.reporting.experiment_report``) compares them, and each size's main effect. Returns
+the winning arm's IQM test excess Sharpe.
 """
 
 from __future__ import annotations
@@ -46,5 +46,5 @@ def run(
                 encoder, encoder_plain = replace(cfg.encoder, **sizes), {**plain["encoder"], **sizes}
                 named = [f"encoder.{key}={value}" for key, value in sizes.items()] + [f"trainer.seed={seed}"]
                 folder = paths.job(f"d{d_token}_b{n_blocks}_h{n_heads}/seed{seed}")
-                train_arm(cfg, plain, arm, seed, encoder, encoder_plain, folder, tracker.run_id, named)
+                train_arm(cfg, plain, arm, seed, encoder, encoder_plain, folder, tracker.run_id, named, factors=[f"encoder.{key}" for key in sizes])
         return report(tracker, paths.run_dir)

@@ -58,6 +58,7 @@ from cappuccino.tracking.mlflow_tracker import child_runs
 from cappuccino.reporting.figures import PathEquity, attention_figure, close_figure, paths_figure
 
 ARM_TAG = "experiment.arm"
+FACTORS_TAG = "experiment.factors"  # a grid's arm runs: the params that make the grid, comma-separated
 MAIN_SCORE = "excess_sharpe"
 CLAIM_RESAMPLES = 10_000  # a Bonferroni interval's tails hold few resamples: more of them
 MIN_CLAIM_SEEDS = 3  # below, the claim rule erred more often than stated (5-7 % at 2 seeds per split)
@@ -101,6 +102,7 @@ class ArmRuns:
     resources: dict[str, np.ndarray]
     run_ids: list[str]
     experiment_id: str
+    levels: dict[str, str] = field(default_factory=dict)  # a grid's factor -> this arm's value (FACTORS_TAG)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class ExperimentReport:
     best_arm: str
     best_iqm: float
     against_references: pd.DataFrame  # arm, reference, paired difference and its interval, win share, share of the IQM
+    effects: pd.DataFrame  # a grid's factor, level, arms, IQM and its interval (empty for other experiments)
     files: list[Path] = field(default_factory=list)
 
 
@@ -164,7 +167,9 @@ def _arm_runs(arm: str, runs: list[Run], seeds: list[int]) -> ArmRuns:
         "parameters": np.array([float(r.data.params.get("policy.parameters", "nan")) for r in runs]),
     }
     names = [f"split {k}" for k in split_ids] if split_ids else ["holdout"]
-    return ArmRuns(arm, seeds, names, scores, resources, [r.info.run_id for r in runs], runs[0].info.experiment_id)
+    factors = [f for f in runs[0].data.tags.get(FACTORS_TAG, "").split(",") if f]
+    levels = {factor: runs[0].data.params[factor] for factor in factors}
+    return ArmRuns(arm, seeds, names, scores, resources, [r.info.run_id for r in runs], runs[0].info.experiment_id, levels)
 
 
 def _references(run: Run) -> dict[str, float]:
@@ -256,16 +261,21 @@ def write_report(client: MlflowClient, parent_run_id: str, out_dir: Path, seed: 
         attention = {arm: read_attention(client, runs, Path(scratch)) for arm, runs in arms.items()}
     per_split = next((reference_scores(b) for b in backtests.values() if b), {})
     against = reference_comparisons(arms, per_split, seed)
-    report = ExperimentReport(arms, summary, pairs, verdicts, best, float(interquartile_mean(arms[best].scores[MAIN_SCORE])), against)
+    effects = main_effects(arms, seed)
+    report = ExperimentReport(arms, summary, pairs, verdicts, best, float(interquartile_mean(arms[best].scores[MAIN_SCORE])), against, effects)
     summary.to_csv(out_dir / "arms.csv", index=False)
     pairs.to_csv(out_dir / "pairs.csv", index=False)
     against.to_csv(out_dir / "references.csv", index=False)
+    if not effects.empty:
+        effects.to_csv(out_dir / "effects.csv", index=False)
     _runs_table(arms).to_csv(out_dir / "runs.csv", index=False)
     figures = {
         "aggregates.png": aggregates_figure(summary, references),
         "profiles.png": profiles_figure(arms, references, seed),
         "learning_curves.png": learning_curves_figure(client, arms),
     }
+    if not effects.empty:
+        figures["main_effects.png"] = main_effects_figure(effects)
     if backtests[best]:
         paths = path_equities(backtests[best])
         title = f"{best} (highest IQM) against buy-and-hold and the oracle, per backtest path" + (
@@ -285,6 +295,34 @@ def write_report(client: MlflowClient, parent_run_id: str, out_dir: Path, seed: 
     return report
 
 
+
+
+def main_effects(arms: dict[str, ArmRuns], seed: int = 0) -> pd.DataFrame:
+    """For a grid (arms tagged with their factors): per factor and level, the IQM of test excess
+    Sharpe over every arm at that level, their seeds pooled within each split, with its
+    stratified interval. In a full grid every level pools the same combinations of the other
+    factors, so the levels are compared on equal terms. Empty when the arms form no grid."""
+    factors = {tuple(sorted(runs.levels)) for runs in arms.values()}
+    if len(factors) != 1 or not next(iter(factors)):
+        return pd.DataFrame(columns=["factor", "level", "arms", "value", "low", "high", "confidence"])
+    rows = []
+    for factor in next(iter(factors)):
+        by_level: dict[str, list[ArmRuns]] = {}
+        for runs in arms.values():
+            by_level.setdefault(runs.levels[factor], []).append(runs)
+        if len(by_level) < 2:
+            continue  # a factor the grid does not vary
+        for level in sorted(by_level, key=_level_order):
+            pooled = np.concatenate([runs.scores[MAIN_SCORE] for runs in by_level[level]], axis=1)  # (splits, arms x seeds)
+            rows.append({"factor": factor, "level": level, "arms": len(by_level[level]), **_interval_columns(aggregate(pooled, "iqm", seed=seed))})
+    return pd.DataFrame(rows, columns=["factor", "level", "arms", "value", "low", "high", "confidence"])
+
+
+def _level_order(level: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(level), level)
+    except ValueError:
+        return (1, 0.0, level)
 
 
 # ----------------------------------------------------------- backtests and attention maps
@@ -379,6 +417,7 @@ FIGURE_CAPTIONS = {
     "profiles.png": "Performance profiles",
     "learning_curves.png": "Learning curves",
     "equity_paths.png": "Equity per backtest path",
+    "main_effects.png": "Main effects of the grid's factors",
 }  # and attention_<arm>.png per FT arm
 
 
@@ -422,6 +461,7 @@ def markdown(report: ExperimentReport, references: dict[str, float], parent: Run
     lines += ["", "## Resources (IQM over seeds [95 % interval])", "", "| arm | " + " | ".join(RESOURCES[k] for k in shown) + " |", "|---|" + "---:|" * len(shown)]
     for arm in arms:
         lines.append(f"| {arm} | " + " | ".join(_resource_cell(iqm, arm, k) for k in shown) + " |")
+    lines += _main_effects(report.effects)
     lines += _against_references(report.against_references)
     lines += ["", "## Figures", ""]
     for name in figures:
@@ -429,9 +469,23 @@ def markdown(report: ExperimentReport, references: dict[str, float], parent: Run
         lines += [f"![{caption}]({name})", ""]
     lines += [
         "Files: `arms.csv` (every aggregate), `pairs.csv` (every comparison), `references.csv` (every arm against "
-        "each reference), `runs.csv` (every run's scores).", "",
+        "each reference), `runs.csv` (every run's scores)" + (", `effects.csv` (the main effects)." if not report.effects.empty else "."), "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _main_effects(effects: pd.DataFrame) -> list[str]:
+    if effects.empty:
+        return []
+    spread = effects.groupby("factor", sort=False)["value"].agg(lambda v: v.max() - v.min())
+    lines = [
+        "", "## Main effects (test excess Sharpe, each level pooled over the grid's other factors)", "",
+        "Spread of the levels' IQM: " + ", ".join(f"`{f}` {v:.3f}" for f, v in spread.sort_values(ascending=False).items())
+        + " (the larger, the more the factor matters at this budget; compare it with the intervals).", "",
+        "| factor | level | arms | IQM [95 % interval] |", "|---|---|---:|---:|",
+    ]  # fmt: skip
+    lines += [f"| `{r.factor}` | {r.level} | {r.arms} | {r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}] |" for r in effects.itertuples()]
+    return lines
 
 
 def _resource_cell(iqm: pd.DataFrame, arm: str, name: str) -> str:
@@ -489,6 +543,24 @@ def aggregates_figure(summary: pd.DataFrame, references: dict[str, float]) -> Fi
         ax.set_ylim(y[-1] - 0.5, 0.5)
         ax.grid(axis="x", alpha=0.3)
     figure.suptitle("Interquartile mean across splits x seeds, with 95 % stratified bootstrap intervals")
+    return figure
+
+
+def main_effects_figure(effects: pd.DataFrame) -> Figure:
+    """Per factor of a grid, each level's IQM of test excess Sharpe with its 95 % interval."""
+    factors = list(dict.fromkeys(effects["factor"]))
+    figure = Figure(figsize=(3.6 * len(factors), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(factors), squeeze=False, sharey=True)[0]
+    for ax, factor in zip(axes, factors):
+        rows = effects[effects["factor"] == factor]
+        x = np.arange(len(rows))
+        ax.errorbar(x, rows["value"], yerr=[rows["value"] - rows["low"], rows["high"] - rows["value"]], fmt="o-", capsize=4, color="tab:blue")
+        ax.axhline(0.0, color="grey", lw=1, ls="--")
+        ax.set_xticks(x, rows["level"])
+        ax.set_xlabel(factor)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test excess Sharpe, IQM (annualised)")
+    figure.suptitle("Main effects: each level pooled over the other factors, with 95 % stratified intervals")
     return figure
 
 
