@@ -295,8 +295,6 @@ def write_report(client: MlflowClient, parent_run_id: str, out_dir: Path, seed: 
     return report
 
 
-
-
 def main_effects(arms: dict[str, ArmRuns], seed: int = 0) -> pd.DataFrame:
     """For a grid (arms tagged with their factors): per factor and level, the IQM of test excess
     Sharpe over every arm at that level, their seeds pooled within each split, with its
