@@ -206,7 +206,8 @@ class SplitJob:
         cfg = self.cfg
         seed = cfg.trainer.seed + index
         torch.manual_seed(seed)
-        env = PortfolioEnv(self.tensors, split.train, rules=self.rules, sampling=self.sampling, seed=seed)
+        rules = self.sampling.training_rules(self.rules)
+        env = PortfolioEnv(self.tensors, split.train, rules=rules, sampling=self.sampling, seed=seed)
         module = self.build_policy().to(self.device)
         policy = TrainedPolicy(module, self.schema)
         ppo = PPO(module, env, build(cfg.agent), cfg.trainer.total_steps, cfg.trainer.precision)

@@ -753,3 +753,12 @@ def test_observations_are_float32_whatever_the_default_dtype() -> None:
     assert {w.dtype for w in weights} == {torch.float32}
     assert {s.reward.dtype for s in steps} == {torch.float32}
     assert env.cash.dtype == torch.float64
+
+
+def test_a_training_band_replaces_the_rules_band_in_training_episodes_only() -> None:
+    rules = TradingRules(fee=0.0025, cash_reserve=0.02, rebalance_band=0.05, min_order_size={"S0": 0.1})
+    assert EpisodeSampling().training_rules(rules) is rules  # null: the rules' own band
+    training = EpisodeSampling(rebalance_band=0.0).training_rules(rules)
+    assert training == dataclasses.replace(rules, rebalance_band=0.0)  # nothing else changes
+    with pytest.raises(ArgumentError, match=re.escape("rebalance_band: must be in [0, 1) or null, got 1.0")):
+        EpisodeSampling(rebalance_band=1.0)

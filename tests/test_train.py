@@ -145,3 +145,23 @@ def test_an_objective_on_test_data_is_rejected_before_any_data_is_loaded(compose
 def test_cross_validation_objectives_say_they_are_measured_on_held_out_test_groups(compose_config, tmp_path):
     with pytest.raises(ConfigError, match=r"by design on each split's held-out test groups.*'cv/objective'"):
         run(compose_config([*TINY, "logger=none", "cv=cpcv", "cv.embargo_bars=null", "trainer.objective=test/sharpe"]), _paths(tmp_path))
+
+
+def test_the_training_band_reaches_the_training_env_and_backtests_keep_the_rules_band(compose_config, tmp_path, monkeypatch):
+    import cappuccino.evaluation.backtest as backtest
+    import cappuccino.training as training
+
+    bands: dict[str, list[float]] = {"training": [], "backtest": []}
+
+    def recording(kind: str, env_class):
+        def make(*args, **kwargs):
+            bands[kind].append(kwargs["rules"].rebalance_band)
+            return env_class(*args, **kwargs)
+
+        return make
+
+    monkeypatch.setattr(training, "PortfolioEnv", recording("training", training.PortfolioEnv))
+    monkeypatch.setattr(backtest, "PortfolioEnv", recording("backtest", backtest.PortfolioEnv))
+    run(compose_config([*TINY, "logger=none", "rules.rebalance_band=0.04", "env.rebalance_band=0.0"]), _paths(tmp_path))
+    assert bands["training"] == [0.0]
+    assert bands["backtest"] and set(bands["backtest"]) == {0.04}

@@ -83,6 +83,7 @@ class EnvConfig(Node):
     reward: str = "excess_log_return"
     reward_scale: float = 100.0
     turnover_penalty: float = 0.0
+    rebalance_band: Optional[float] = None
 
 
 # ---------------------------------------------------------------------------------- rules

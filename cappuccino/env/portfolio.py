@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import EllipsisType
 from typing import NamedTuple
 
@@ -68,7 +68,10 @@ class EpisodeSampling:
     moves from the reward and matches the objective; "log_return" is the plain log return.
     ``turnover_penalty`` charges each step's turnover (traded notional / value) once more in the
     reward, beyond the fees its return already paid: a training signal against churn that no
-    backtest or metric sees.
+    backtest or metric sees. ``rebalance_band`` replaces the trading rules' no-trade band inside
+    training episodes only (None: the rules' own): a band makes the reward flat in any action
+    that stays inside it, so exploration noise smaller than the band earns no gradient, while
+    backtests and trading keep the rules' band against churn.
     """
 
     num_envs: int = 64
@@ -77,6 +80,7 @@ class EpisodeSampling:
     reward: str = "excess_log_return"
     reward_scale: float = 100.0
     turnover_penalty: float = 0.0
+    rebalance_band: float | None = None
 
     def __post_init__(self) -> None:
         require(self.num_envs >= 1, "num_envs", f"must be >= 1, got {self.num_envs}")
@@ -85,6 +89,12 @@ class EpisodeSampling:
         require(self.reward in REWARDS, "reward", f"must be one of {list(REWARDS)}, got {self.reward!r}")
         require(self.reward_scale > 0, "reward_scale", f"must be > 0, got {self.reward_scale}")
         require(self.turnover_penalty >= 0, "turnover_penalty", f"must be >= 0, got {self.turnover_penalty}")
+        band = self.rebalance_band
+        require(band is None or 0.0 <= band < 1.0, "rebalance_band", f"must be in [0, 1) or null, got {band}")
+
+    def training_rules(self, rules: TradingRules) -> TradingRules:
+        """``rules`` with this sampling's training band, if it sets one."""
+        return rules if self.rebalance_band is None else replace(rules, rebalance_band=self.rebalance_band)
 
 
 class Observation(NamedTuple):
