@@ -243,7 +243,7 @@ def test_metrics_are_reported_after_every_update(shared):
     expected = {
         "global_step", "update", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
         "explained_variance", "steps_per_second", "learning_rate", "grad_norm", "episode_reward", "step_reward",
-        "epochs_run",
+        "epochs_run", "log_std",
     }  # fmt: skip
     assert all(set(m) == expected for m in history)
     assert all(math.isfinite(m[k]) for m in history for k in expected)  # 8-step episodes end in every rollout

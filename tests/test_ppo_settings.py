@@ -23,6 +23,7 @@ Field -> tests:
   max_grad_norm      test_max_grad_norm_bounds_the_step_and_the_pre_clip_norm_is_reported
   target_kl          test_target_kl_stops_after_the_epoch_whose_kl_exceeds_it
   norm_adv           test_one_update_matches_hand_computed_values, test_norm_adv_changes_the_gradient_iff_advantages_are_not_normalised
+  final_log_std      test_final_log_std_sets_each_updates_exploration_on_a_line_and_adam_never_moves_it
   (validation)       test_settings_bounds
 
 The last section holds what mutation testing (see TESTING.md) found unpinned: the episode-reward
@@ -467,6 +468,26 @@ def test_learning_rate_used_by_the_optimiser(anneal_lr):
     assert [m["learning_rate"] for m in history] == pytest.approx(per_update)
     _, _, ppo = learn(make_policy(env), env, settings)
     assert (ppo.optimizer.defaults["eps"], ppo.optimizer.defaults["fused"]) == (1e-5, True)  # the docstring's Adam
+
+
+# --------------------------------------------------------------------------- final_log_std
+def test_final_log_std_sets_each_updates_exploration_on_a_line_and_adam_never_moves_it():
+    """Four updates from -0.5 to -2: -0.5, -1, -1.5, -2, the rollout sampling with each (the
+    entropy, computed under the update's std, says so), even with an entropy bonus that would raise it."""
+    env = ScriptedEnv(num_envs=2, episode_length=3)
+    settings = replace(BASE, final_log_std=-2.0, ent_coef=0.5, lr=1e-2, update_epochs=1, minibatch_size=4)
+    policy = make_policy(env, critic_value=0.0, init_log_std=-0.5)
+    history, _, ppo = learn(policy, env, settings, total_steps=4 * env.num_envs * settings.n_steps, probe=False)
+    expected = [-0.5, -1.0, -1.5, -2.0]
+    assert [m["entropy"] for m in history] == pytest.approx([env.n_assets * (0.5 * LOG_2PI_E + s) for s in expected], rel=1e-6)
+    assert [m["log_std"] for m in history] == pytest.approx(expected)
+    torch.testing.assert_close(policy.log_std.detach(), torch.full((env.n_assets,), -2.0))
+    assert all(p is not policy.log_std for group in ppo.optimizer.param_groups for p in group["params"])
+    learned = make_policy(env, critic_value=0.0, init_log_std=-0.5)
+    learn(learned, env, replace(settings, final_log_std=None), total_steps=4 * env.num_envs * settings.n_steps, probe=False)
+    assert learned.log_std.mean().item() > -0.5  # without the schedule the entropy bonus raises it
+    with pytest.raises(ArgumentError, match="final_log_std"):
+        PPOSettings(final_log_std=float("nan"))
 
 
 # ------------------------------------------------------------------------------- target_kl

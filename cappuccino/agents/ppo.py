@@ -18,6 +18,10 @@ epoch on the KL of that epoch's last minibatch (the most recent policy) and stop
 ``micro_batch_size`` runs a minibatch's forward and backward passes in chunks whose weighted
 gradients add up to the minibatch's (gradient accumulation; advantages are normalised over the
 whole minibatch first): the same step up to float rounding, with the activations of one chunk.
+``final_log_std`` schedules exploration instead of learning it: update ``u`` of ``U`` samples
+with ``log_std = start + (final - start) * (u - 1) / (U - 1)``. PPO's clip bounds each update's
+move of the Gaussian's mean to a fraction of its std, so a small std learns slowly; a large one
+learns fast but trades on noise. A schedule explores widely early and acts precisely late.
 
 The rollout buffer keeps bar indices and portfolio weights, never feature windows: windows are
 gathered from the env per forward pass, so a 60-bar lookback costs no rollout memory. All
@@ -38,6 +42,7 @@ and losses are float32 too. bfloat16 has float32's exponent range: no loss scali
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -73,6 +78,9 @@ class PPOSettings:
     max_grad_norm: float = 0.5
     target_kl: Optional[float] = 0.03  # stop the epoch loop once the approximate KL exceeds this
     norm_adv: bool = True
+    # The policy's log std moves linearly from its value at the start (the policy's init_log_std)
+    # to this at the last update, set rather than learned; None: learned like any parameter.
+    final_log_std: Optional[float] = None
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
@@ -90,6 +98,8 @@ class PPOSettings:
         require(self.vf_coef >= 0, "vf_coef", f"must be >= 0, got {self.vf_coef}")
         require(self.ent_coef >= 0, "ent_coef", f"must be >= 0, got {self.ent_coef}")
         require(self.max_grad_norm > 0, "max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
+        final = self.final_log_std
+        require(final is None or math.isfinite(final), "final_log_std", f"must be a finite number or null, got {final}")
         require(self.target_kl is None or self.target_kl > 0, "target_kl", f"must be > 0 or null, got {self.target_kl}")
 
 
@@ -244,6 +254,9 @@ class PPO:
             )
         self.num_updates = max(1, total_steps // self.batch_size)
         self.total_steps = self.num_updates * self.batch_size
+        self._start_log_std = policy.log_std.detach().clone()
+        if settings.final_log_std is not None:
+            self.policy.log_std.requires_grad_(False)  # scheduled, not learned (and not in Adam)
         # fused: the whole Adam step in one pass over the parameters (CPU and GPU), ~5x faster on
         # CPU than the per-operation foreach kernels; the same update up to float rounding.
         self.optimizer = torch.optim.Adam(trainable(self.policy), lr=settings.lr, eps=1e-5, fused=True)
@@ -255,7 +268,8 @@ class PPO:
 
         Runs inside :func:`retained_freed_memory` (no page faults for re-allocated tensors).
 
-        metrics: global_step, update (1-based), learning_rate (used in this update), epochs_run;
+        metrics: global_step, update (1-based), learning_rate (used in this update), log_std (the
+        policy's mean over assets after the update), epochs_run;
         policy_loss, value_loss, entropy, clip_fraction, grad_norm (pre-clip): means over the
         minibatches run; approx_kl: the value the target-KL check last saw; explained_variance of
         the rollout values against the returns; episode_reward: mean undiscounted (scaled) reward
@@ -272,6 +286,8 @@ class PPO:
                 learning_rate *= 1.0 - (update - 1) / self.num_updates
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate
+            if self.settings.final_log_std is not None:
+                self._schedule_log_std(update)
 
             rollout, obs, episode_return, episode_reward, step_reward = self._collect(obs, episode_return)
             self.global_step += self.batch_size
@@ -285,10 +301,17 @@ class PPO:
                 episode_reward=episode_reward.item(),
                 step_reward=step_reward.item(),
                 learning_rate=learning_rate,
+                log_std=self.policy.log_std.mean().item(),
             )
             metrics["steps_per_second"] = self.batch_size / (time.perf_counter() - start)
             if on_update is not None:
                 on_update(metrics)
+
+    def _schedule_log_std(self, update: int) -> None:
+        """Set the log std of ``update`` (1-based) on ``final_log_std``'s linear schedule."""
+        progress = (update - 1) / max(1, self.num_updates - 1)
+        final = torch.full_like(self._start_log_std, self.settings.final_log_std)
+        self.policy.log_std.data.copy_(torch.lerp(self._start_log_std, final, progress))
 
     def _autocast(self) -> AbstractContextManager:
         """Context for the policy's forward passes: bfloat16 autocast under "bf16-mixed", else a no-op.

@@ -186,6 +186,7 @@ class PPOConfig(Node):
     target_kl: Optional[float] = 0.03
     norm_adv: bool = True
     init_log_std: float = -2.0
+    final_log_std: Optional[float] = None
 
 
 # -------------------------------------------------------------------------------- encoder
