@@ -70,7 +70,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(compose_config, tmp_path)
     assert mlflow_run.info.run_name == "lr=0.0001"  # short; the overrides as typed are a tag and the description
     assert mlflow_run.data.tags["overrides"] == "agent.lr=1e-4"
     assert mlflow_run.data.tags["mlflow.note.content"] == "python train.py agent.lr=1e-4"
-    assert mlflow_run.data.params["agent.gamma"] == "0.99"
+    assert mlflow_run.data.params["agent.gamma"] == "0.5"
     assert "val/excess_sharpe" in mlflow_run.data.metrics and "objective" in mlflow_run.data.metrics
     history = client.get_metric_history(mlflow_run.info.run_id, "train/policy_loss")
     assert len(history) >= 2

@@ -82,8 +82,8 @@ class EnvConfig(Node):
     initial_cash: float = 100_000.0
     reward: str = "excess_log_return"
     reward_scale: float = 100.0
-    turnover_penalty: float = 0.0
-    rebalance_band: Optional[float] = None
+    turnover_penalty: float = 0.005
+    rebalance_band: Optional[float] = 0.0
 
 
 # ---------------------------------------------------------------------------------- rules
@@ -173,7 +173,7 @@ class PPOConfig(Node):
     lr: float = 3e-4
     anneal_lr: bool = True
     n_steps: int = 128
-    gamma: float = 0.99
+    gamma: float = 0.5
     gae_lambda: float = 0.95
     update_epochs: int = 4
     minibatch_size: int = 1024
@@ -185,8 +185,8 @@ class PPOConfig(Node):
     max_grad_norm: float = 0.5
     target_kl: Optional[float] = 0.03
     norm_adv: bool = True
-    init_log_std: float = -2.0
-    final_log_std: Optional[float] = None
+    init_log_std: float = -0.5
+    final_log_std: Optional[float] = -2.5
 
 
 # -------------------------------------------------------------------------------- encoder
