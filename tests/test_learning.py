@@ -1,11 +1,12 @@
 """The learning test: PPO must find a planted edge, and must stay out of the way where there is none.
 
 The synthetic market plants a lag-1 autocorrelation of known strength in every asset's returns
-(``data.signal_strength``). The small planted-edge test has fees at zero, to isolate learning
-from trading costs, and a learned exploration. The other two run ``python train.py`` as a user
-does, fees on: on a strong signal the agent must earn an edge after fees, and on a random walk
-an agent that churns (an earlier default traded its portfolio ~800 times a year) fails. Agent,
-benchmark and reference policies are scored on the same test bars.
+(``data.signal_strength``). The planted-edge test has fees at zero, to isolate learning from
+trading costs, and a learned exploration; a policy with no skill that always holds equal weight
+scores an excess Sharpe of -0.02 on its test split (``benchmarks/reference_lines.py`` with its
+overrides), far below the bound. The random-walk test runs ``python train.py`` as a user does,
+fees on: an agent that churns (an earlier default traded its portfolio ~800 times a year) fails
+it. Agent, benchmark and random policy are scored on the same test bars.
 """
 
 import json
@@ -78,17 +79,6 @@ def _default_run(compose_config, tmp_path, strength: float) -> dict[str, float]:
     run_dir.mkdir()
     run(cfg_dict, RunPaths(run_dir, tmp_path))
     return {k.removeprefix("test/"): v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k.startswith("test/")}
-
-
-def test_the_default_agent_earns_a_strong_planted_edge_after_fees(compose_config, tmp_path):
-    """Signal 0.3 at 0.25 % fees. Agents with no skill score an excess Sharpe within ±0.16 of
-    buy-and-hold's (10 runs on a random walk, BENCHMARKS.md); the default agent's 5 seeds
-    scored +0.31 .. +0.64, the oracle +11.7."""
-    test = _default_run(compose_config, tmp_path, strength=0.3)
-    assert test["excess_sharpe"] > 0.2, test
-    assert test["fees_paid"] > 0 and test["annual_turnover"] <= 100, test  # it trades for the edge, without churning
-    assert test["sharpe"] > test["random_sharpe"] + 3.0 and test["sharpe"] > test["flat_sharpe"] + 3.0, test
-    assert 0 < test["agent_oracle_ratio"] < 1, test
 
 
 def test_ppo_stays_out_of_the_way_of_a_random_walk_after_fees(compose_config, tmp_path):
