@@ -1,10 +1,9 @@
 """Lines to read an agent's excess Sharpe against, on each split of the default run: no skill,
 the planted edge as far as past prices reveal it, and the oracle.
 
-- **no skill**: always targets equal weight (an agent's action 0 on every asset), so it
-  rebalances through the rules' no-trade band where buy-and-hold, bought once, lets weights
-  drift. Its excess Sharpe is not 0: a split where the assets drift apart or trend (the planted
-  signal is a positive autocorrelation) costs rebalancing.
+- **no skill**: the ``equal_weight`` reference every run reports
+  (``cappuccino.evaluation.references``): always equal target weights, rebalanced through the
+  band. Its excess Sharpe is the split's luck, not 0.
 - **filter**: the oracle's rule (``cappuccino.evaluation.references.OracleRule``) on expected
   gains estimated from past closes only. It knows the generator's parameters (signal strength,
   half-life, drift), not its state: the signal state is an exponential average of past
@@ -26,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from torch import Tensor
 
 from cappuccino.config import build, register_configs, validate
 from cappuccino.data import load_market
@@ -35,20 +33,11 @@ from cappuccino.data.synthetic import PlantedSignal, planted_signal
 from cappuccino.data.tensors import LEDGER_DTYPE, MarketTensors
 from cappuccino.evaluation.backtest import backtest, stitch
 from cappuccino.evaluation.metrics import periods_per_year
-from cappuccino.evaluation.references import OracleRule, oracle_gain
+from cappuccino.evaluation.references import EqualWeightPolicy, OracleRule, oracle_gain
 from cappuccino.evaluation.splits import select_splits
-from cappuccino.trading.rules import target_weights
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VARIANCE_DECAY = 0.97  # trailing variance estimate: ~33 bars, near the generator's GARCH memory
-
-
-class EqualWeightPolicy:
-    """Action 0 on every asset, every bar: equal target weights less the cash reserve."""
-
-    def target_weights(self, window: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
-        batch, _, n_assets, _ = window.shape  # (B, L, A, F)
-        return target_weights(torch.zeros(batch, n_assets, dtype=LEDGER_DTYPE, device=window.device), cash_reserve)
 
 
 def filtered_gain(market: MarketData, signal: PlantedSignal, strength: float) -> np.ndarray:

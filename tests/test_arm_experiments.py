@@ -69,7 +69,7 @@ def test_every_arm_and_seed_runs_on_the_same_splits_and_without_an_edge_the_repo
     assert {"equity_paths.png", "attention_ft_scratch.png", "attention_ft_finetuned.png"} <= {p.name for p in folder.iterdir()}
     assert not (folder / "attention_mlp.png").exists() and "![Equity per backtest path](equity_paths.png)" in report.read_text()
     against = pd.read_csv(folder / "references.csv")
-    assert sorted(zip(against.arm, against.reference)) == sorted((a, r) for a in ("mlp", "ft_scratch", "ft_finetuned") for r in ("oracle", "random", "flat"))
+    assert sorted(zip(against.arm, against.reference)) == sorted((a, r) for a in ("mlp", "ft_scratch", "ft_finetuned") for r in ("oracle", "random", "flat", "equal_weight"))
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cappuccino.data.features import with_features
 from cappuccino.data.synthetic import SyntheticSource, planted_signal, synthetic_market
 from cappuccino.evaluation.references import oracle_gain
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_lines import EqualWeightPolicy, filtered_gain  # noqa: E402
+from reference_lines import filtered_gain  # noqa: E402
 
 
 def test_the_planted_signal_is_recovered_from_past_closes_alone() -> None:
@@ -28,8 +27,3 @@ def test_the_planted_signal_is_recovered_from_past_closes_alone() -> None:
     moved[2000:, :, :4] *= 1.5
     shifted = filtered_gain(type(market)(**{**market.__dict__, "ohlcv": moved}), signal, 0.2)
     assert np.array_equal(shifted[:2000], estimate[:2000]) and not np.array_equal(shifted[2000:], estimate[2000:])
-
-
-def test_no_skill_targets_equal_weight_less_the_cash_reserve() -> None:
-    weights = EqualWeightPolicy().target_weights(torch.randn(3, 8, 4, 14), torch.full((3, 5), 0.2), cash_reserve=0.02)
-    assert torch.allclose(weights, torch.full((3, 4), 0.98 / 4, dtype=weights.dtype))

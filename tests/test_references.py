@@ -16,6 +16,7 @@ from cappuccino.data.synthetic import SyntheticSource, planted_signal, synthetic
 from cappuccino.data.tensors import MarketTensors, Segment
 from cappuccino.evaluation.backtest import Backtest, backtest, stitch
 from cappuccino.evaluation.references import (
+    EqualWeightPolicy,
     FlatPolicy,
     OracleRule,
     RandomPolicy,
@@ -225,6 +226,30 @@ def test_the_verdict_says_whether_the_agent_beat_buy_and_hold_after_fees(agent: 
     assert verdict(result) == line
 
 
+def test_the_verdict_shows_the_no_skill_line_first() -> None:
+    references = {"oracle": {"excess_sharpe": 2.0}, "equal_weight": {"excess_sharpe": 0.47}}
+    result = HoldoutResult(val={}, test={"excess_sharpe": 0.39}, references=references)
+    assert verdict(result) == (
+        "agent beat buy-and-hold after fees on the test split: excess Sharpe +0.39 (equal weight +0.47; oracle +2.00, 20% of it)"
+    )
+
+
+def test_equal_weight_targets_equal_weight_less_the_cash_reserve_and_rebalances_through_the_band() -> None:
+    weights = EqualWeightPolicy().target_weights(torch.randn(3, 8, 4, 14), torch.full((3, 5), 0.2), cash_reserve=0.02)
+    assert torch.allclose(weights, torch.full((3, 4), 0.98 / 4, dtype=weights.dtype))
+    # Two assets, one doubling: buy-and-hold drifts to 2:1, equal weight sells the winner back.
+    rules = TradingRules(fee=0.0, cash_reserve=0.0, rebalance_band=0.05, min_order_size={"X": 0.0, "Y": 0.0})
+
+    def turnover(x_prices: list[float]) -> float:
+        close = torch.tensor([[x, 1.0] for x in x_prices], dtype=torch.float64)
+        tensors = MarketTensors(torch.zeros(len(x_prices), 2, 3), close, close, lookback=2, symbols=("X", "Y"))
+        (run,) = backtest(EqualWeightPolicy(), tensors, [Segment(0, len(x_prices))], rules, 1000.0)
+        return run.turnover
+
+    flat = turnover([1.0] * 10)  # the first bar's purchase only
+    assert turnover([1.0] * 5 + [2.0] * 5) == pytest.approx(flat + 1 / 3, rel=0.05)  # sells 1/6 of X, buys 1/6 of Y
+
+
 def test_a_run_reports_the_references_and_labels_its_objective(compose_config, tmp_path, capsys) -> None:
     import json
 
@@ -236,16 +261,16 @@ def test_a_run_reports_the_references_and_labels_its_objective(compose_config, t
     (tmp_path / "run").mkdir()
     run(compose_config([*TINY, "logger=none"]), RunPaths(tmp_path / "run", tmp_path))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for name in ("oracle", "random", "flat"):
+    for name in ("oracle", "random", "flat", "equal_weight"):
         assert math.isfinite(metrics[f"test/{name}_sharpe"]), name
     assert metrics["test/flat_total_return"] == 0.0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
     assert "objective (val/excess_sharpe, the validation split) = " in out
-    assert "buy-and-hold after fees on the test split: excess Sharpe" in out and "(oracle " in out
+    assert "buy-and-hold after fees on the test split: excess Sharpe" in out and "(equal weight " in out and "; oracle " in out
 
 
 def test_the_oracle_needs_the_generator_so_real_data_gets_none(tmp_path) -> None:
     tensors = MarketTensors(torch.zeros(40, 2, 3), torch.ones(40, 2), torch.ones(40, 2), lookback=4, symbols=("X", "Y"))
     rules = TradingRules(min_order_size={"X": 0.0, "Y": 0.0})
     runs = reference_backtests(tensors, [Segment(0, 40)], rules, 1000.0, gain=None, init_log_std=-0.5, seed=0)
-    assert set(runs) == {"random", "flat"}
+    assert set(runs) == {"random", "flat", "equal_weight"}

@@ -45,7 +45,7 @@ def test_a_cpcv_run_keeps_every_split_s_reference_backtests_beside_the_agent_s(c
 
     _, metrics, run_dir = _run(compose_config, tmp_path, CPCV)
     scores = load_split_scores(run_dir / BACKTESTS_FILE)
-    assert sorted(scores.reference_tests) == [0, 1, 2] and set(scores.reference_tests[0]) == {"oracle", "random", "flat"}
+    assert sorted(scores.reference_tests) == [0, 1, 2] and set(scores.reference_tests[0]) == {"oracle", "random", "flat", "equal_weight"}
     for i, by_name in scores.reference_tests.items():
         agent = scores.tests[i]
         for name, pieces in by_name.items():

@@ -10,6 +10,10 @@
 - **random**: the action distribution of an untrained agent (mean 0, standard deviation
   ``exp(agent.init_log_std)``), sampled every bar: what exploring alone costs in fees.
 - **flat**: hold cash (zero return, zero risk, no fees).
+- **equal_weight**: always targets equal weight (an agent's action 0 on every asset), so it
+  rebalances through the no-trade band where buy-and-hold, bought once, lets weights drift. It
+  has no skill, yet its excess Sharpe is not 0: rebalancing gains or loses with the bars (a
+  trending stretch costs it). An agent's excess Sharpe is read against this line, not against 0.
 
 Buy-and-hold (equal weight, same fees) is in every backtest already (``Backtest.benchmark``).
 """
@@ -71,6 +75,14 @@ class FlatPolicy:
         return torch.zeros(batch, n_assets, dtype=LEDGER_DTYPE, device=window.device)
 
 
+class EqualWeightPolicy:
+    """Action 0 on every asset, every bar: equal target weights less the cash reserve."""
+
+    def target_weights(self, window: Tensor, weights: Tensor, cash_reserve: float) -> Tensor:
+        batch, _, n_assets, _ = window.shape  # (B, L, A, F)
+        return target_weights(torch.zeros(batch, n_assets, dtype=LEDGER_DTYPE, device=window.device), cash_reserve)
+
+
 class RandomPolicy:
     """Gaussian actions of mean 0 and standard deviation ``exp(log_std)`` each bar: an untrained
     agent's (its actor head starts near zero), mapped to weights as the agent's are."""
@@ -105,6 +117,7 @@ def reference_backtests(
     policies: dict[str, object] = {
         "random": RandomPolicy(market.n_assets, seed, init_log_std),
         "flat": FlatPolicy(),
+        "equal_weight": EqualWeightPolicy(),
     }
     if gain is not None:
         policies = {"oracle": OracleRule(gain, 2.0 * rules.fee), **policies}
@@ -127,6 +140,7 @@ def mean_reference_metrics(per_split: Sequence[Mapping[str, Mapping[str, float]]
 
 
 __all__ = [
+    "EqualWeightPolicy",
     "FlatPolicy",
     "OracleRule",
     "RandomPolicy",

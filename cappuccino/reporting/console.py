@@ -59,12 +59,16 @@ def verdict(result: Result) -> str:
         excess, where = result.excess_sharpe_mean, f"on the test groups of {len(result.splits)} splits (mean)"
     beat = "beat" if excess > 0 else "did not beat"
     line = f"agent {beat} buy-and-hold after fees {where}: excess Sharpe {excess:+.2f}"
+    beside = []
+    equal_weight = result.references.get("equal_weight")
+    if equal_weight is not None:  # no skill, the line to read the agent against
+        beside.append(f"equal weight {equal_weight['excess_sharpe']:+.2f}")
     oracle = result.references.get("oracle")
     if oracle is not None:
         ratio = oracle_ratio(excess, oracle["excess_sharpe"])
         share = f", {ratio:.0%} of it" if excess > 0 and not math.isnan(ratio) else ""
-        line += f" (oracle {oracle['excess_sharpe']:+.2f}{share})"
-    return line
+        beside.append(f"oracle {oracle['excess_sharpe']:+.2f}{share}")
+    return line + (f" ({'; '.join(beside)})" if beside else "")
 
 
 def holdout_table(result: HoldoutResult, data: str) -> Table:

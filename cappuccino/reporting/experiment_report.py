@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -79,7 +80,7 @@ RESOURCES = {
     "peak_vram_mb": "peak VRAM (MB)",
     "parameters": "policy parameters",
 }
-REFERENCES = {"buy-and-hold": "benchmark", "oracle": "oracle", "random": "random", "flat": "flat"}
+REFERENCES = {"buy-and-hold": "benchmark", "equal weight": "equal_weight", "oracle": "oracle", "random": "random", "flat": "flat"}
 # the validation objective where the splits have validation segments (cv=holdout, or cpcv with
 # cv.val_fraction), else the training reward
 CURVE_METRICS = ("val/excess_sharpe", "train/step_reward")
@@ -516,6 +517,14 @@ def _against_references(against: pd.DataFrame) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- figures
+def _reference_lines(ax: Axes, references: dict[str, float]) -> None:
+    """Vertical lines at buy-and-hold (0), the no-skill equal-weight policy and the oracle."""
+    ax.axvline(0.0, color="grey", lw=1, ls="--", label="buy-and-hold")
+    for label, color in (("equal weight", "tab:orange"), ("oracle", "tab:green")):
+        if f"{label} excess_sharpe" in references:
+            ax.axvline(references[f"{label} excess_sharpe"], color=color, lw=1, ls=":", label=label)
+
+
 def aggregates_figure(summary: pd.DataFrame, references: dict[str, float]) -> Figure:
     """Each arm's IQM with its 95 % interval, one panel per score."""
     iqm = summary[summary["statistic"] == "iqm"]
@@ -531,9 +540,7 @@ def aggregates_figure(summary: pd.DataFrame, references: dict[str, float]) -> Fi
         y = -np.arange(len(arms))  # the first arm on top
         ax.errorbar(rows["value"], y, xerr=[rows["value"] - rows["low"], rows["high"] - rows["value"]], fmt="o", capsize=4, color="tab:blue")
         if name == "excess_sharpe":
-            ax.axvline(0.0, color="grey", lw=1, ls="--", label="buy-and-hold")
-            if "oracle excess_sharpe" in references:
-                ax.axvline(references["oracle excess_sharpe"], color="tab:green", lw=1, ls=":", label="oracle")
+            _reference_lines(ax, references)
             ax.legend(loc="best", fontsize=7)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel(unit, fontsize=8)
@@ -572,9 +579,7 @@ def profiles_figure(arms: dict[str, ArmRuns], references: dict[str, float], seed
         profile = performance_profile(runs.scores[MAIN_SCORE], taus, seed=seed, n_resamples=500)
         ax.plot(taus, profile.fraction, label=arm)
         ax.fill_between(taus, profile.low, profile.high, alpha=0.2)
-    ax.axvline(0.0, color="grey", lw=1, ls="--", label="buy-and-hold")
-    if "oracle excess_sharpe" in references:
-        ax.axvline(references["oracle excess_sharpe"], color="tab:green", lw=1, ls=":", label="oracle")
+    _reference_lines(ax, references)
     ax.set(xlabel="test excess Sharpe over buy-and-hold, tau (annualised)", ylabel="fraction of runs above tau", ylim=(-0.02, 1.02))
     ax.set_title("Performance profiles with 95 % bands")
     ax.grid(alpha=0.3)

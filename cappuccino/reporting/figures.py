@@ -19,7 +19,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 _AGENT_COLOR = "tab:blue"
 _BENCHMARK_COLOR = "tab:gray"
-_REFERENCE_COLORS = {"oracle": "tab:green", "random": "tab:red", "flat": "black"}
+_REFERENCE_COLORS = {"oracle": "tab:green", "random": "tab:red", "flat": "black", "equal_weight": "tab:orange"}
 
 
 @dataclass(frozen=True)
