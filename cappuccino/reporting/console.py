@@ -74,8 +74,9 @@ def verdict(result: Result) -> str:
 def holdout_table(result: HoldoutResult, data: str) -> Table:
     table = Table(title=f"test split ({data})")
     references = list(result.references)
-    for column in ("metric", "agent", "buy & hold", *references):
-        table.add_column(column, justify="left" if column == "metric" else "right")
+    table.add_column("metric", no_wrap=True)  # the metric names stay whole; headers wrap at their spaces
+    for column in ("agent", "buy & hold", *(r.replace("_", " ") for r in references)):
+        table.add_column(column, justify="right")
     test = result.test
     for name in ("total_return", "sharpe", "excess_sharpe", "sortino", "max_drawdown", "calmar", "annual_turnover", "fees_paid"):
         bench = test.get(f"benchmark_{name}")
@@ -86,7 +87,14 @@ def holdout_table(result: HoldoutResult, data: str) -> Table:
 
 
 def _cell(name: str, value: float) -> str:
-    return f"{value:,.0f}" if name == "fees_paid" else f"{value:.2f}" if name == "annual_turnover" else f"{value:.4f}"
+    """Short enough for seven columns in 80 characters: ratios to 2 decimals, returns in percent."""
+    if name == "fees_paid":
+        return f"{value:,.0f}"
+    if name in ("total_return", "max_drawdown"):
+        return f"{value:+.1%}" if name == "total_return" else f"{value:.1%}"
+    if name == "annual_turnover":
+        return f"{value:,.1f}"
+    return f"{value:+.2f}" if name == "excess_sharpe" else f"{value:.2f}"
 
 
 def splits_table(result: CVResult, data: str) -> Table:
