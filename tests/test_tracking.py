@@ -444,3 +444,17 @@ def test_the_study_description_summarises_progress_and_links_the_best_run() -> N
     assert "(finished)" in finished and "**Best: trial 7**" in finished
     assert "overfitting: 0.250; deflated Sharpe ratio of the best trial: n/a." in finished
     assert finished.endswith("```bash\npython train.py --config-name best_trial\n```")
+
+
+def test_marking_the_best_trial_tags_every_other_trial_run_false_even_one_never_best(tmp_path: Path) -> None:
+    from cappuccino.hparams_search.report import mark_best_trial
+    from cappuccino.tracking import TRIAL_TAG
+
+    with build_tracker(MLflowLoggerConfig(), "study", tmp_path) as study:
+        runs = [
+            study.client.create_run(study.experiment_id, tags={"mlflow.parentRunId": study.run_id, TRIAL_TAG: str(n)}).info.run_id
+            for n in range(3)
+        ]
+        mark_best_trial(study, 0)
+        mark_best_trial(study, 2)  # trial 1 was never the best
+        assert [study.client.get_run(r).data.tags.get("best") for r in runs] == ["false", "false", "true"]

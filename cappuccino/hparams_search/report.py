@@ -223,9 +223,11 @@ def mark_best_trial(tracker: Tracker, number: int) -> None:
     if client is None or tracker.run_id is None:
         return
     best_run = trial_run_id(tracker, number)
-    query = f"tags.`mlflow.parentRunId` = '{tracker.run_id}' and tags.best = 'true'"
+    # Every trial run, not only the previous best: a trial that was never the best is tagged too,
+    # so the UI's filter tags.best = 'false' finds it.
+    query = f"tags.`mlflow.parentRunId` = '{tracker.run_id}'"
     for run in client.search_runs([tracker.experiment_id], filter_string=query):
-        if run.info.run_id != best_run:
+        if run.info.run_id != best_run and run.data.tags.get("best") != "false":
             client.set_tag(run.info.run_id, "best", "false")
     if best_run is not None:
         client.set_tag(best_run, "best", "true")
