@@ -126,14 +126,15 @@ def test_kill_9_at_random_points_never_places_an_order_twice(project, tmp_path):
     run_dir = project / "killed"
     command = [
         sys.executable, str(ROOT / "trade.py"), *SAME_BARS, "logger=none", "rules.rebalance_band=0.01", *WIDE_GUARDS,
-        f"hydra.run.dir={run_dir}", "broker.pace=0.02",
+        f"hydra.run.dir={run_dir}", "broker.pace=0.1",  # ~18 s of bars: longer than a few kills' worth of progress
     ]  # fmt: skip
     rng = random.Random(0)
     kills = 0
     for _ in range(8):
         process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         time.sleep(rng.uniform(3.0, 7.0))
-        if process.poll() is not None:
+        if process.poll() is not None:  # the session finished before this kill
+            assert process.returncode == 0, process.stderr.read()[-3000:]  # type: ignore[union-attr]
             break
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
