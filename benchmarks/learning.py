@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STRATEGIES = ("agent", "buy_and_hold", "equal_weight", "oracle", "random", "flat")
+REFERENCES = ("equal_weight", "oracle", "random", "flat")  # cappuccino.evaluation.references
+STRATEGIES = ("agent", "buy_and_hold", *REFERENCES)
 COLUMNS = ("sharpe", "excess_sharpe", "total_return", "max_drawdown", "annual_turnover", "fees_paid")
 
 
@@ -72,7 +73,7 @@ def train_one(condition: Condition, seed: int, overrides: list[str], out: Path, 
         "agent": {c: test[c] for c in COLUMNS},
         "buy_and_hold": {**{c: test[f"benchmark_{c}"] for c in ("sharpe", "total_return", "max_drawdown")}, "excess_sharpe": 0.0},
     }
-    for name in STRATEGIES[2:]:
+    for name in REFERENCES:
         if f"{name}_sharpe" in test:
             rows[name] = {c: test[f"{name}_{c}"] for c in COLUMNS}
     return rows

@@ -86,15 +86,12 @@ def holdout_table(result: HoldoutResult, data: str) -> Table:
     return table
 
 
+# Short enough for seven columns in 80 characters: ratios to 2 decimals, returns in percent.
+_CELL_FORMATS = {"fees_paid": "{:,.0f}", "total_return": "{:+.1%}", "max_drawdown": "{:.1%}", "annual_turnover": "{:,.1f}", "excess_sharpe": "{:+.2f}"}
+
+
 def _cell(name: str, value: float) -> str:
-    """Short enough for seven columns in 80 characters: ratios to 2 decimals, returns in percent."""
-    if name == "fees_paid":
-        return f"{value:,.0f}"
-    if name in ("total_return", "max_drawdown"):
-        return f"{value:+.1%}" if name == "total_return" else f"{value:.1%}"
-    if name == "annual_turnover":
-        return f"{value:,.1f}"
-    return f"{value:+.2f}" if name == "excess_sharpe" else f"{value:.2f}"
+    return _CELL_FORMATS.get(name, "{:.2f}").format(value)
 
 
 def splits_table(result: CVResult, data: str) -> Table:

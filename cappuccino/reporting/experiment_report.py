@@ -56,7 +56,7 @@ from cappuccino.evaluation.gathering import BACKTESTS_FILE, SplitScores, load_sp
 from cappuccino.models.attention_probe import AttentionMap, load_attention_map
 from cappuccino.tracking import STUDY_TAG
 from cappuccino.tracking.mlflow_tracker import child_runs
-from cappuccino.reporting.figures import PathEquity, attention_figure, close_figure, paths_figure
+from cappuccino.reporting.figures import REFERENCE_COLORS, PathEquity, attention_figure, close_figure, paths_figure
 
 ARM_TAG = "experiment.arm"
 FACTORS_TAG = "experiment.factors"  # a grid's arm runs: the params that make the grid, comma-separated
@@ -520,9 +520,9 @@ def _against_references(against: pd.DataFrame) -> list[str]:
 def _reference_lines(ax: Axes, references: dict[str, float]) -> None:
     """Vertical lines at buy-and-hold (0), the no-skill equal-weight policy and the oracle."""
     ax.axvline(0.0, color="grey", lw=1, ls="--", label="buy-and-hold")
-    for label, color in (("equal weight", "tab:orange"), ("oracle", "tab:green")):
+    for label in ("equal weight", "oracle"):
         if f"{label} excess_sharpe" in references:
-            ax.axvline(references[f"{label} excess_sharpe"], color=color, lw=1, ls=":", label=label)
+            ax.axvline(references[f"{label} excess_sharpe"], color=REFERENCE_COLORS[REFERENCES[label]], lw=1, ls=":", label=label)
 
 
 def aggregates_figure(summary: pd.DataFrame, references: dict[str, float]) -> Figure:

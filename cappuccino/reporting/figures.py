@@ -19,7 +19,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 _AGENT_COLOR = "tab:blue"
 _BENCHMARK_COLOR = "tab:gray"
-_REFERENCE_COLORS = {"oracle": "tab:green", "random": "tab:red", "flat": "black", "equal_weight": "tab:orange"}
+REFERENCE_COLORS = {"oracle": "tab:green", "random": "tab:red", "flat": "black", "equal_weight": "tab:orange"}
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def paths_figure(paths: Sequence[PathEquity], arm: str, title: str) -> Figure:
             drawdown_ax.plot(steps, _drawdown(seed_curve), color=_AGENT_COLOR, lw=0.5, alpha=0.35)
         median = np.median(agent, axis=0)
         equity_ax.plot(steps, median, color=_AGENT_COLOR, lw=1.6, label=f"{arm}, median of {len(agent)} seeds: {median[-1] - 1:+.1%}")
-        lines = {"buy-and-hold (equal weight)": (path.benchmark, _BENCHMARK_COLOR), **{n: (c, _REFERENCE_COLORS.get(n, "tab:purple")) for n, c in path.references.items()}}
+        lines = {"buy-and-hold (equal weight)": (path.benchmark, _BENCHMARK_COLOR), **{n: (c, REFERENCE_COLORS.get(n, "tab:purple")) for n, c in path.references.items()}}
         for label, (curve, color) in lines.items():
             curve = curve / curve[0]
             equity_ax.plot(steps, curve, color=color, lw=1.2, label=f"{label}: {curve[-1] - 1:+.1%}")
