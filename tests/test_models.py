@@ -60,6 +60,33 @@ def test_mlp_encoder_rejects_unknown_activation():
     assert error.value.argument == "activation"
 
 
+def test_per_asset_mlp_scores_each_asset_with_the_same_weights_from_its_own_window():
+    torch.manual_seed(0)
+    encoder = MLPEncoder(lookback=L, n_assets=A, n_features=F, hidden_sizes=[8, 6], per_asset=True)
+    window, weights = batch(4)
+    out = encoder(window, weights)
+    assert encoder.out_dim == A * 6 and out.shape == (4, A * 6)
+    per_asset = out.view(4, A, 6)
+    # asset a's block is the one MLP applied to asset a's window, its weight and the cash weight
+    for a in range(A):
+        own = torch.cat([window[:, :, a].reshape(4, L * F), weights[:, 1 + a : 2 + a], weights[:, :1]], dim=-1)
+        torch.testing.assert_close(per_asset[:, a], encoder.mlp(own))
+    # moving another asset's bars or weight leaves asset 0's block unchanged
+    moved_window, moved_weights = window.clone(), weights.clone()
+    moved_window[:, :, 1:] += 1.0
+    moved_weights[:, 2:] += 0.1
+    torch.testing.assert_close(encoder(moved_window, moved_weights).view(4, A, 6)[:, 0], per_asset[:, 0])
+    assert sum(p.numel() for p in encoder.parameters()) == (L * F + 2) * 8 + 8 + 8 * 6 + 6
+
+
+def test_per_asset_mlp_is_built_from_config_and_trains_the_policy():
+    policy = policy_from_config(MLPEncoderConfig(hidden_sizes=[8], per_asset=True), -0.5, L, A, F)
+    assert policy.actor_encoder.per_asset and policy.critic_encoder.per_asset
+    window, weights = batch(5)
+    action, log_prob, value = policy.act(window, weights)
+    assert action.shape == (5, A) and log_prob.shape == (5,) and value.shape == (5,)
+
+
 def test_build_encoder_dispatches_on_target():
     encoder = build(MLPEncoderConfig(hidden_sizes=[12, 10], activation="gelu"), lookback=L, n_assets=A, n_features=F)
     assert isinstance(encoder, MLPEncoder)

@@ -59,8 +59,9 @@ def cpcv_run(tmp_path_factory):
     return validate(cfg_dict), tmp_path
 
 
-def test_a_loaded_policy_backtests_to_the_runs_own_test_metrics(compose_config, tmp_path, one_thread):
-    cfg, run_dir = _train(compose_config, tmp_path, [*TINY, "logger=none"])
+@pytest.mark.parametrize("encoder", [[], ["encoder.per_asset=true"]], ids=["mlp", "per_asset_mlp"])
+def test_a_loaded_policy_backtests_to_the_runs_own_test_metrics(compose_config, tmp_path, one_thread, encoder):
+    cfg, run_dir = _train(compose_config, tmp_path, [*TINY, "logger=none", *encoder])
     policy = load_policy(run_dir / "checkpoint.pt")
     market = _market(cfg)
     policy.schema.check(market, cfg.window.lookback, cfg.window.zscore_window)

@@ -217,6 +217,7 @@ class MLPEncoderConfig(EncoderConfig):
     name: str = "mlp"
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "tanh"
+    per_asset: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

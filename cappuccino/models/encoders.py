@@ -43,10 +43,20 @@ class Encoder(nn.Module, abc.ABC):
 
 
 class MLPEncoder(Encoder):
-    """Flatten the window, append the portfolio weights, apply an MLP.
+    """An MLP over the window and the portfolio weights, over all assets at once or per asset.
 
-    Hidden layers use orthogonal init with gain sqrt(2) and zero bias (CleanRL); the output is
-    the last hidden layer's activation, so ``out_dim == hidden_sizes[-1]``.
+    ``per_asset=False``: the flattened window and all weights, (N, L*A*F + A + 1), through one MLP;
+    ``out_dim == hidden_sizes[-1]``.
+
+    ``per_asset=True``: the same MLP reads each asset's own window and its weight and the cash
+    weight, (N, A, L*F + 2), and the asset's outputs are concatenated; ``out_dim == A *
+    hidden_sizes[-1]``. This is the "ensemble of identical independent evaluators" of Jiang, Xu &
+    Liang (2017, arXiv:1706.10059): every asset's bars train the same weights, so the network has
+    A times fewer weights per input and A times more examples per weight, and an edge learnt on one
+    asset applies to all. It sees no other asset's bars.
+
+    Hidden layers use orthogonal init with gain sqrt(2) and zero bias (CleanRL); the output is the
+    last hidden layer's activation.
     """
 
     def __init__(
@@ -57,22 +67,25 @@ class MLPEncoder(Encoder):
         n_features: int,
         hidden_sizes: Sequence[int] = (256, 256),
         activation: str = "tanh",
+        per_asset: bool = False,
     ) -> None:
         super().__init__()
         require(len(hidden_sizes) >= 1, "hidden_sizes", "needs at least one layer")
         require(all(h >= 1 for h in hidden_sizes), "hidden_sizes", f"sizes must be >= 1, got {list(hidden_sizes)}")
         require(activation in ACTIVATIONS, "activation", f"must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.input_shape = (lookback, n_assets, n_features)
-        in_dim = lookback * n_assets * n_features + n_assets + 1
+        self.per_asset = per_asset
+        in_dim = lookback * n_features + 2 if per_asset else lookback * n_assets * n_features + n_assets + 1
         layers: list[nn.Module] = []
         for size in hidden_sizes:
             layers += [layer_init(nn.Linear(in_dim, size)), ACTIVATIONS[activation]()]
             in_dim = size
         self.mlp = nn.Sequential(*layers)
-        self.out_dim = in_dim
+        self.out_dim = n_assets * in_dim if per_asset else in_dim
 
     def flat_input(self, window: Tensor, weights: Tensor) -> Tensor:
-        """The MLP's input, (N, L*A*F + A + 1): the flattened window, then the weights.
+        """The MLP's input: (N, L*A*F + A + 1), the flattened window then the weights; per asset
+        (N, A, L*F + 2), each asset's flattened window, then its weight and the cash weight.
 
         Under autocast both pieces are cast to the autocast dtype before they are concatenated: the
         first Linear would cast the whole input anyway (the same numbers), and casting first halves
@@ -84,13 +97,18 @@ class MLPEncoder(Encoder):
                 f"window has shape {tuple(window.shape)}, expected (N, L, A, F) = (N, {L}, {A}, {F}); "
                 "build the encoder with the env's lookback, n_assets and n_features"
             )
-        flat = rearrange(window, "n l a f -> n (l a f)")  # (N, L*A*F)
-        if torch.is_autocast_enabled(flat.device.type):
-            dtype = torch.get_autocast_dtype(flat.device.type)
-            flat, weights = flat.to(dtype), weights.to(dtype)
-        return torch.cat([flat, weights], dim=-1)
+        if torch.is_autocast_enabled(window.device.type):
+            dtype = torch.get_autocast_dtype(window.device.type)
+            window, weights = window.to(dtype), weights.to(dtype)
+        if not self.per_asset:
+            return torch.cat([rearrange(window, "n l a f -> n (l a f)"), weights], dim=-1)
+        n_assets = self.input_shape[1]
+        cash = weights[:, :1, None].expand(-1, n_assets, 1)  # (N, A, 1)
+        own = weights[:, 1:, None]  # (N, A, 1)
+        return torch.cat([rearrange(window, "n l a f -> n a (l f)"), own, cash], dim=-1)
 
     def forward(self, window: Tensor, weights: Tensor, flat_input: Tensor | None = None) -> Tensor:
         """``flat_input``: :meth:`flat_input` of these arguments when the caller has built it already
         (:class:`~cappuccino.models.policy.ActorCritic` builds it once for its actor and critic)."""
-        return self.mlp(self.flat_input(window, weights) if flat_input is None else flat_input)  # (N, out_dim)
+        hidden = self.mlp(self.flat_input(window, weights) if flat_input is None else flat_input)
+        return rearrange(hidden, "n a h -> n (a h)") if self.per_asset else hidden  # (N, out_dim)
