@@ -76,20 +76,28 @@ def test_ppo_finds_a_planted_edge(compose_config, tmp_path, precision):
     assert metrics["test/total_return"] > metrics["test/benchmark_total_return"]
 
 
+def _fees_on_test_metrics(compose_config, tmp_path, overrides: list[str]) -> tuple[dict[str, float], float]:
+    """Train ``python train.py logger=none [overrides]`` at the default fees: its test-split
+    metrics without the ``test/`` prefix, and its initial cash."""
+    cfg_dict = compose_config(["logger=none", "trainer.progress=false", *overrides])
+    cfg = validate(cfg_dict)
+    assert cfg.rules.fee == 0.0025
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run(cfg_dict, RunPaths(run_dir, tmp_path))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")}, cfg.env.initial_cash
+
+
 # The per-asset encoder at a higher learning rate and twice the default budget: the agent rows of
-# BENCHMARKS.md's "per-asset encoder" table (strong signal after fees: +1.22 .. +1.75 over 5 seeds).
+# BENCHMARKS.md, "Per-asset encoder, learning rate and budget" (strong signal after fees: +1.22 .. +1.75 over 5 seeds).
 LEARNS_AFTER_FEES = ["encoder.per_asset=true", "encoder.hidden_sizes=[64,64]", "agent.lr=1e-3", "trainer.total_steps=600000"]
 
 
 def test_ppo_trades_a_strong_planted_edge_after_fees(compose_config, tmp_path):
     """Signal 0.3 and the default 0.25 % fees: the agent must beat buy-and-hold by clearly more
     than holding equal weight does on the same bars (+0.47 there, the split's luck)."""
-    cfg_dict = compose_config(["logger=none", "trainer.progress=false", "data.signal_strength=0.3", *LEARNS_AFTER_FEES])
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    run(cfg_dict, RunPaths(run_dir, tmp_path))
-    test = {k.removeprefix("test/"): v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k.startswith("test/")}
-    assert validate(cfg_dict).rules.fee == 0.0025
+    test, _ = _fees_on_test_metrics(compose_config, tmp_path, ["data.signal_strength=0.3", *LEARNS_AFTER_FEES])
     assert test["excess_sharpe"] > test["equal_weight_excess_sharpe"] + 0.4, test
     assert test["total_return"] > test["benchmark_total_return"], test
     assert test["excess_sharpe"] > test["random_excess_sharpe"] + 3.0, test
@@ -98,14 +106,9 @@ def test_ppo_trades_a_strong_planted_edge_after_fees(compose_config, tmp_path):
 def test_ppo_stays_out_of_the_way_of_a_random_walk_after_fees(compose_config, tmp_path):
     """``python train.py data.signal_strength=0``: nothing to learn, 0.25 % fees. Holding the
     benchmark is the zero-cost choice; churning pays fees for nothing."""
-    cfg_dict = compose_config(["logger=none", "trainer.progress=false", "data.signal_strength=0"])
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    run(cfg_dict, RunPaths(run_dir, tmp_path))
-    test = {k.removeprefix("test/"): v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k.startswith("test/")}
-    assert validate(cfg_dict).rules.fee == 0.0025
+    test, initial_cash = _fees_on_test_metrics(compose_config, tmp_path, ["data.signal_strength=0"])
     assert test["annual_turnover"] <= 12.0, test  # about a monthly rebalance at most
-    assert test["fees_paid"] < 0.01 * validate(cfg_dict).env.initial_cash, test
+    assert test["fees_paid"] < 0.01 * initial_cash, test
     # Its return stays with buy-and-hold's: the 2 % cash reserve and the band are the difference.
     assert abs(test["total_return"] - test["benchmark_total_return"]) < 0.1 * (1 + test["benchmark_total_return"]), test
     assert abs(test["excess_sharpe"]) < 1.0, test
